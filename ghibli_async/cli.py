@@ -1,0 +1,129 @@
+"""Command line: parse, load the config, call the pipeline, print the summary.
+
+Errors the user can fix print as one line on stderr with exit code 2; Ctrl-C exits 130 and the
+next run continues where this one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ghibli_async.config import Config, load_api_keys, load_config, with_overrides, with_stages
+from ghibli_async.errors import UserError
+from ghibli_async.logs import configure_logging
+from ghibli_async.pipeline import export_only, plan_run, run_pipeline
+from ghibli_async.report import SHOWN_PROBLEMS, format_status, format_summary
+from ghibli_async.stages.export import METADATA_FILE
+from ghibli_async.state import StateStore
+
+COMMANDS = {
+    "run": "scan, resize, caption and export the frames (the default command)",
+    "status": "show how many images are in each stage and status, and what is left",
+    "export": "rewrite the output folder (images + metadata.jsonl) from the state",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ghibli_async",
+        description="Turn a folder of film frames into a captioned LoRA dataset (Hugging Face imagefolder).",
+    )
+    _add_options(parser, run_options=True, defaults=True)
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        command = commands.add_parser(name, help=summary, description=summary)
+        # Options may come before or after the command; SUPPRESS keeps a value given before it.
+        _add_options(command, run_options=name == "run", defaults=False)
+    return parser
+
+
+def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults: bool) -> None:
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--config", type=Path, default=default(Path("config.yaml")), help="YAML config (default: config.yaml)")
+    parser.add_argument("--work-dir", type=Path, default=default(None), help="override paths.work_dir")
+    parser.add_argument("--output", type=Path, default=default(None), help="override paths.output_dir")
+    parser.add_argument("--log-json", action="store_true", default=default(False), help="log JSON lines")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="debug logs")
+    if not run_options:
+        return
+    parser.add_argument("--input", type=Path, default=default(None), help="override paths.input_dir")
+    parser.add_argument("--limit", type=_positive_int, default=default(None), metavar="N", help="process at most N images per stage")
+    parser.add_argument("--skip-filter", action="store_true", default=default(False), help="do not run the person filter")
+    parser.add_argument("--skip-resize", action="store_true", default=default(False), help="do not resize new frames")
+    parser.add_argument("--skip-caption", action="store_true", default=default(False), help="do not caption")
+    parser.add_argument("--dry-run", action="store_true", default=default(False), help="say what would be done, write nothing")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(json_lines=args.log_json, verbose=args.verbose)
+    handler: Callable[[Config, argparse.Namespace], int] = {
+        "run": _cmd_run,
+        "status": _cmd_status,
+        "export": _cmd_export,
+    }[args.command or "run"]
+    try:
+        return handler(_config_from(args), args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    config = with_overrides(
+        config, input_dir=getattr(args, "input", None), output_dir=args.output, work_dir=args.work_dir
+    )
+    if args.command in (None, "run"):
+        skipped = {"filter": args.skip_filter, "resize": args.skip_resize, "caption": args.skip_caption}
+        config = with_stages(config, **{stage: False for stage, skip in skipped.items() if skip})
+    return config
+
+
+def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = plan_run(config)
+        print(
+            f"Dry run, nothing written: {plan.found} frames in {config.paths.input_dir}, "
+            f"{plan.new_or_changed} new or changed; about {plan.resize_waiting} to resize, "
+            f"{plan.caption_waiting} resized and waiting for a caption."
+        )
+        return 0
+    keys = load_api_keys(args.config.resolve().parent)
+    report = asyncio.run(run_pipeline(config, keys, limit=args.limit))
+    with StateStore.open(config.state_path, readonly=True) as store:
+        print(format_summary(report, store.counts(), store.problems(limit=SHOWN_PROBLEMS + 1), config))
+    return 0
+
+
+def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    if not config.state_path.exists():
+        print(f"Nothing processed yet (no state at {config.state_path}): run `python -m ghibli_async --config {args.config}`.")
+        return 0
+    metadata = config.paths.output_dir / METADATA_FILE
+    exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
+    with StateStore.open(config.state_path, readonly=True) as store:
+        print(format_status(store.counts(), store.problems(limit=SHOWN_PROBLEMS + 1), config, exported))
+    return 0
+
+
+def _cmd_export(config: Config, args: argparse.Namespace) -> int:
+    result = export_only(config)
+    print(f"Exported {result.images} captioned images to {result.output_dir} ({result.removed} stale files removed).")
+    return 0

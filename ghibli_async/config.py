@@ -1,0 +1,220 @@
+"""The config model tree, loaded from YAML, and the API keys, loaded from the environment or `.env`.
+
+Nothing else in the package reads YAML or `os.environ`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from dotenv import dotenv_values
+from PIL import ImageColor
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ghibli_async.errors import ConfigError, UserError
+
+DEFAULT_PROMPT = (
+    "Write one caption for this frame from a Studio Ghibli film, for training an image model. "
+    "Describe the characters (apparent age, hair, clothing, pose, expression, what they do), "
+    "the setting, the time of day, the lighting, the colours and the camera framing, in one "
+    "fluent paragraph of 40 to 80 words. Plain prose only: no title, no lists, no quotes, "
+    "no film or character names."
+)
+
+
+class _Section(BaseModel):
+    """Every section rejects unknown keys, so a typo in the YAML is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    input_dir: Path = Path("frames")
+    output_dir: Path = Path("data/ghibli/train")
+    work_dir: Path = Path("data/ghibli/work")
+
+    def resolved_against(self, base_dir: Path) -> PathsConfig:
+        """Relative paths in a config file mean relative to that file's folder, not the cwd."""
+        return PathsConfig(**{name: base_dir / Path(value).expanduser() for name, value in self})
+
+
+class StagesConfig(_Section):
+    filter: bool = False
+    resize: bool = True
+    caption: bool = True
+
+
+class ResizeConfig(_Section):
+    size: int = Field(512, ge=64, le=4096)
+    fit: Literal["center_crop", "pad"] = "center_crop"
+    background: tuple[int, int, int] = (255, 255, 255)
+    allow_upscale: bool = False
+    quality: int = Field(95, ge=1, le=100)
+    subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:4:4"
+    workers: int | None = Field(None, ge=1)
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _parse_colour(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return ImageColor.getrgb(value)[:3]
+            except ValueError:
+                raise ValueError(f"not a colour: {value!r} (use a name, '#rrggbb' or [r, g, b])") from None
+        return value
+
+
+class ModelQuota(_Section):
+    name: str = Field(min_length=1)
+    rpm: int = Field(ge=1)
+    rpd: int = Field(ge=1)
+    tpm: int = Field(ge=1)
+
+
+class BackoffConfig(_Section):
+    initial_s: float = Field(2.0, gt=0)
+    max_s: float = Field(120.0, gt=0)
+    multiplier: float = Field(2.0, ge=1)
+
+
+class CaptionConfig(_Section):
+    trigger: str = Field("Ghibli style", min_length=1)
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1)
+    models: list[ModelQuota] = Field(
+        default_factory=lambda: [
+            ModelQuota(name="gemini-flash-latest", rpm=10, rpd=250, tpm=250_000),
+            ModelQuota(name="gemini-flash-lite-latest", rpm=15, rpd=1000, tpm=250_000),
+        ],
+        min_length=1,
+    )
+    concurrency: int = Field(8, ge=1, le=256)
+    backoff: BackoffConfig = BackoffConfig()
+
+
+class ExportConfig(_Section):
+    kohya_txt: bool = False
+
+
+class Config(_Section):
+    paths: PathsConfig = PathsConfig()
+    stages: StagesConfig = StagesConfig()
+    resize: ResizeConfig = ResizeConfig()
+    caption: CaptionConfig = CaptionConfig()
+    export: ExportConfig = ExportConfig()
+
+    @property
+    def state_path(self) -> Path:
+        return self.paths.work_dir / "state.sqlite"
+
+    @property
+    def resized_dir(self) -> Path:
+        return self.paths.work_dir / "resized"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config; relative paths in it resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (start from the project's config.yaml)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_describe_yaml_error(exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (paths, resize, …)")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
+    return config.model_copy(update={"paths": config.paths.resolved_against(path.resolve().parent)})
+
+
+def with_overrides(config: Config, **paths: Path | None) -> Config:
+    """Return the config with the CLI's path overrides (already absolute or relative to the cwd)."""
+    chosen = {name: Path(value).resolve() for name, value in paths.items() if value is not None}
+    return config.model_copy(update={"paths": config.paths.model_copy(update=chosen)})
+
+
+def with_stages(config: Config, **enabled: bool) -> Config:
+    """Return the config with some stages switched off for this run."""
+    return config.model_copy(update={"stages": config.stages.model_copy(update=enabled)})
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming every bad field, e.g. `resize.size: Input should be a valid integer (got 'x')`."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field (check the spelling against config.yaml)")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        got = error.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        parts.append(f"{where}: {message}{shown}")
+    return "; ".join(parts)
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A Gemini API key. Only `label` (`key#N`) and `fingerprint` may ever be shown or stored."""
+
+    label: str
+    env_name: str
+    secret: str = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash that tells keys apart in the state without storing them."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:12]
+
+
+_NUMBERED_KEY = re.compile(r"GEMINI_API_KEY_(\d+)")
+
+
+def load_api_keys(env_dir: Path, environ: Mapping[str, str] | None = None) -> list[ApiKey]:
+    """Collect `GEMINI_API_KEY_N` (and a plain `GEMINI_API_KEY`, as `key#0`) from the environment
+    and from a `.env` file in `env_dir`; the environment wins. The same key twice counts once."""
+    env_file = env_dir / ".env"
+    try:
+        from_file = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.is_file() else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{env_file}: cannot read the .env file ({exc})") from None
+    merged = {**from_file, **(os.environ if environ is None else environ)}
+    numbered = sorted(
+        (int(match.group(1)), name)
+        for name in merged
+        if (match := _NUMBERED_KEY.fullmatch(name)) and merged[name].strip()
+    )
+    candidates = [(f"key#{n}", name) for n, name in numbered]
+    if merged.get("GEMINI_API_KEY", "").strip():
+        candidates.append(("key#0", "GEMINI_API_KEY"))
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for label, name in candidates:
+        secret = merged[name].strip()
+        if secret not in seen:
+            seen.add(secret)
+            keys.append(ApiKey(label=label, env_name=name, secret=secret))
+    return keys

@@ -1,0 +1,9 @@
+"""Errors a user can fix: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or setup; the message says what to do."""
+
+
+class ConfigError(UserError):
+    """The config file is missing, unreadable or invalid."""

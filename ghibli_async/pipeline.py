@@ -1,0 +1,157 @@
+"""Runs the enabled stages in order over one state store; owns the event loop and the process pool.
+
+Use `run()` from scripts and notebooks (it works inside a running event loop too) or
+`await run_pipeline()` from async code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ghibli_async.config import ApiKey, Config, load_api_keys, load_config
+from ghibli_async.errors import UserError
+from ghibli_async.stages.export import ExportResult, export_dataset
+from ghibli_async.stages.resize import run_resize
+from ghibli_async.stages.scan import ScanResult, list_image_files, scan_inputs
+from ghibli_async.state import StateStore, Status
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RunReport:
+    """What one run did; the totals over the whole dataset come from the state (`report.py`)."""
+
+    scan: ScanResult | None = None
+    resized: Counter[str] = field(default_factory=Counter)
+    export: ExportResult | None = None
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+async def run_pipeline(config: Config, keys: list[ApiKey], *, limit: int | None = None) -> RunReport:
+    """Scan, (filter), resize, (caption) and export; every stage resumes where the last run stopped."""
+    _check_stages_available(config)
+    started = time.monotonic()
+    report = RunReport()
+    with _exclusive(config.paths.work_dir), StateStore.open(config.state_path) as store:
+        report.scan = scan_inputs(config.paths.input_dir, store)
+        log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
+        if config.stages.resize:
+            workers = config.resize.workers or os.cpu_count() or 1
+            with _process_pool(workers) as pool:
+                report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
+        if config.stages.caption:
+            report.notes.append(_caption_note(keys, store.caption_pending_count(), config))
+        report.export = export_dataset(store, config)
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def run(config_path: str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
+    """Blocking entry point for scripts and notebooks (Jupyter already runs an event loop)."""
+    config = load_config(config_path)
+    keys = load_api_keys(Path(config_path).resolve().parent)
+    job = run_pipeline(config, keys, limit=limit)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(job)
+    with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
+        return thread.submit(asyncio.run, job).result()
+
+
+def _check_stages_available(config: Config) -> None:
+    """Refuse before any work rather than half-way through."""
+    if config.stages.filter:
+        raise UserError(
+            "the person filter is not available in this version: set stages.filter: false "
+            "in the config or pass --skip-filter"
+        )
+
+
+def _caption_note(keys: list[ApiKey], waiting: int, config: Config) -> str:
+    if not keys:
+        return (
+            f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "
+            f"or in a .env file next to the config; {waiting} image(s) wait for a caption"
+        )
+    return f"the caption engine is not in this version yet; {waiting} image(s) wait for a caption"
+
+
+@contextmanager
+def _process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    # forkserver: fork()ing a process that already runs threads (tqdm, asyncio) can deadlock.
+    method = "forkserver" if sys.platform.startswith("linux") else None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_ignore_sigint)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint() -> None:
+    """Ctrl-C is the main process's to handle: workers finish their image and stop with the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _exclusive(work_dir: Path) -> Iterator[None]:
+    """One run per work dir: two would resize and caption the same images."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
+        yield
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run would do, from the input folder and the state, for `--dry-run`."""
+
+    found: int
+    new_or_changed: int
+    resize_waiting: int
+    caption_waiting: int
+
+
+def plan_run(config: Config) -> RunPlan:
+    """Look, do not touch: reads the input folder and (read-only) the state; writes nothing."""
+    files = list_image_files(config.paths.input_dir)
+    if not config.state_path.exists():
+        return RunPlan(len(files), len(files), len(files) if config.stages.resize else 0, 0)
+    with StateStore.open(config.state_path, readonly=True) as store:
+        known = store.known_sources()
+        counts = store.counts()
+    fresh = sum(
+        1
+        for path in files
+        if (seen := known.get(str(path))) is None
+        or (seen.size, seen.mtime_ns) != ((stat := path.stat()).st_size, stat.st_mtime_ns)
+    )
+    resize_waiting = counts.resize.get(Status.PENDING, 0) + fresh if config.stages.resize else 0
+    return RunPlan(len(files), fresh, resize_waiting, counts.caption.get(Status.PENDING, 0))
+
+
+def export_only(config: Config) -> ExportResult:
+    """Rewrite the output folder from the state, without running any stage."""
+    if not config.state_path.exists():
+        raise UserError(f"nothing to export: no state at {config.state_path} (run the pipeline first)")
+    with _exclusive(config.paths.work_dir), StateStore.open(config.state_path) as store:
+        return export_dataset(store, config)

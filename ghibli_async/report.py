@@ -1,0 +1,88 @@
+"""Plain-text tables for the end-of-run summary and the `status` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ghibli_async.config import Config
+from ghibli_async.pipeline import RunReport
+from ghibli_async.state import Counts, Problem
+
+SHOWN_PROBLEMS = 20
+
+
+def format_summary(report: RunReport, counts: Counts, problems: list[Problem], config: Config) -> str:
+    """The end-of-run table: this run's work, then the dataset's totals, failures and notes."""
+    lines = [f"Summary ({_duration(report.elapsed_s)})", "This run:"]
+    if report.scan:
+        scan = report.scan
+        lines.append(
+            f"  {'scanned':<12}{scan.found:>8}  files: {scan.new} new, {scan.duplicates} exact duplicate(s), "
+            f"{scan.changed} changed"
+        )
+    resized = ", ".join(f"{status} {n}" for status, n in sorted(report.resized.items())) or "nothing to do"
+    lines.append(f"  {'resized':<12}{report.resized.total():>8}  {resized}")
+    if report.export:
+        lines.append(f"  {'exported':<12}{report.export.images:>8}  images in {report.export.output_dir}")
+    lines.append("Dataset so far:")
+    lines += _totals(counts, config)
+    lines += _problems(problems, config.paths.input_dir)
+    lines += [f"Note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def format_status(counts: Counts, problems: list[Problem], config: Config, exported: int) -> str:
+    lines = [f"State: {config.state_path}"]
+    lines += _totals(counts, config)
+    lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
+    left = _left_to_do(counts, config)
+    lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
+    lines += _problems(problems, config.paths.input_dir)
+    return "\n".join(lines)
+
+
+def _totals(counts: Counts, config: Config) -> list[str]:
+    def row(stage: str, statuses: dict[str, int], enabled: bool) -> str:
+        shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
+        return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}{'' if enabled else '  (stage off)'}"
+
+    lines = [f"  {'frames':<12}{counts.sources - counts.duplicates:>8}  unique ({counts.duplicates} exact duplicate(s) skipped)"]
+    lines.append(row("filter", counts.filter, config.stages.filter))
+    lines.append(row("resize", counts.resize, config.stages.resize))
+    lines.append(row("caption", counts.caption, config.stages.caption))
+    if counts.rejected_by_reason:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.rejected_by_reason.items()))
+        lines.append(f"  {'rejected':<12}{sum(counts.rejected_by_reason.values()):>8}  {reasons}")
+    return lines
+
+
+def _left_to_do(counts: Counts, config: Config) -> dict[str, int]:
+    left = {
+        "filter": counts.filter.get("pending", 0) if config.stages.filter else 0,
+        "resize": counts.resize.get("pending", 0),
+        "caption": counts.caption.get("pending", 0),
+    }
+    return {stage: n for stage, n in left.items() if n}
+
+
+def _problems(problems: list[Problem], input_dir: Path) -> list[str]:
+    if not problems:
+        return []
+    lines = ["Failed or blocked:"]
+    for problem in problems[:SHOWN_PROBLEMS]:
+        lines.append(f"  {_relative(problem.source_path, input_dir)}  [{problem.stage} {problem.status}] {problem.reason}")
+    if len(problems) > SHOWN_PROBLEMS:
+        lines.append("  … and more (the state's images table has every reason)")
+    return lines
+
+
+def _relative(path: str, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds, 1), 60)
+    return f"{int(minutes)} min {secs:.1f} s" if minutes else f"{secs:.1f} s"

@@ -1,0 +1,363 @@
+"""The SQLite state store: the one place with SQL, and the only thing that carries progress.
+
+Every image is one row; each stage reads the rows that need it and writes its result back in one
+short transaction, so a crash at any moment loses at most the work in flight (WAL journal).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ghibli_async.errors import UserError
+
+_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+_MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE images (
+        id              INTEGER PRIMARY KEY,
+        source_path     TEXT NOT NULL UNIQUE,
+        sort_key        TEXT NOT NULL,
+        content_hash    TEXT,
+        file_size       INTEGER NOT NULL,
+        mtime_ns        INTEGER NOT NULL,
+        duplicate_of    INTEGER REFERENCES images(id),
+        number          INTEGER UNIQUE,
+        width           INTEGER,
+        height          INTEGER,
+        filter_status   TEXT NOT NULL DEFAULT 'pending',
+        filter_reason   TEXT,
+        resize_status   TEXT NOT NULL DEFAULT 'pending',
+        resize_reason   TEXT,
+        caption_status  TEXT NOT NULL DEFAULT 'pending',
+        caption_reason  TEXT,
+        caption         TEXT,
+        caption_model   TEXT,
+        caption_key     TEXT,
+        created_at      TEXT NOT NULL DEFAULT ({_NOW}),
+        updated_at      TEXT NOT NULL DEFAULT ({_NOW})
+    );
+    CREATE UNIQUE INDEX images_original_content ON images(content_hash)
+        WHERE duplicate_of IS NULL AND content_hash IS NOT NULL;
+    CREATE INDEX images_sort_key ON images(sort_key);
+    CREATE INDEX images_resize_status ON images(resize_status, number);
+    CREATE INDEX images_caption_status ON images(caption_status, number);
+
+    -- Requests and tokens spent per quota bucket and quota day (Pacific time), for the caption engine.
+    CREATE TABLE quota_usage (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        quota_day   TEXT NOT NULL,
+        requests    INTEGER NOT NULL DEFAULT 0,
+        tokens      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (project, model, quota_day)
+    );
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class Status:
+    """Values of the `*_status` columns."""
+
+    PENDING = "pending"
+    DONE = "done"
+    KEPT = "kept"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file found in the input folder, as the scan stage saw it."""
+
+    path: str
+    sort_key: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    image_id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ResizeJob:
+    image_id: int
+    number: int
+    source_path: str
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    number: int
+    caption: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An image a stage could not use, for the summary and `status`."""
+
+    source_path: str
+    stage: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many images are in each status, per stage (duplicates not included)."""
+
+    sources: int
+    duplicates: int
+    filter: dict[str, int]
+    resize: dict[str, int]
+    caption: dict[str, int]
+    rejected_by_reason: dict[str, int]
+
+
+class StateStore:
+    """Progress of every image; open once per run with `StateStore.open`."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._db = connection
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> StateStore:
+        """Open (and create or migrate, unless read-only) the state database at `path`."""
+        try:
+            if readonly:
+                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(path, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA foreign_keys=ON")
+            store = cls(db)
+            store._migrate(readonly=readonly)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{path}: cannot open the state database ({exc}); is it a ghibli_async work dir?") from None
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _migrate(self, *, readonly: bool) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"the state database is schema v{version}, newer than this ghibli_async (v{SCHEMA_VERSION}): upgrade it"
+            )
+        if version == SCHEMA_VERSION or readonly:
+            return
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            # executescript commits on its own, so the version bump goes inside the script.
+            self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- scan -------------------------------------------------------------------------------
+
+    def known_sources(self) -> dict[str, KnownSource]:
+        rows = self._db.execute("SELECT source_path, id, file_size, mtime_ns FROM images")
+        return {path: KnownSource(image_id, size, mtime) for path, image_id, size, mtime in rows}
+
+    def register_sources(self, files: Sequence[SourceFile]) -> int:
+        """Add new files in one transaction; a file whose content is already known becomes a
+        duplicate of the first one (in natural order), so it is processed once. Returns duplicates."""
+        duplicates = 0
+        with self._transaction() as db:
+            originals = self._original_ids_by_hash(db)
+            rows = []
+            next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM images").fetchone()[0]
+            for file in sorted(files, key=lambda f: (f.sort_key, f.path)):
+                original = originals.get(file.content_hash) if file.content_hash else None
+                if original is None and file.content_hash:
+                    originals[file.content_hash] = next_id
+                duplicates += original is not None
+                rows.append((next_id, file.path, file.sort_key, file.content_hash, file.size, file.mtime_ns, original))
+                next_id += 1
+            db.executemany(
+                "INSERT INTO images (id, source_path, sort_key, content_hash, file_size, mtime_ns, duplicate_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        return duplicates
+
+    def replace_changed_source(self, image_id: int, file: SourceFile) -> None:
+        """A known path now holds other bytes: keep its number, redo every stage for it."""
+        with self._transaction() as db:
+            original = self._original_ids_by_hash(db).get(file.content_hash) if file.content_hash else None
+            duplicate_of = original if original != image_id else None
+            db.execute(
+                f"""UPDATE images SET content_hash = ?, file_size = ?, mtime_ns = ?, duplicate_of = ?,
+                       width = NULL, height = NULL,
+                       filter_status = 'pending', filter_reason = NULL,
+                       resize_status = 'pending', resize_reason = NULL,
+                       caption_status = 'pending', caption_reason = NULL,
+                       caption = NULL, caption_model = NULL, caption_key = NULL, updated_at = {_NOW}
+                   WHERE id = ?""",
+                (file.content_hash, file.size, file.mtime_ns, duplicate_of, image_id),
+            )
+
+    def touch_source(self, image_id: int, size: int, mtime_ns: int) -> None:
+        """Same bytes, new timestamp (a copy or a `touch`): remember it so it is not hashed again."""
+        with self._transaction() as db:
+            db.execute("UPDATE images SET file_size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, image_id))
+
+    def content_hash_of(self, image_id: int) -> str | None:
+        return self._db.execute("SELECT content_hash FROM images WHERE id = ?", (image_id,)).fetchone()[0]
+
+    @staticmethod
+    def _original_ids_by_hash(db: sqlite3.Connection) -> dict[str, int]:
+        rows = db.execute(
+            "SELECT content_hash, id FROM images WHERE duplicate_of IS NULL AND content_hash IS NOT NULL"
+        )
+        return dict(rows.fetchall())
+
+    # --- resize -----------------------------------------------------------------------------
+
+    def assign_output_numbers(self, *, require_kept: bool) -> int:
+        """Give every image that may enter the resize stage its output number, once: the next free
+        numbers, in natural order of the source paths. Returns how many were numbered."""
+        eligible = "filter_status = 'kept'" if require_kept else "filter_status IN ('pending', 'kept')"
+        with self._transaction() as db:
+            first = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM images").fetchone()[0]
+            ids = db.execute(
+                f"""SELECT id FROM images WHERE number IS NULL AND duplicate_of IS NULL
+                      AND resize_status = 'pending' AND {eligible}
+                    ORDER BY sort_key, source_path"""
+            ).fetchall()
+            db.executemany(
+                "UPDATE images SET number = ? WHERE id = ?",
+                ((first + offset, image_id) for offset, (image_id,) in enumerate(ids)),
+            )
+        return len(ids)
+
+    def resize_jobs(self, *, limit: int | None = None) -> list[ResizeJob]:
+        rows = self._db.execute(
+            """SELECT id, number, source_path FROM images
+               WHERE resize_status = 'pending' AND number IS NOT NULL AND duplicate_of IS NULL
+                 AND filter_status != 'rejected'
+               ORDER BY number LIMIT ?""",
+            (-1 if limit is None else limit,),
+        )
+        return [ResizeJob(*row) for row in rows]
+
+    def record_resize(
+        self, image_id: int, status: str, *, reason: str | None = None, size: tuple[int, int] | None = None
+    ) -> None:
+        width, height = size or (None, None)
+        with self._transaction() as db:
+            db.execute(
+                f"""UPDATE images SET resize_status = ?, resize_reason = ?, width = ?, height = ?,
+                       updated_at = {_NOW} WHERE id = ?""",
+                (status, reason, width, height, image_id),
+            )
+
+    def resized_numbers(self) -> set[int]:
+        rows = self._db.execute("SELECT number FROM images WHERE resize_status = 'done'")
+        return {number for (number,) in rows}
+
+    def forget_resized(self, numbers: Sequence[int]) -> None:
+        """Send images whose resized file has vanished from the work dir back to the resize stage."""
+        with self._transaction() as db:
+            db.executemany(
+                f"UPDATE images SET resize_status = 'pending', updated_at = {_NOW} WHERE number = ?",
+                ((number,) for number in numbers),
+            )
+
+    # --- caption ----------------------------------------------------------------------------
+
+    def record_caption(self, number: int, caption: str, *, model: str, key_label: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_status = 'done', caption_reason = NULL, caption = ?,
+                       caption_model = ?, caption_key = ?, updated_at = {_NOW} WHERE number = ?""",
+                (caption, model, key_label, number),
+            )
+
+    def caption_pending_count(self) -> int:
+        return self._db.execute(
+            "SELECT COUNT(*) FROM images WHERE resize_status = 'done' AND caption_status = 'pending'"
+        ).fetchone()[0]
+
+    # --- export -----------------------------------------------------------------------------
+
+    def captioned_images(self) -> list[CaptionedImage]:
+        """Images ready for the dataset: resized and captioned, in output order."""
+        rows = self._db.execute(
+            """SELECT number, caption FROM images
+               WHERE resize_status = 'done' AND caption_status = 'done' AND duplicate_of IS NULL
+               ORDER BY number"""
+        )
+        return [CaptionedImage(*row) for row in rows]
+
+    # --- reporting --------------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        def by_status(column: str, where: str = "") -> dict[str, int]:
+            rows = self._db.execute(
+                f"SELECT {column}, COUNT(*) FROM images WHERE duplicate_of IS NULL {where} GROUP BY {column}"
+            )
+            return dict(rows.fetchall())
+
+        total, duplicates = self._db.execute(
+            "SELECT COUNT(*), COUNT(duplicate_of) FROM images"
+        ).fetchone()
+        rejected = self._db.execute(
+            """SELECT COALESCE(filter_reason, resize_reason, 'unknown'), COUNT(*) FROM images
+               WHERE duplicate_of IS NULL AND (filter_status = 'rejected' OR resize_status = 'rejected')
+               GROUP BY 1"""
+        )
+        return Counts(
+            sources=total,
+            duplicates=duplicates,
+            filter=by_status("filter_status"),
+            resize=by_status("resize_status", "AND filter_status != 'rejected'"),
+            caption=by_status("caption_status", "AND resize_status = 'done'"),
+            rejected_by_reason=dict(rejected.fetchall()),
+        )
+
+    def problems(self, *, limit: int = 50) -> list[Problem]:
+        """Images that failed or were blocked, in natural order."""
+        rows = self._db.execute(
+            """SELECT source_path, 'resize', resize_status, COALESCE(resize_reason, '') FROM images
+               WHERE resize_status = 'failed'
+               UNION ALL
+               SELECT source_path, 'caption', caption_status, COALESCE(caption_reason, '') FROM images
+               WHERE caption_status IN ('failed', 'blocked')
+               ORDER BY 1 LIMIT ?""",
+            (limit,),
+        )
+        return [Problem(*row) for row in rows]

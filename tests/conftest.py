@@ -1,0 +1,128 @@
+"""Shared builders: synthetic frames, a project folder with a config, and a CLI runner."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ghibli_async.cli import main
+from ghibli_async.config import Config, load_config
+
+# Quadrant colours of a synthetic frame, as the viewer should see them (after EXIF rotation).
+TOP_LEFT, TOP_RIGHT, BOTTOM_LEFT, BOTTOM_RIGHT = (220, 30, 30), (30, 200, 30), (30, 30, 220), (240, 240, 240)
+
+
+def quadrant_image(size: tuple[int, int], *, seed: int = 0) -> Image.Image:
+    """An RGB frame with four coloured quadrants and a seeded speckle that makes its bytes unique."""
+    width, height = size
+    img = Image.new("RGB", size)
+    img.paste(TOP_LEFT, (0, 0, width // 2, height // 2))
+    img.paste(TOP_RIGHT, (width // 2, 0, width, height // 2))
+    img.paste(BOTTOM_LEFT, (0, height // 2, width // 2, height))
+    img.paste(BOTTOM_RIGHT, (width // 2, height // 2, width, height))
+    rng = random.Random(seed)
+    for _ in range(40):
+        x, y = rng.randrange(width - 8), rng.randrange(height - 8)
+        img.paste((rng.randrange(256), rng.randrange(256), rng.randrange(256)), (x, y, x + 6, y + 6))
+    return img
+
+
+def save_frame(path: Path, size: tuple[int, int] = (1000, 1000), *, seed: int = 0, mode: str = "RGB") -> Path:
+    """Write a quadrant frame in `mode` (RGBA gets a transparent bottom half), format from the suffix."""
+    img = quadrant_image(size, seed=seed)
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+        img.paste((0, 0, 0, 0), (0, size[1] // 2, size[0], size[1]))
+    elif mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def save_rotated_jpeg(path: Path, displayed: tuple[int, int], *, seed: int = 0) -> Path:
+    """A JPEG stored on its side with EXIF orientation 6: viewers rotate it upright by 90 degrees."""
+    upright = quadrant_image(displayed, seed=seed)
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6 undoes this with ROTATE_270
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(path, exif=exif)
+    return path
+
+
+def save_truncated_jpeg(path: Path, *, seed: int = 0) -> Path:
+    buffer = io.BytesIO()
+    quadrant_image((1000, 1000), seed=seed).save(buffer, "JPEG")
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@dataclass
+class Project:
+    """A user's folder: config.yaml, frames/, and the default output and work dirs below it."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def frames(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def write_config(self, text: str = "") -> Path:
+        base = "paths:\n  input_dir: frames\n  output_dir: out/train\n  work_dir: work\n"
+        self.config_path.write_text(base + text, encoding="utf-8")
+        return self.config_path
+
+    def resized(self) -> dict[int, Image.Image]:
+        folder = self.root / "work" / "resized"
+        return {int(p.stem): Image.open(p) for p in sorted(folder.iterdir()) if p.suffix == ".jpg"}
+
+    def cli(self, *args: str) -> int:
+        """Run the CLI in this process, as `python -m ghibli_async --config config.yaml ARGS`."""
+        return main(["--config", str(self.config_path), *args])
+
+    def subprocess(self, *args: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ghibli_async", "--config", str(self.config_path), *args],
+            cwd=self.root,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kwargs,
+        )
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any real Gemini key a developer may have exported."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("GEMINI_API_KEY")}
+
+
+@pytest.fixture(autouse=True)
+def _no_real_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("GEMINI_API_KEY"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = Project(tmp_path)
+    project.frames.mkdir()
+    project.write_config()
+    return project
