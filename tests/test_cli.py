@@ -1,0 +1,84 @@
+"""The command line and library entry points, as a user meets them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+import ghibli_async
+from conftest import Project, clean_env, save_frame
+
+
+def test_help_lists_every_command_with_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ghibli_async", "--help"], capture_output=True, text=True, check=True, env=clean_env()
+    ).stdout
+    for command in ("run", "status", "export"):
+        assert f"    {command} " in out
+
+
+def test_status_before_and_after_a_run(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    assert project.cli("status") == 0
+    assert "Nothing processed yet" in capsys.readouterr().out
+
+    project.cli()
+    capsys.readouterr()
+    assert project.cli("status") == 0
+    out = capsys.readouterr().out
+    assert "done 1" in out and "Left to do: caption 1" in out
+
+
+def test_dry_run_writes_nothing(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
+    assert project.cli("--dry-run") == 0
+    assert "3 frames" in capsys.readouterr().out
+    assert sorted(p.name for p in project.root.iterdir()) == ["config.yaml", "frames"]
+
+
+def test_options_work_after_the_command_too(project: Project) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    assert project.cli("run", "--skip-resize") == 0
+    assert not (project.root / "work" / "resized").exists()
+
+
+def test_json_logs_and_no_key_in_any_output(project: Project) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    secret = "AIzaSy-test-secret-that-must-not-leak-00000"
+    (project.root / ".env").write_text(f"GEMINI_API_KEY_1={secret}\n")
+
+    run = project.subprocess("--log-json")
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0
+    assert secret not in out + err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert {"scan_done", "resize_start"} <= {event["event"] for event in events}
+    state = (project.root / "work" / "state.sqlite").read_bytes()
+    assert secret.encode() not in state
+
+
+def test_library_run_inside_a_running_event_loop(project: Project) -> None:
+    """Jupyter runs an event loop; `ghibli_async.run` must still work there."""
+    save_frame(project.frames / "a.jpg", (600, 600))
+
+    async def notebook_cell() -> ghibli_async.RunReport:
+        return ghibli_async.run(project.config_path)
+
+    report = asyncio.run(notebook_cell())
+    assert report.resized["done"] == 1
+
+
+def test_second_run_on_the_same_work_dir_is_refused(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+
+    save_frame(project.frames / "a.jpg", (600, 600))
+    (project.root / "work").mkdir()
+    with open(project.root / "work" / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert project.cli() == 2
+    assert "another ghibli_async run" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""Config and key loading: bad input gives one clear line and exit code 2; keys never leak."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ghibli_async.config import Config, load_api_keys, load_config
+from conftest import Project, save_frame
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert project.cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("resize:\n  sise: 512\n", "resize.sise: unknown field"),
+        ("resize:\n  size: big\n", "resize.size: Input should be a valid integer"),
+        ("resize:\n  fit: stretch\n", "resize.fit: Input should be 'center_crop' or 'pad'"),
+        ("resize:\n  background: not-a-colour\n", "resize.background: not a colour"),
+        ("caption:\n  models: []\n", "caption.models: List should have at least 1 item"),
+        ("caption:\n  models:\n    - {name: m, rpm: 0, rpd: 1, tpm: 1}\n", "caption.models.0.rpm"),
+        ("stages: [resize]\n", "stages: Input should be a valid dictionary"),
+        ("resize: {size: [\n", "not valid YAML (line 2"),
+        ("- a\n- b\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_config_is_one_line_naming_file_and_field(
+    project: Project, capsys: pytest.CaptureFixture[str], yaml_text: str, expected: str
+) -> None:
+    project.config_path.write_text(yaml_text)
+    err = error_line(project, capsys)
+    assert str(project.config_path) in err
+    assert expected in err
+
+
+def test_missing_config_file(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    project.config_path.unlink()
+    assert "config file not found" in error_line(project, capsys)
+
+
+def test_missing_or_empty_input_folder(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no images in" in error_line(project, capsys)
+    project.frames.rmdir()
+    assert "input folder not found" in error_line(project, capsys)
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    config_path = tmp_path / "sub" / "c.yaml"
+    config_path.write_text("paths:\n  input_dir: ../frames\n  work_dir: /abs/work\n")
+    monkeypatch.chdir("/")
+
+    paths = load_config(config_path).paths
+    assert paths.input_dir.resolve() == tmp_path / "frames"
+    assert paths.output_dir == tmp_path / "sub" / "data/ghibli/train"
+    assert paths.work_dir == Path("/abs/work")
+
+
+def test_cli_path_overrides_win(project: Project, tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    save_frame(other / "a.jpg", (600, 600))
+    assert project.cli("--input", str(other), "--work-dir", str(tmp_path / "w2")) == 0
+    assert (tmp_path / "w2" / "resized" / "1.jpg").exists()
+
+
+def test_example_config_documents_the_defaults() -> None:
+    example = load_config(REPO / "config.yaml")
+    defaults = Config()
+    for section in ("stages", "resize", "caption", "export"):
+        assert getattr(example, section) == getattr(defaults, section), section
+
+
+def test_keys_from_env_file_and_environment(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("GEMINI_API_KEY_1=from-file-1\nGEMINI_API_KEY_3=from-file-3\n")
+    environ = {"GEMINI_API_KEY_3": "from-env-3", "GEMINI_API_KEY_10": "k10", "GEMINI_API_KEY": "k-plain"}
+
+    keys = load_api_keys(tmp_path, environ)
+    assert [(k.label, k.secret) for k in keys] == [
+        ("key#1", "from-file-1"),
+        ("key#3", "from-env-3"),
+        ("key#10", "k10"),
+        ("key#0", "k-plain"),
+    ]
+
+
+def test_same_key_twice_counts_once(tmp_path: Path) -> None:
+    keys = load_api_keys(tmp_path, {"GEMINI_API_KEY_1": "same", "GEMINI_API_KEY_2": "same", "GEMINI_API_KEY": "same"})
+    assert [k.label for k in keys] == ["key#1"]
+
+
+def test_keys_never_show_in_repr_or_fingerprint(tmp_path: Path) -> None:
+    secret = "AIzaSy-not-a-real-key-0123456789abcdefg"
+    (key,) = load_api_keys(tmp_path, {"GEMINI_API_KEY_1": secret})
+    assert secret not in repr(key) and secret not in str(key)
+    assert len(key.fingerprint) == 12 and key.fingerprint not in secret
+
+
+def test_no_keys_at_all(tmp_path: Path) -> None:
+    assert load_api_keys(tmp_path, {"GEMINI_API_KEY_1": "  "}) == []

@@ -1,0 +1,84 @@
+"""The exported folder is a Hugging Face imagefolder dataset holding exactly the captioned images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, save_frame
+from ghibli_async.state import StateStore
+
+CAPTIONS = {
+    1: "Ghibli style, a girl in a straw hat runs through tall summer grass",
+    3: "Ghibli style, café terrace at dusk — 夕暮れ, warm lanterns",
+    4: "Ghibli style, two boys seen from behind on a ledge",
+}
+
+
+@pytest.fixture
+def captioned(project: Project) -> Project:
+    """Five resized frames, three of them with captions (as the caption engine will record them)."""
+    for i in range(1, 6):
+        save_frame(project.frames / f"f{i}.jpg", (640, 640), seed=i)
+    project.cli("--skip-caption")
+    with StateStore.open(project.config.state_path) as store:
+        for number, text in CAPTIONS.items():
+            store.record_caption(number, text, model="gemini-flash-latest", key_label="key#1")
+    return project
+
+
+def output(project: Project) -> Path:
+    return project.root / "out" / "train"
+
+
+def test_output_holds_exactly_the_captioned_images(captioned: Project) -> None:
+    assert captioned.cli("export") == 0
+
+    names = sorted(p.name for p in output(captioned).iterdir())
+    assert names == ["1.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]
+    lines = output(captioned).joinpath("metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"file_name": f"{n}.jpg", "text": text} for n, text in CAPTIONS.items()
+    ]
+    assert "夕暮れ" in lines[1] and "\\u" not in lines[1]
+
+
+def test_datasets_loads_the_export(captioned: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from datasets import load_dataset
+
+    captioned.cli("export")
+    dataset = load_dataset("imagefolder", data_dir=str(output(captioned)), split="train", cache_dir=str(tmp_path / "hf"))
+
+    assert dataset.num_rows == len(CAPTIONS)
+    rows = {row["text"]: row["image"] for row in dataset}
+    assert set(rows) == set(CAPTIONS.values())
+    for image in rows.values():
+        assert (image.mode, image.size) == ("RGB", (512, 512))
+
+
+def test_run_exports_too_and_kohya_sidecars(captioned: Project) -> None:
+    captioned.write_config("export:\n  kohya_txt: true\n")
+    captioned.cli("--skip-caption")
+
+    assert output(captioned).joinpath("3.txt").read_text(encoding="utf-8") == CAPTIONS[3]
+    assert sorted(p.name for p in output(captioned).glob("*.txt")) == ["1.txt", "3.txt", "4.txt"]
+
+
+def test_export_removes_its_stale_files_but_not_foreign_ones(captioned: Project) -> None:
+    captioned.cli("export")
+    out = output(captioned)
+    (out / "2.jpg").write_bytes(b"left from an older export")
+    (out / ".9.jpg.123.tmp").write_bytes(b"partial")
+    (out / "README.txt").write_text("the user's own notes")
+
+    captioned.cli("export")
+    assert sorted(p.name for p in out.iterdir()) == ["1.jpg", "3.jpg", "4.jpg", "README.txt", "metadata.jsonl"]
+
+
+def test_export_before_any_run_says_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    assert project.cli("export") == 2
+    assert "run the pipeline first" in capsys.readouterr().err
