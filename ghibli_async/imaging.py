@@ -37,22 +37,28 @@ class ResizeOutcome:
 def resize_file(source: str, dest: str, settings: ResizeConfig) -> ResizeOutcome:
     """Resize `source` to a `settings.size` square JPEG at `dest`, atomically."""
     try:
-        with Image.open(source) as img:
-            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-            source_size = img.size[::-1] if orientation in _SWAPS_AXES else img.size
-            if _too_small(source_size, settings):
-                return ResizeOutcome("rejected", "too_small", source_size)
-            _decode_reduced(img, settings.size)
-            upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-            square = fit_square(to_rgb(upright, settings.background), settings)
-        write_jpeg_atomic(square, Path(dest), settings)
+        square, outcome = square_image(source, settings)
+        if square is not None:
+            write_jpeg_atomic(square, Path(dest), settings)
     except Image.DecompressionBombError:
         return ResizeOutcome("failed", "image too large (decompression bomb guard)")
     except Image.UnidentifiedImageError:
         return ResizeOutcome("failed", "not an image Pillow can read")
     except Exception as exc:  # noqa: BLE001 - any decoder error is this file's problem, not the run's
         return ResizeOutcome("failed", f"corrupt image: {exc}")
-    return ResizeOutcome("done", None, source_size)
+    return outcome
+
+
+def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | None, ResizeOutcome]:
+    """The upright RGB square, before JPEG encoding; None with a `rejected` outcome if too small."""
+    with Image.open(source) as img:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+        source_size = img.size[::-1] if orientation in _SWAPS_AXES else img.size
+        if _too_small(source_size, settings):
+            return None, ResizeOutcome("rejected", "too_small", source_size)
+        _decode_reduced(img, settings.size)
+        upright = ImageOps.exif_transpose(img) if orientation != 1 else img
+        return fit_square(to_rgb(upright, settings.background), settings), ResizeOutcome("done", None, source_size)
 
 
 def _too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:

@@ -48,13 +48,16 @@ async def run_pipeline(config: Config, keys: list[ApiKey], *, limit: int | None 
     _check_stages_available(config)
     started = time.monotonic()
     report = RunReport()
-    with _exclusive(config.paths.work_dir), StateStore.open(config.state_path) as store:
+    workers = config.resize.workers or os.cpu_count() or 1
+    with (
+        _exclusive(config.paths.work_dir),
+        StateStore.open(config.state_path) as store,
+        _process_pool(workers if config.stages.resize else 0) as pool,
+    ):
         report.scan = scan_inputs(config.paths.input_dir, store)
         log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
-        if config.stages.resize:
-            workers = config.resize.workers or os.cpu_count() or 1
-            with _process_pool(workers) as pool:
-                report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
+        if pool is not None:
+            report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
         if config.stages.caption:
             report.notes.append(_caption_note(keys, store.caption_pending_count(), config))
         report.export = export_dataset(store, config)
@@ -94,10 +97,18 @@ def _caption_note(keys: list[ApiKey], waiting: int, config: Config) -> str:
 
 
 @contextmanager
-def _process_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    # forkserver: fork()ing a process that already runs threads (tqdm, asyncio) can deadlock.
-    method = "forkserver" if sys.platform.startswith("linux") else None
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_ignore_sigint)
+def _process_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes for the CPU-bound stages, started at once so their start-up overlaps the scan."""
+    if workers == 0:
+        yield None
+        return
+    # forkserver, not fork: fork()ing a process that already runs threads (tqdm, asyncio) can deadlock.
+    context = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else None)
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload(["ghibli_async.imaging"])
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+    for _ in range(workers):
+        pool.submit(int)
     try:
         yield pool
     finally:

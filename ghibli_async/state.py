@@ -197,7 +197,7 @@ class StateStore:
         duplicate of the first one (in natural order), so it is processed once. Returns duplicates."""
         duplicates = 0
         with self._transaction() as db:
-            originals = self._original_ids_by_hash(db)
+            originals = self._originals_among(db, [file.content_hash for file in files if file.content_hash])
             rows = []
             next_id = db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM images").fetchone()[0]
             for file in sorted(files, key=lambda f: (f.sort_key, f.path)):
@@ -217,7 +217,7 @@ class StateStore:
     def replace_changed_source(self, image_id: int, file: SourceFile) -> None:
         """A known path now holds other bytes: keep its number, redo every stage for it."""
         with self._transaction() as db:
-            original = self._original_ids_by_hash(db).get(file.content_hash) if file.content_hash else None
+            original = self._originals_among(db, [file.content_hash]).get(file.content_hash)
             duplicate_of = original if original != image_id else None
             db.execute(
                 f"""UPDATE images SET content_hash = ?, file_size = ?, mtime_ns = ?, duplicate_of = ?,
@@ -239,11 +239,19 @@ class StateStore:
         return self._db.execute("SELECT content_hash FROM images WHERE id = ?", (image_id,)).fetchone()[0]
 
     @staticmethod
-    def _original_ids_by_hash(db: sqlite3.Connection) -> dict[str, int]:
-        rows = db.execute(
-            "SELECT content_hash, id FROM images WHERE duplicate_of IS NULL AND content_hash IS NOT NULL"
-        )
-        return dict(rows.fetchall())
+    def _originals_among(db: sqlite3.Connection, hashes: Sequence[str | None]) -> dict[str, int]:
+        """The first image registered with each of these contents, by content hash."""
+        found: dict[str, int] = {}
+        wanted = [h for h in hashes if h]
+        for start in range(0, len(wanted), 5000):  # stay under SQLite's bound-parameter limit
+            chunk = wanted[start : start + 5000]
+            rows = db.execute(
+                f"SELECT content_hash, id FROM images WHERE duplicate_of IS NULL"
+                f" AND content_hash IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(rows.fetchall())
+        return found
 
     # --- resize -----------------------------------------------------------------------------
 

@@ -1,0 +1,69 @@
+"""State store at scale: 100,000 images through the operations a run does; writes BENCHMARKS.md.
+
+    python bench/bench_state.py [--images 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_resize import machine  # noqa: E402
+from bench.report import update_benchmarks  # noqa: E402
+from ghibli_async.stages.scan import natural_sort_key  # noqa: E402
+from ghibli_async.state import SourceFile, StateStore  # noqa: E402
+
+PER_IMAGE_SAMPLE = 5000  # one-transaction-per-image updates timed on this many rows
+
+
+def timed(label: str, results: list[tuple[str, float]], action):
+    started = time.perf_counter()
+    value = action()
+    results.append((label, time.perf_counter() - started))
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    n = args.images
+    files = [
+        SourceFile(f"/frames/film{i % 20}/frame{i}.png", natural_sort_key(f"/frames/film{i % 20}/frame{i}.png"), 1, 1, f"h{i}")
+        for i in range(n)
+    ]
+    results: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as scratch, StateStore.open(Path(scratch) / "state.sqlite") as store:
+        timed(f"register {n:,} new files (batches of 2,000, as the scan does)", results, lambda: _register(store, files))
+        timed("load known sources (rerun's skip check)", results, store.known_sources)
+        timed("assign output numbers (natural order)", results, lambda: store.assign_output_numbers(require_kept=False))
+        jobs = timed("list pending resize jobs", results, store.resize_jobs)
+        sample = jobs[:PER_IMAGE_SAMPLE]
+        started = time.perf_counter()
+        for job in sample:
+            store.record_resize(job.image_id, "done", size=(1000, 1000))
+        per_image = (time.perf_counter() - started) / len(sample)
+        timed("status counts", results, store.counts)
+        timed("list captioned images (export)", results, store.captioned_images)
+
+    rows = ["| operation | seconds |", "|---|---|", *(f"| {label} | {seconds:.3f} |" for label, seconds in results)]
+    rows.append(f"| one image's resize result (own transaction), mean of {PER_IMAGE_SAMPLE:,} | {per_image * 1000:.2f} ms |")
+    body = "\n".join([f"{date.today().isoformat()}, {machine()}. {n:,} images.", "", *rows])
+    print(body)
+    if not args.no_write:
+        update_benchmarks("State store at 100,000 images (`bench/bench_state.py`)", body)
+
+
+def _register(store: StateStore, files: list[SourceFile]) -> None:
+    for start in range(0, len(files), 2000):
+        store.register_sources(files[start : start + 2000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Write one benchmark's section into BENCHMARKS.md, replacing that section's previous figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+_HEADER = "# Benchmarks\n\nFigures written by the scripts in `bench/`; rerun a script to refresh its section.\n"
+
+
+def update_benchmarks(title: str, body: str) -> None:
+    text = BENCHMARKS.read_text(encoding="utf-8") if BENCHMARKS.exists() else _HEADER
+    heading = f"## {title}"
+    sections = text.split("\n## ")
+    head, rest = sections[0], [f"## {section}" for section in sections[1:]]
+    rest = [section for section in rest if not section.startswith(heading)]
+    rest.append(f"{heading}\n\n{body.strip()}\n")
+    BENCHMARKS.write_text("\n".join([head.rstrip() + "\n", *(section.rstrip() + "\n" for section in rest)]), encoding="utf-8")
