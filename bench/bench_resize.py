@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import update_benchmarks  # noqa: E402
 from ghibli_async.config import Config, PathsConfig, StagesConfig  # noqa: E402
 from ghibli_async.imaging import square_image  # noqa: E402
-from ghibli_async.pipeline import run_pipeline  # noqa: E402
+from ghibli_async.pipeline import Pipeline  # noqa: E402
 
 SIZE = 512
 
@@ -71,7 +71,7 @@ def stage_run(input_dir: Path, work: Path) -> float:
         stages=StagesConfig(filter=False, resize=True, caption=False),
     )
     started = time.perf_counter()
-    report = asyncio.run(run_pipeline(config, []))
+    report = asyncio.run(Pipeline(config, keys=[]).run())
     elapsed = time.perf_counter() - started
     assert report.resized["done"] == len(list(input_dir.iterdir())), report.resized
     return elapsed

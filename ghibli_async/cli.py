@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ghibli_async.config import Config, load_api_keys, load_config, with_overrides, with_stages
+from ghibli_async.config import Config, load_config, with_overrides, with_stages
 from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import export_only, plan_run, run_pipeline
-from ghibli_async.report import SHOWN_PROBLEMS, format_status, format_summary
+from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, Pipeline, export_only, plan_run
+from ghibli_async.report import format_status, format_summary
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import StateStore
 
@@ -105,10 +105,8 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
             f"{plan.caption_waiting} resized and waiting for a caption."
         )
         return 0
-    keys = load_api_keys(args.config.resolve().parent)
-    report = asyncio.run(run_pipeline(config, keys, limit=args.limit))
-    with StateStore.open(config.state_path, readonly=True) as store:
-        print(format_summary(report, store.counts(), store.problems(limit=SHOWN_PROBLEMS + 1), config))
+    report = asyncio.run(Pipeline(config).run(limit=args.limit))
+    print(format_summary(report, config))
     return 0
 
 
@@ -119,7 +117,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     metadata = config.paths.output_dir / METADATA_FILE
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
     with StateStore.open(config.state_path, readonly=True) as store:
-        print(format_status(store.counts(), store.problems(limit=SHOWN_PROBLEMS + 1), config, exported))
+        print(format_status(store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1), config, exported))
     return 0
 
 

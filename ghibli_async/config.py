@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from dotenv import dotenv_values
 from PIL import ImageColor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from ghibli_async.errors import ConfigError, UserError
 
@@ -103,11 +103,18 @@ class ExportConfig(_Section):
 
 
 class Config(_Section):
+    """The whole config; `base_dir` is the config file's folder (where `.env` is looked for)."""
+
     paths: PathsConfig = PathsConfig()
     stages: StagesConfig = StagesConfig()
     resize: ResizeConfig = ResizeConfig()
     caption: CaptionConfig = CaptionConfig()
     export: ExportConfig = ExportConfig()
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
 
     @property
     def state_path(self) -> Path:
@@ -139,7 +146,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
-    return config.model_copy(update={"paths": config.paths.resolved_against(path.resolve().parent)})
+    config = config.model_copy(update={"paths": config.paths.resolved_against(path.resolve().parent)})
+    config._base_dir = path.resolve().parent
+    return config
 
 
 def with_overrides(config: Config, **paths: Path | None) -> Config:

@@ -1,8 +1,4 @@
-"""Runs the enabled stages in order over one state store; owns the event loop and the process pool.
-
-Use `run()` from scripts and notebooks (it works inside a running event loop too) or
-`await run_pipeline()` from async code.
-"""
+"""Runs the enabled stages in order over one state store; owns the event loop and the process pool."""
 
 from __future__ import annotations
 
@@ -27,55 +23,70 @@ from ghibli_async.errors import UserError
 from ghibli_async.stages.export import ExportResult, export_dataset
 from ghibli_async.stages.resize import run_resize
 from ghibli_async.stages.scan import ScanResult, list_image_files, scan_inputs
-from ghibli_async.state import StateStore, Status
+from ghibli_async.state import Counts, Problem, StateStore, Status
 
 log = structlog.get_logger(__name__)
+
+MAX_PROBLEMS_SHOWN = 20
 
 
 @dataclass
 class RunReport:
-    """What one run did; the totals over the whole dataset come from the state (`report.py`)."""
+    """What one run did, and the dataset's totals and problems as the run left them."""
 
     scan: ScanResult | None = None
     resized: Counter[str] = field(default_factory=Counter)
     export: ExportResult | None = None
+    counts: Counts | None = None
+    problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
 
-async def run_pipeline(config: Config, keys: list[ApiKey], *, limit: int | None = None) -> RunReport:
-    """Scan, (filter), resize, (caption) and export; every stage resumes where the last run stopped."""
-    _check_stages_available(config)
-    started = time.monotonic()
-    report = RunReport()
-    workers = config.resize.workers or os.cpu_count() or 1
-    with (
-        _exclusive(config.paths.work_dir),
-        StateStore.open(config.state_path) as store,
-        _process_pool(workers if config.stages.resize else 0) as pool,
-    ):
-        report.scan = scan_inputs(config.paths.input_dir, store)
-        log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
-        if pool is not None:
-            report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
-        if config.stages.caption:
-            report.notes.append(_caption_note(keys, store.caption_pending_count(), config))
-        report.export = export_dataset(store, config)
-    report.elapsed_s = time.monotonic() - started
-    return report
+class Pipeline:
+    """One configured pipeline. `await pipeline.run()` in async code; `run_sync()` anywhere else,
+    including a Jupyter cell (which already runs an event loop)."""
+
+    def __init__(self, config: Config, *, keys: list[ApiKey] | None = None) -> None:
+        self.config = config
+        self.keys = load_api_keys(config.base_dir) if keys is None else keys
+
+    async def run(self, *, limit: int | None = None) -> RunReport:
+        """Scan, (filter), resize, (caption) and export; every stage resumes where the last run stopped."""
+        config = self.config
+        _check_stages_available(config)
+        started = time.monotonic()
+        report = RunReport()
+        workers = config.resize.workers or os.cpu_count() or 1
+        with (
+            _exclusive(config.paths.work_dir),
+            StateStore.open(config.state_path) as store,
+            _process_pool(workers if config.stages.resize else 0) as pool,
+        ):
+            report.scan = scan_inputs(config.paths.input_dir, store)
+            log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
+            if pool is not None:
+                report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
+            if config.stages.caption:
+                report.notes.append(_caption_note(self.keys, store.caption_pending_count()))
+            report.export = export_dataset(store, config)
+            report.counts, report.problems = store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1)
+        report.elapsed_s = time.monotonic() - started
+        return report
+
+    def run_sync(self, *, limit: int | None = None) -> RunReport:
+        job = self.run(limit=limit)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(job)
+        with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
+            return thread.submit(asyncio.run, job).result()
 
 
-def run(config_path: str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
-    """Blocking entry point for scripts and notebooks (Jupyter already runs an event loop)."""
-    config = load_config(config_path)
-    keys = load_api_keys(Path(config_path).resolve().parent)
-    job = run_pipeline(config, keys, limit=limit)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(job)
-    with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
-        return thread.submit(asyncio.run, job).result()
+def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
+    """Blocking one-liner for scripts and notebooks: `ghibli_async.run("config.yaml")`."""
+    return Pipeline(config if isinstance(config, Config) else load_config(config)).run_sync(limit=limit)
 
 
 def _check_stages_available(config: Config) -> None:
@@ -87,7 +98,7 @@ def _check_stages_available(config: Config) -> None:
         )
 
 
-def _caption_note(keys: list[ApiKey], waiting: int, config: Config) -> str:
+def _caption_note(keys: list[ApiKey], waiting: int) -> str:
     if not keys:
         return (
             f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "

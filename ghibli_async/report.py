@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ghibli_async.config import Config
-from ghibli_async.pipeline import RunReport
+from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, RunReport
 from ghibli_async.state import Counts, Problem
 
-SHOWN_PROBLEMS = 20
-
-
-def format_summary(report: RunReport, counts: Counts, problems: list[Problem], config: Config) -> str:
+def format_summary(report: RunReport, config: Config) -> str:
     """The end-of-run table: this run's work, then the dataset's totals, failures and notes."""
     lines = [f"Summary ({_duration(report.elapsed_s)})", "This run:"]
     if report.scan:
@@ -24,9 +21,10 @@ def format_summary(report: RunReport, counts: Counts, problems: list[Problem], c
     lines.append(f"  {'resized':<12}{report.resized.total():>8}  {resized}")
     if report.export:
         lines.append(f"  {'exported':<12}{report.export.images:>8}  images in {report.export.output_dir}")
-    lines.append("Dataset so far:")
-    lines += _totals(counts, config)
-    lines += _problems(problems, config.paths.input_dir)
+    if report.counts:
+        lines.append("Dataset so far:")
+        lines += _totals(report.counts, config)
+    lines += _problems(report.problems, config.paths.input_dir)
     lines += [f"Note: {note}" for note in report.notes]
     return "\n".join(lines)
 
@@ -43,6 +41,8 @@ def format_status(counts: Counts, problems: list[Problem], config: Config, expor
 
 def _totals(counts: Counts, config: Config) -> list[str]:
     def row(stage: str, statuses: dict[str, int], enabled: bool) -> str:
+        if not enabled and set(statuses) <= {"pending"}:
+            return f"  {stage:<12}{'':>8}  off"
         shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
         return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}{'' if enabled else '  (stage off)'}"
 
@@ -69,9 +69,9 @@ def _problems(problems: list[Problem], input_dir: Path) -> list[str]:
     if not problems:
         return []
     lines = ["Failed or blocked:"]
-    for problem in problems[:SHOWN_PROBLEMS]:
+    for problem in problems[:MAX_PROBLEMS_SHOWN]:
         lines.append(f"  {_relative(problem.source_path, input_dir)}  [{problem.stage} {problem.status}] {problem.reason}")
-    if len(problems) > SHOWN_PROBLEMS:
+    if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append("  … and more (the state's images table has every reason)")
     return lines
 

@@ -73,6 +73,16 @@ def test_library_run_inside_a_running_event_loop(project: Project) -> None:
     assert report.resized["done"] == 1
 
 
+def test_pipeline_in_async_code(project: Project) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+
+    async def app() -> ghibli_async.RunReport:
+        return await ghibli_async.Pipeline(ghibli_async.load_config(project.config_path)).run()
+
+    report = asyncio.run(app())
+    assert report.resized["done"] == 1 and report.counts.resize == {"done": 1}
+
+
 def test_second_run_on_the_same_work_dir_is_refused(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     import fcntl
 

@@ -10,12 +10,14 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
+from ghibli_async.errors import UserError
 from ghibli_async.imaging import TEMP_SUFFIX, ResizeOutcome, resize_file
 from ghibli_async.state import ResizeJob, StateStore
 
@@ -45,10 +47,16 @@ async def run_resize(store: StateStore, config: Config, pool: Executor, *, worke
         return loop.run_in_executor(pool, resize_file, job.source_path, dest, config.resize)
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
-        async for job, outcome in _bounded(jobs, submit, window=workers * 4):
-            _record(store, job, outcome)
-            tally[outcome.status] += 1
-            bar.update()
+        try:
+            async for job, outcome in _bounded(jobs, submit, window=workers * 4):
+                _record(store, job, outcome)
+                tally[outcome.status] += 1
+                bar.update()
+        except BrokenProcessPool:
+            raise UserError(
+                "a resize worker process died (out of memory, or a decoder crash on a damaged file); "
+                f"{tally.total()} images were done and kept: rerun to continue"
+            ) from None
     return tally
 
 
