@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ghibli_async.errors import ConfigError, UserError
 
 DEFAULT_PROMPT = (
-    "Write one caption for this frame from a Studio Ghibli film, for training an image model. "
-    "Describe the characters (apparent age, hair, clothing, pose, expression, what they do), "
-    "the setting, the time of day, the lighting, the colours and the camera framing, in one "
-    "fluent paragraph of 40 to 80 words. Plain prose only: no title, no lists, no quotes, "
-    "no film or character names."
+    "Caption this frame from an animated film for training an image model. Write one single "
+    "descriptive phrase, its parts separated by commas, in simple English (CEFR A2-B1), starting "
+    "with '{trigger}'. Describe each person: apparent age, gender, facial expression, clothing and "
+    "posture; then the background, the light and the mood. Never name a character, a film or a "
+    "studio. 20 to 30 words. No full stop at the end, no line breaks, no quotes, no markdown."
 )
 
 
@@ -72,16 +72,40 @@ class ResizeConfig(_Section):
 
 
 class ModelQuota(_Section):
+    """One model and its limits per Google Cloud project (requests/minute, requests/day, tokens/minute)."""
+
     name: str = Field(min_length=1)
     rpm: int = Field(ge=1)
     rpd: int = Field(ge=1)
     tpm: int = Field(ge=1)
+    thinking_budget: int | None = Field(None, ge=-1)  # this model only; overrides caption.thinking_budget
+    thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
+
+
+class KeyAssignment(_Section):
+    """Which environment variable holds a key, and which project it belongs to (keys of one
+    project share its quota)."""
+
+    env: str = Field(min_length=1)
+    project: str | None = None
 
 
 class BackoffConfig(_Section):
-    initial_s: float = Field(2.0, gt=0)
-    max_s: float = Field(120.0, gt=0)
+    """Waits after a rate limit that names no retry delay, and between retries of server errors."""
+
+    initial_s: float = Field(5.0, gt=0)
+    max_s: float = Field(80.0, gt=0)
     multiplier: float = Field(2.0, ge=1)
+
+
+class SafetySetting(_Section):
+    category: str = Field(min_length=1)
+    threshold: str = Field(min_length=1)
+
+
+def _default_safety() -> list[SafetySetting]:
+    categories = ("HARASSMENT", "HATE_SPEECH", "SEXUALLY_EXPLICIT", "DANGEROUS_CONTENT")
+    return [SafetySetting(category=f"HARM_CATEGORY_{name}", threshold="BLOCK_NONE") for name in categories]
 
 
 class CaptionConfig(_Section):
@@ -94,8 +118,31 @@ class CaptionConfig(_Section):
         ],
         min_length=1,
     )
+    keys: list[KeyAssignment] | None = None
+    project_limits: dict[str, list[ModelQuota]] = Field(default_factory=dict)
+    route: Literal["model_first", "key_first"] = "model_first"
     concurrency: int = Field(8, ge=1, le=256)
+    base_url: str | None = None
+    request_timeout_s: float = Field(60.0, gt=0)
+    temperature: float | None = Field(0.4, ge=0, le=2)
+    max_output_tokens: int = Field(200, ge=16)
+    thinking_budget: int | None = Field(None, ge=-1)
+    thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
+    safety: list[SafetySetting] = Field(default_factory=_default_safety)
+    max_attempts: int = Field(5, ge=1)
+    blocked_retries: int = Field(1, ge=0)
+    min_words: int = Field(8, ge=1)
+    max_words: int = Field(60, ge=1)
+    banned_words: list[str] = Field(default_factory=list)
     backoff: BackoffConfig = BackoffConfig()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelQuota]) -> list[ModelQuota]:
+        names = [model.name for model in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is listed twice: {names}")
+        return models
 
 
 class ExportConfig(_Section):
@@ -192,6 +239,7 @@ class ApiKey:
     label: str
     env_name: str
     secret: str = field(repr=False)
+    project: str = ""
 
     @property
     def fingerprint(self) -> str:
@@ -202,28 +250,29 @@ class ApiKey:
 _NUMBERED_KEY = re.compile(r"GEMINI_API_KEY_(\d+)")
 
 
-def load_api_keys(env_dir: Path, environ: Mapping[str, str] | None = None) -> list[ApiKey]:
-    """Collect `GEMINI_API_KEY_N` (and a plain `GEMINI_API_KEY`, as `key#0`) from the environment
-    and from a `.env` file in `env_dir`; the environment wins. The same key twice counts once."""
+def load_api_keys(
+    env_dir: Path, environ: Mapping[str, str] | None = None, assignments: list[KeyAssignment] | None = None
+) -> list[ApiKey]:
+    """Collect the keys from the environment and from a `.env` file in `env_dir` (the environment
+    wins). Without `assignments`: every `GEMINI_API_KEY_N` as `key#N` (and a plain `GEMINI_API_KEY`
+    as `key#0`), each its own project. With them: the N-th entry is `key#N`, in its named project.
+    The same key twice counts once."""
     env_file = env_dir / ".env"
     try:
         from_file = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.is_file() else {}
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{env_file}: cannot read the .env file ({exc})") from None
     merged = {**from_file, **(os.environ if environ is None else environ)}
-    numbered = sorted(
-        (int(match.group(1)), name)
-        for name in merged
-        if (match := _NUMBERED_KEY.fullmatch(name)) and merged[name].strip()
-    )
-    candidates = [(f"key#{n}", name) for n, name in numbered]
-    if merged.get("GEMINI_API_KEY", "").strip():
-        candidates.append(("key#0", "GEMINI_API_KEY"))
+    if assignments is None:
+        numbered = sorted((int(m.group(1)), name) for name in merged if (m := _NUMBERED_KEY.fullmatch(name)))
+        candidates = [(f"key#{n}", name, None) for n, name in numbered] + [("key#0", "GEMINI_API_KEY", None)]
+    else:
+        candidates = [(f"key#{n}", a.env, a.project) for n, a in enumerate(assignments, start=1)]
     keys: list[ApiKey] = []
     seen: set[str] = set()
-    for label, name in candidates:
-        secret = merged[name].strip()
-        if secret not in seen:
+    for label, name, project in candidates:
+        secret = merged.get(name, "").strip()
+        if secret and secret not in seen:
             seen.add(secret)
-            keys.append(ApiKey(label=label, env_name=name, secret=secret))
+            keys.append(ApiKey(label=label, env_name=name, secret=secret, project=project or label))
     return keys

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import structlog
 
+from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import ApiKey, Config, load_api_keys, load_config
 from ghibli_async.errors import UserError
+from ghibli_async.stages.caption import CaptionEngine, CaptionReport
 from ghibli_async.stages.export import ExportResult, export_dataset
 from ghibli_async.stages.resize import run_resize
 from ghibli_async.stages.scan import ScanResult, list_image_files, scan_inputs
@@ -36,6 +38,7 @@ class RunReport:
 
     scan: ScanResult | None = None
     resized: Counter[str] = field(default_factory=Counter)
+    caption: CaptionReport | None = None
     export: ExportResult | None = None
     counts: Counts | None = None
     problems: list[Problem] = field(default_factory=list)
@@ -47,9 +50,10 @@ class Pipeline:
     """One configured pipeline. `await pipeline.run()` in async code; `run_sync()` anywhere else,
     including a Jupyter cell (which already runs an event loop)."""
 
-    def __init__(self, config: Config, *, keys: list[ApiKey] | None = None) -> None:
+    def __init__(self, config: Config, *, keys: list[ApiKey] | None = None, clock: Clock | None = None) -> None:
         self.config = config
-        self.keys = load_api_keys(config.base_dir) if keys is None else keys
+        self.keys = load_api_keys(config.base_dir, assignments=config.caption.keys) if keys is None else keys
+        self.clock = clock or SystemClock()
 
     async def run(self, *, limit: int | None = None) -> RunReport:
         """Scan, (filter), resize, (caption) and export; every stage resumes where the last run stopped."""
@@ -67,8 +71,12 @@ class Pipeline:
             log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
             if pool is not None:
                 report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
-            if config.stages.caption:
-                report.notes.append(_caption_note(self.keys, store.caption_pending_count()))
+            if config.stages.caption and not self.keys:
+                report.notes.append(_no_keys_note(store.caption_pending_count()))
+            elif config.stages.caption:
+                report.caption = await CaptionEngine(store, config, self.keys, self.clock).run(limit=limit)
+                if report.caption.stopped:
+                    report.notes.append(report.caption.stopped)
             report.export = export_dataset(store, config)
             report.counts, report.problems = store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1)
         report.elapsed_s = time.monotonic() - started
@@ -98,13 +106,11 @@ def _check_stages_available(config: Config) -> None:
         )
 
 
-def _caption_note(keys: list[ApiKey], waiting: int) -> str:
-    if not keys:
-        return (
-            f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "
-            f"or in a .env file next to the config; {waiting} image(s) wait for a caption"
-        )
-    return f"the caption engine is not in this version yet; {waiting} image(s) wait for a caption"
+def _no_keys_note(waiting: int) -> str:
+    return (
+        f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "
+        f"or in a .env file next to the config; {waiting} image(s) wait for a caption"
+    )
 
 
 @contextmanager

@@ -39,6 +39,9 @@ _MIGRATIONS: tuple[str, ...] = (
         caption         TEXT,
         caption_model   TEXT,
         caption_key     TEXT,
+        caption_attempts INTEGER NOT NULL DEFAULT 0,
+        caption_tokens  INTEGER,
+        needs_review    INTEGER NOT NULL DEFAULT 0,
         created_at      TEXT NOT NULL DEFAULT ({_NOW}),
         updated_at      TEXT NOT NULL DEFAULT ({_NOW})
     );
@@ -56,6 +59,16 @@ _MIGRATIONS: tuple[str, ...] = (
         requests    INTEGER NOT NULL DEFAULT 0,
         tokens      INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (project, model, quota_day)
+    );
+
+    -- Limits the server reported in 429 answers (kind: rpm, rpd, tpm); they win over the config.
+    CREATE TABLE learned_limits (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        value       INTEGER NOT NULL,
+        learned_at  TEXT NOT NULL DEFAULT ({_NOW}),
+        PRIMARY KEY (project, model, kind)
     );
     """,
 )
@@ -96,6 +109,12 @@ class ResizeJob:
     image_id: int
     number: int
     source_path: str
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    image_id: int
+    number: int
 
 
 @dataclass(frozen=True)
@@ -307,18 +326,90 @@ class StateStore:
 
     # --- caption ----------------------------------------------------------------------------
 
-    def record_caption(self, number: int, caption: str, *, model: str, key_label: str) -> None:
+    def caption_jobs(self, *, limit: int | None = None) -> list[CaptionJob]:
+        """Resized images without a caption; failed ones are tried again, blocked ones are not."""
+        rows = self._db.execute(
+            """SELECT id, number FROM images
+               WHERE resize_status = 'done' AND caption_status IN ('pending', 'failed') AND duplicate_of IS NULL
+               ORDER BY number LIMIT ?""",
+            (-1 if limit is None else limit,),
+        )
+        return [CaptionJob(*row) for row in rows]
+
+    def record_caption(
+        self,
+        number: int,
+        caption: str,
+        *,
+        model: str,
+        key_label: str,
+        attempts: int = 1,
+        tokens: int | None = None,
+        needs_review: bool = False,
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 f"""UPDATE images SET caption_status = 'done', caption_reason = NULL, caption = ?,
-                       caption_model = ?, caption_key = ?, updated_at = {_NOW} WHERE number = ?""",
-                (caption, model, key_label, number),
+                       caption_model = ?, caption_key = ?, caption_attempts = ?, caption_tokens = ?,
+                       needs_review = ?, updated_at = {_NOW} WHERE number = ?""",
+                (caption, model, key_label, attempts, tokens, int(needs_review), number),
+            )
+
+    def record_caption_failure(self, number: int, status: str, reason: str, *, attempts: int) -> None:
+        """`blocked` (safety) or `failed` (errors; a rerun tries again)."""
+        with self._transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_status = ?, caption_reason = ?, caption_attempts = ?,
+                       updated_at = {_NOW} WHERE number = ?""",
+                (status, reason, attempts, number),
             )
 
     def caption_pending_count(self) -> int:
         return self._db.execute(
-            "SELECT COUNT(*) FROM images WHERE resize_status = 'done' AND caption_status = 'pending'"
+            """SELECT COUNT(*) FROM images WHERE resize_status = 'done' AND duplicate_of IS NULL
+               AND caption_status IN ('pending', 'failed')"""
         ).fetchone()[0]
+
+    # --- quota books (per project and model, per Pacific quota day) ----------------------------
+
+    def count_request(self, project: str, model: str, day: str, *, tokens: int = 0, requests: int = 1) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT INTO quota_usage (project, model, quota_day, requests, tokens) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (project, model, quota_day)
+                   DO UPDATE SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens""",
+                (project, model, day, requests, tokens),
+            )
+
+    def mark_day_spent(self, project: str, model: str, day: str, daily_limit: int) -> None:
+        """The server said the day's quota is gone: remember it, so a restart today does not ask again."""
+        with self._transaction() as db:
+            db.execute(
+                """INSERT INTO quota_usage (project, model, quota_day, requests) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (project, model, quota_day) DO UPDATE SET requests = MAX(requests, excluded.requests)""",
+                (project, model, day, daily_limit),
+            )
+
+    def quota_usage(self, day: str) -> dict[tuple[str, str], tuple[int, int]]:
+        """(project, model) -> (requests, tokens) on that quota day."""
+        rows = self._db.execute(
+            "SELECT project, model, requests, tokens FROM quota_usage WHERE quota_day = ?", (day,)
+        )
+        return {(project, model): (requests, tokens) for project, model, requests, tokens in rows}
+
+    def save_learned_limit(self, project: str, model: str, kind: str, value: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"""INSERT INTO learned_limits (project, model, kind, value) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (project, model, kind) DO UPDATE SET value = excluded.value, learned_at = {_NOW}""",
+                (project, model, kind, value),
+            )
+
+    def learned_limits(self) -> dict[tuple[str, str], dict[str, int]]:
+        learned: dict[tuple[str, str], dict[str, int]] = {}
+        for project, model, kind, value in self._db.execute("SELECT project, model, kind, value FROM learned_limits"):
+            learned.setdefault((project, model), {})[kind] = value
+        return learned
 
     # --- export -----------------------------------------------------------------------------
 
@@ -327,6 +418,7 @@ class StateStore:
         rows = self._db.execute(
             """SELECT number, caption FROM images
                WHERE resize_status = 'done' AND caption_status = 'done' AND duplicate_of IS NULL
+                 AND needs_review = 0
                ORDER BY number"""
         )
         return [CaptionedImage(*row) for row in rows]

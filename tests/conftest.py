@@ -126,3 +126,9 @@ def project(tmp_path: Path) -> Project:
     project.frames.mkdir()
     project.write_config()
     return project
+
+
+def make_frames(project: Project, count: int, size: tuple[int, int] = (160, 160)) -> None:
+    """`count` small distinct PNG frames (fast to make and to resize)."""
+    for i in range(1, count + 1):
+        save_frame(project.frames / f"frame{i}.png", size, seed=i)

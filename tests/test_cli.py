@@ -11,6 +11,9 @@ import pytest
 
 import ghibli_async
 from conftest import Project, clean_env, save_frame
+from fake_gemini import FakeGemini, ModelLimits
+
+from ghibli_async.clock import SystemClock
 
 
 def test_help_lists_every_command_with_one_line() -> None:
@@ -49,17 +52,23 @@ def test_options_work_after_the_command_too(project: Project) -> None:
 
 def test_json_logs_and_no_key_in_any_output(project: Project) -> None:
     save_frame(project.frames / "a.jpg", (600, 600))
-    secret = "AIzaSy-test-secret-that-must-not-leak-00000"
-    (project.root / ".env").write_text(f"GEMINI_API_KEY_1={secret}\n")
+    save_frame(project.frames / "b.jpg", (600, 600), seed=2)
+    secret, bad = "AIzaSy-test-secret-that-must-not-leak-00000", "AIzaSy-invalid-secret-must-not-leak-0000"
+    (project.root / ".env").write_text(f"GEMINI_API_KEY_1={bad}\nGEMINI_API_KEY_2={secret}\n")
+    fake = FakeGemini(SystemClock(), keys={secret: "p"}, models={"m": ModelLimits()})
 
-    run = project.subprocess("--log-json")
-    out, err = run.communicate(timeout=120)
-    assert run.returncode == 0
-    assert secret not in out + err
+    with fake.serving_in_thread():
+        project.write_config(f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 100, tpm: 100000}}]\n")
+        run = project.subprocess("--log-json")
+        out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert secret not in out + err and bad not in out + err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert {"scan_done", "resize_start"} <= {event["event"] for event in events}
-    state = (project.root / "work" / "state.sqlite").read_bytes()
-    assert secret.encode() not in state
+    assert {"scan_done", "resize_start", "caption_start", "key_retired"} <= {event["event"] for event in events}
+    assert "key#1" in err  # the invalid key is named by its label only
+    for stored in (project.root / "work").rglob("*"):
+        if stored.is_file():
+            assert secret.encode() not in stored.read_bytes() and bad.encode() not in stored.read_bytes()
 
 
 def test_library_run_inside_a_running_event_loop(project: Project) -> None:

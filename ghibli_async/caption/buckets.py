@@ -1,0 +1,160 @@
+"""Quota buckets: one per (project, model), since Google counts limits per project, not per key.
+
+Pure bookkeeping on times handed in by the caller; no I/O, no clock reads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
+
+WINDOW_S = 60.0
+# A request reaches the server some time between sending it and the reply (a first request that
+# opens the connection was seen 2 s late on a compressed clock). So a request holds its place in
+# the RPM window from its send until 60 s after its reply, plus this margin for clock rounding:
+# "at most rpm requests in any 60 s" then holds on the server's side too, at ~3% of throughput
+# for 2 s answers.
+WINDOW_MARGIN_S = 0.1
+PACIFIC = ZoneInfo("America/Los_Angeles")
+
+
+def quota_day(wall: datetime) -> str:
+    """Google's daily quotas reset at midnight Pacific time: the day a request counts for."""
+    return wall.astimezone(PACIFIC).date().isoformat()
+
+
+def next_quota_reset(wall: datetime) -> datetime:
+    """The next midnight Pacific time, as an aware datetime."""
+    today = wall.astimezone(PACIFIC).date()
+    return datetime.combine(today + timedelta(days=1), time(0), tzinfo=PACIFIC)
+
+
+@dataclass
+class Limits:
+    rpm: int
+    rpd: int
+    tpm: int
+
+
+@dataclass
+class Bucket:
+    """Requests of one project to one model: sliding-window RPM and TPM, a daily count, a cooldown."""
+
+    project: str
+    model: str
+    limits: Limits
+    keys: list[str]
+    day: str = ""
+    used_today: int = 0
+    spent_day: str | None = None
+    cooldown_until: float = float("-inf")
+    strikes: int = 0
+    retired: str | None = None
+    _answered_at: deque[float] = field(default_factory=deque)  # requests back from the server, in order
+    _in_flight: int = 0
+    _tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    _next_key: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.project}/{self.model}"
+
+    def start_day(self, day: str) -> None:
+        if day != self.day:
+            self.day, self.used_today = day, 0
+
+    def usable(self, day: str) -> bool:
+        """Not retired, has a working key, and today's quota is not spent."""
+        self.start_day(day)
+        return (
+            self.retired is None
+            and bool(self.keys)
+            and self.spent_day != day
+            and self.used_today < self.limits.rpd
+        )
+
+    def free_at(self, now: float, tokens_needed: int) -> float:
+        """The earliest time (>= now) at which a request fits the RPM, TPM and cooldown."""
+        self._forget_before(now - WINDOW_S - WINDOW_MARGIN_S)
+        rpm_free = now
+        room = self.limits.rpm - self._in_flight  # requests in flight may arrive any moment: count them as now
+        if room <= 0:
+            rpm_free = now + WINDOW_S + WINDOW_MARGIN_S
+        elif len(self._answered_at) >= room:
+            rpm_free = self._answered_at[-room] + WINDOW_S + WINDOW_MARGIN_S
+        return max(now, self.cooldown_until, rpm_free, self._tpm_free_at(now, tokens_needed))
+
+    def _tpm_free_at(self, now: float, tokens_needed: int) -> float:
+        budget = self.limits.tpm - min(tokens_needed, self.limits.tpm)
+        used = sum(amount for _, amount in self._tokens)
+        if used <= budget:
+            return now
+        for at, amount in self._tokens:  # oldest first: when enough of them leave the window
+            used -= amount
+            if used <= budget:
+                return at + WINDOW_S + WINDOW_MARGIN_S
+        return now
+
+    def keys_in_turn(self) -> list[str]:
+        """The project's keys, starting after the one used last (round robin)."""
+        start = self._next_key % len(self.keys)
+        return self.keys[start:] + self.keys[:start]
+
+    def take(self, now: float, key: str, tokens_reserved: int) -> None:
+        """Record one request now, before it is sent."""
+        self._in_flight += 1
+        self._tokens.append((now, tokens_reserved))
+        self.used_today += 1
+        self._next_key = self.keys.index(key) + 1
+
+    def settle(self, now: float) -> None:
+        """A request came back: from now on it counts at this time, the latest it can have arrived."""
+        self._in_flight -= 1
+        self._answered_at.append(now)
+
+    def correct_tokens(self, now: float, delta: int) -> None:
+        """The reply's real token count replaces the reservation made by `take`."""
+        self._tokens.append((now, delta))
+
+    def _forget_before(self, horizon: float) -> None:
+        while self._answered_at and self._answered_at[0] < horizon:
+            self._answered_at.popleft()
+        while self._tokens and self._tokens[0][0] < horizon:
+            self._tokens.popleft()
+
+
+def build_buckets(
+    caption: CaptionConfig,
+    keys: list[ApiKey],
+    *,
+    day: str,
+    used_today: dict[tuple[str, str], int],
+    learned: dict[tuple[str, str], dict[str, int]],
+) -> list[Bucket]:
+    """One bucket per (project, model), in priority order for `caption.route`.
+
+    `model_first`: the best model in every project before any worse model; `key_first`: all
+    models of the first project, then the next (the original scripts' order)."""
+    projects: dict[str, list[str]] = {}
+    for key in keys:
+        projects.setdefault(key.project, []).append(key.label)
+    buckets = []
+    for p_index, (project, labels) in enumerate(projects.items()):
+        overrides = {quota.name: quota for quota in caption.project_limits.get(project, [])}
+        for m_index, quota in enumerate(caption.models):
+            limits = _limits(overrides.get(quota.name, quota), learned.get((project, quota.name), {}))
+            bucket = Bucket(project, quota.name, limits, list(labels), day=day)
+            bucket.used_today = used_today.get((project, quota.name), 0)
+            order = (m_index, p_index) if caption.route == "model_first" else (p_index, m_index)
+            buckets.append((order, bucket))
+    return [bucket for _, bucket in sorted(buckets, key=lambda pair: pair[0])]
+
+
+def _limits(quota: ModelQuota, learned: dict[str, int]) -> Limits:
+    return Limits(
+        rpm=learned.get("rpm", quota.rpm), rpd=learned.get("rpd", quota.rpd), tpm=learned.get("tpm", quota.tpm)
+    )

@@ -1,0 +1,184 @@
+"""The Gemini client wrapper: one generateContent call in, one plain reply value out.
+
+Every way the service can answer (a caption, a safety block, a 429 per minute or per day, a bad
+key, a missing model, a server or network error) becomes one of the `Reply` types below, so the
+engine decides by what the service said, never by parsing exceptions itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from google import genai
+from google.genai import errors, types
+
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
+
+_BLOCK_FINISH_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "OTHER", "BLOCKLIST", "SPII"}
+_TYPE_PREFIX = "type.googleapis.com/google.rpc."
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    reason: str
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """429. `scope` is `minute`, `day` or `tokens` (input tokens per minute)."""
+
+    scope: str
+    retry_after: float | None
+    quota_value: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class KeyRejected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelUnavailable:
+    """404 (retired or unknown model) or a 400 that says the request itself does not suit the model."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransientError:
+    """5xx, timeout or a lost connection: worth another try after a pause."""
+
+    reason: str
+
+
+Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | TransientError
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    found: list[type[BaseException]] = [OSError, asyncio.TimeoutError]
+    for module, name in (("aiohttp", "ClientError"), ("httpx", "HTTPError"), ("httpx2", "HTTPError")):
+        try:
+            found.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
+class GeminiClient:
+    """One `google-genai` client per key; the SDK's own retries are off (the engine retries)."""
+
+    def __init__(self, caption: CaptionConfig, keys: list[ApiKey]) -> None:
+        self._caption = caption
+        options = types.HttpOptions(
+            api_version="v1beta",
+            base_url=caption.base_url,  # None: the SDK's default, or GOOGLE_GEMINI_BASE_URL if set
+            timeout=int(caption.request_timeout_s * 1000),
+            retry_options=types.HttpRetryOptions(attempts=1),
+        )
+        self._clients = {key.label: genai.Client(api_key=key.secret, http_options=options) for key in keys}
+        self._configs = {model.name: self._request_config(model) for model in caption.models}
+
+    async def generate(self, key: str, model: str, image: bytes, prompt: str) -> Reply:
+        contents = [types.Part.from_bytes(data=image, mime_type="image/jpeg"), prompt]
+        try:
+            response = await self._clients[key].aio.models.generate_content(
+                model=model, contents=contents, config=self._configs[model]
+            )
+        except errors.APIError as exc:
+            return classify_api_error(exc.code, exc.details)
+        except _TRANSPORT_ERRORS as exc:
+            return TransientError(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return read_response(response)
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aio.aclose()
+
+    def _request_config(self, model: ModelQuota) -> types.GenerateContentConfig:
+        caption = self._caption
+        budget = model.thinking_budget if model.thinking_budget is not None else caption.thinking_budget
+        level = model.thinking_level or caption.thinking_level
+        thinking = None
+        if budget is not None or level is not None:
+            thinking = types.ThinkingConfig(thinking_budget=budget, thinking_level=level.upper() if level else None)
+        return types.GenerateContentConfig(
+            temperature=caption.temperature,
+            max_output_tokens=caption.max_output_tokens,
+            thinking_config=thinking,
+            safety_settings=[
+                types.SafetySetting(category=rule.category, threshold=rule.threshold) for rule in caption.safety
+            ],
+        )
+
+
+def read_response(response: types.GenerateContentResponse) -> Answer | Blocked:
+    """A 200 reply: the caption text, or the block reason when there is no text."""
+    tokens = response.usage_metadata.total_token_count if response.usage_metadata else None
+    feedback = response.prompt_feedback
+    if feedback is not None and feedback.block_reason is not None:
+        return Blocked(f"prompt blocked: {_enum_name(feedback.block_reason)}", tokens)
+    candidate = response.candidates[0] if response.candidates else None
+    parts = candidate.content.parts if candidate and candidate.content and candidate.content.parts else []
+    text = "".join(part.text for part in parts if part.text and not part.thought)
+    finish = _enum_name(candidate.finish_reason) if candidate and candidate.finish_reason else ""
+    if finish in _BLOCK_FINISH_REASONS or not text.strip():
+        return Blocked(f"no caption: finish reason {finish or 'none'}", tokens)
+    return Answer(text, tokens)
+
+
+def classify_api_error(code: int | None, details: Any) -> Reply:
+    """Sort an HTTP error by what the body says (`details` is the whole JSON error body)."""
+    error = details.get("error", {}) if isinstance(details, dict) else {}
+    message = str(error.get("message") or details or "")[:300]
+    rpc = {item.get("@type", "").removeprefix(_TYPE_PREFIX): item for item in error.get("details", []) if isinstance(item, dict)}
+    if code == 429:
+        return _rate_limited(rpc, message)
+    if code in (401, 403) or rpc.get("ErrorInfo", {}).get("reason") in ("API_KEY_INVALID", "API_KEY_EXPIRED"):
+        return KeyRejected(f"{code} {error.get('status', '')}: {message}")
+    if code == 404:
+        return ModelUnavailable(f"404 not found: {message}")
+    if code == 400:
+        return ModelUnavailable(f"400 bad request: {message}")
+    return TransientError(f"{code} {error.get('status', '')}: {message}")
+
+
+def _rate_limited(rpc: dict[str, dict[str, Any]], message: str) -> RateLimited:
+    violation = (rpc.get("QuotaFailure", {}).get("violations") or [{}])[0]
+    quota_id = str(violation.get("quotaId", ""))
+    if "PerDay" in quota_id:
+        scope = "day"
+    elif "Token" in quota_id:
+        scope = "tokens"
+    else:
+        scope = "minute"
+    value = str(violation.get("quotaValue", ""))
+    return RateLimited(
+        scope=scope,
+        retry_after=_seconds(rpc.get("RetryInfo", {}).get("retryDelay")),
+        quota_value=int(value) if value.isdigit() else None,
+        message=message,
+    )
+
+
+def _seconds(duration: Any) -> float | None:
+    """A google.protobuf.Duration in JSON form ("37s", "1.5s") as seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)s", str(duration or ""))
+    return float(match.group(1)) if match else None
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", None) or str(value)

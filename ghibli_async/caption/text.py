@@ -1,0 +1,38 @@
+"""The prompt, and the clean-up and checks every answer goes through before it is stored."""
+
+from __future__ import annotations
+
+import re
+
+from ghibli_async.config import CaptionConfig
+
+_MARKDOWN = re.compile(r"(\*\*|__|`+|^#+\s*|^\s*[-*•]\s+)", re.MULTILINE)
+_LABEL = re.compile(r"^\s*(caption|description)\s*:\s*", re.IGNORECASE)
+_QUOTES = "\"'“”‘’«»"
+
+
+def build_prompt(caption: CaptionConfig) -> str:
+    return caption.prompt.replace("{trigger}", caption.trigger)
+
+
+def normalize_caption(raw: str, trigger: str) -> str:
+    """One line, no markdown or quotes, no final full stop, and `trigger` + exactly one space first
+    (the original data had `Ghibli stylea young boy`)."""
+    text = " ".join(_MARKDOWN.sub("", raw).split()).strip(_QUOTES + " ")
+    text = _LABEL.sub("", text).strip(_QUOTES + " ").rstrip(" .")
+    if text.casefold().startswith(trigger.casefold()):
+        text = text[len(trigger) :]
+    rest = text.lstrip(" ,.:;-–—").strip(_QUOTES + " ")
+    return f"{trigger} {rest}" if rest else trigger
+
+
+def caption_problems(text: str, caption: CaptionConfig) -> list[str]:
+    """Why a normalized caption should not be used as is (empty list: it is fine)."""
+    problems = []
+    words = len(text.split())
+    if not caption.min_words <= words <= caption.max_words:
+        problems.append(f"{words} words (allowed {caption.min_words}-{caption.max_words})")
+    for banned in caption.banned_words:
+        if re.search(rf"\b{re.escape(banned)}\b", text, re.IGNORECASE):
+            problems.append(f"banned word: {banned}")
+    return problems

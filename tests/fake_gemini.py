@@ -1,0 +1,252 @@
+"""A local Gemini API that speaks the real REST wire format, for driving the real google-genai client.
+
+`POST /v1beta/models/{model}:generateContent` with the key in `x-goog-api-key`. It enforces
+per-(project, model) quotas the way Google does (requests per minute over a sliding window,
+requests per Pacific day), on a clock shared with the engine under test, answers with the real
+error bodies (429 QuotaFailure + Help + RetryInfo, 400 API_KEY_INVALID, 404, 503) and safety
+blocks, and records every request it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from ghibli_async.clock import Clock, ScaledClock
+
+_RPC = "type.googleapis.com/google.rpc."
+
+
+@dataclass
+class ModelLimits:
+    rpm: int = 1000
+    rpd: int = 100_000
+
+
+@dataclass
+class Seen:
+    """One request as the server saw it."""
+
+    at: float
+    project: str | None
+    key: str
+    model: str
+    image: str  # sha256 of the image bytes
+    status: int
+    kind: str  # ok, blocked, minute, day, invalid_key, not_found, unavailable
+
+
+@dataclass
+class FakeGemini:
+    clock: Clock
+    keys: dict[str, str]  # secret -> project
+    models: dict[str, ModelLimits]
+    latency: Callable[[], float] = lambda: 0.0
+    blocked_images: set[str] = field(default_factory=set)  # sha256 of images every model refuses
+    unavailable_first: int = 0  # answer the first N requests with 503
+    caption_words: int = 22
+    seen: list[Seen] = field(default_factory=list)
+    _windows: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
+    _days: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    base_url: str = ""
+
+    # --- what tests ask ---------------------------------------------------------------------
+
+    def successes(self) -> list[Seen]:
+        return [s for s in self.seen if s.kind == "ok"]
+
+    def accepted_times(self, project: str, model: str) -> list[float]:
+        """Times of requests that counted against the quota (the server answered them)."""
+        return [s.at for s in self.seen if (s.project, s.model) == (project, model) and s.kind in ("ok", "blocked")]
+
+    # --- the service ------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        key = request.headers.get("x-goog-api-key", "")
+        body = await request.json()
+        image = _image_digest(body)
+        now = self.clock.now()
+        project = self.keys.get(key)
+        status, kind, payload, delay = self._decide(project, model, image, now)
+        self.seen.append(Seen(now, project, key, model, image, status, kind))
+        if delay:
+            await self.clock.sleep(delay)
+        return web.json_response(payload, status=status)
+
+    def _decide(self, project: str | None, model: str, image: str, now: float) -> tuple[int, str, dict, float]:
+        if project is None:
+            return 400, "invalid_key", _invalid_key(), 0.0
+        if model not in self.models:
+            return 404, "not_found", _not_found(model), 0.0
+        if self.unavailable_first > 0:
+            self.unavailable_first -= 1
+            return 503, "unavailable", _error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), 0.0
+        limits = self.models[model]
+        window = self._windows.setdefault((project, model), deque())
+        while window and window[0] <= now - 60:
+            window.popleft()
+        day = self.clock.wall().astimezone(ZoneInfo("America/Los_Angeles")).date().isoformat()
+        if self._days.get((project, model, day), 0) >= limits.rpd:
+            return 429, "day", _quota_exceeded(model, "PerDay", limits.rpd, retry_s=37), 0.0
+        if len(window) >= limits.rpm:
+            retry = max(1, round(window[0] + 60 - now))
+            return 429, "minute", _quota_exceeded(model, "PerMinute", limits.rpm, retry_s=retry), 0.0
+        window.append(now)
+        self._days[(project, model, day)] = self._days.get((project, model, day), 0) + 1
+        if image in self.blocked_images:
+            return 200, "blocked", _blocked(), self.latency()
+        return 200, "ok", self._caption(image, model), self.latency()
+
+    def _caption(self, image: str, model: str) -> dict[str, Any]:
+        words = " ".join(["a", "girl", "in", "a", "red", "coat", "walks", "past", "a", "bakery"] * 5).split()
+        text = f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
+        return {
+            "candidates": [
+                {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": {"promptTokenCount": 330, "candidatesTokenCount": 40, "totalTokenCount": 370},
+            "modelVersion": model,
+        }
+
+    # --- running it ---------------------------------------------------------------------------
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post("/v1beta/models/{model}:generateContent", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        return runner
+
+    @contextmanager
+    def serving_in_thread(self) -> Iterator[FakeGemini]:
+        """Serve from a thread with its own event loop (for a CLI run in another process)."""
+        loop = asyncio.new_event_loop()
+        started = threading.Event()
+        holder: dict[str, web.AppRunner] = {}
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            holder["runner"] = loop.run_until_complete(self.start())
+            started.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        started.wait(10)
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+
+
+def realistic_latency(median_s: float = 2.0, seed: int = 0) -> Callable[[], float]:
+    """Log-normal answer times around `median_s`, like generateContent on a small image."""
+    rng = random.Random(seed)
+    return lambda: rng.lognormvariate(0, 0.35) * median_s
+
+
+def emulated_clock(speed: float = 60.0) -> ScaledClock:
+    return ScaledClock(speed)
+
+
+def _image_digest(body: dict[str, Any]) -> str:
+    """The SDK sends `inlineData` (camelCase), older ones `inline_data`: accept both."""
+    for content in body.get("contents", []):
+        for part in content.get("parts", []):
+            inline = part.get("inlineData") or part.get("inline_data")
+            if inline:
+                data = inline["data"]  # the SDK sends URL-safe base64, sometimes without padding
+                return hashlib.sha256(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))).hexdigest()
+    return ""
+
+
+def _error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def _quota_exceeded(model: str, per: str, value: int, *, retry_s: int) -> dict[str, Any]:
+    quota_id = f"GenerateRequests{per}PerProjectPerModel-FreeTier"
+    message = (
+        f"You exceeded your current quota, please check your plan and billing details. "
+        f"* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, "
+        f"limit: {value}, model: {model}\nPlease retry in {retry_s}.0s."
+    )
+    return _error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        message,
+        [
+            {
+                "@type": _RPC + "QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": quota_id,
+                        "quotaDimensions": {"location": "global", "model": model},
+                        "quotaValue": str(value),
+                    }
+                ],
+            },
+            {
+                "@type": _RPC + "Help",
+                "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+            },
+            {"@type": _RPC + "RetryInfo", "retryDelay": f"{retry_s}s"},
+        ],
+    )
+
+
+def _invalid_key() -> dict[str, Any]:
+    message = "API key not valid. Please pass a valid API key."
+    return _error(
+        400,
+        "INVALID_ARGUMENT",
+        message,
+        [
+            {
+                "@type": _RPC + "ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            },
+            {"@type": _RPC + "LocalizedMessage", "locale": "en-US", "message": message},
+        ],
+    )
+
+
+def _not_found(model: str) -> dict[str, Any]:
+    return _error(
+        404,
+        "NOT_FOUND",
+        f"models/{model} is not found for API version v1beta, or is not supported for generateContent. "
+        "Call ListModels to see the list of available models and their supported methods.",
+    )
+
+
+def _blocked() -> dict[str, Any]:
+    return {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 330, "totalTokenCount": 330},
+        "modelVersion": "fake",
+    }
