@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from collections import Counter, defaultdict
@@ -12,6 +13,8 @@ from conftest import Project, make_frames
 from fake_gemini import FakeGemini, ModelLimits, Seen
 
 from ghibli_async.clock import ScaledClock
+from ghibli_async.config import load_config, with_stages
+from ghibli_async.pipeline import Pipeline
 
 SPEED = 20  # emulated seconds per real second
 
@@ -73,3 +76,154 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
     assert keys_of_a == {"secret-a1", "secret-a2"}  # both keys of project a used, one shared budget
     exported = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(exported) == 300 and all(json.loads(line)["text"] for line in exported)
+
+
+def one_key_run(project: Project, fake: FakeGemini, clock: ScaledClock, models: list[str], extra: str = ""):
+    """Run once with GEMINI_API_KEY_1 = `k1` against `fake`; returns the run report."""
+    write_env(project, GEMINI_API_KEY_1="k1")
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(project, fake.base_url, models, extra=extra)
+            return await run_pipeline(project, clock)
+
+    return asyncio.run(scenario())
+
+
+def test_server_daily_limit_is_learned_and_remembered(project: Project) -> None:
+    make_frames(project, 40)
+    clock = ScaledClock(SPEED)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=30, rpd=20), "m2": ModelLimits(rpm=30)})
+    table = ["{name: m1, rpm: 30, rpd: 250, tpm: 1000000}", "{name: m2, rpm: 30, rpd: 1000, tpm: 1000000}"]
+
+    report = one_key_run(project, fake, clock, table)
+
+    assert report.caption.outcomes == {"done": 40}
+    day_429 = [s for s in fake.seen if s.kind == "day"]
+    assert {s.model for s in day_429} == {"m1"} and len(day_429) <= 8  # only those already in flight
+    assert all(s.at <= day_429[0].at + 1.0 for s in fake.seen if s.model == "m1"), "m1 was asked again"
+    assert len([s for s in fake.seen if s.model == "m1" and s.kind == "ok"]) == 20
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        assert db.execute("SELECT value FROM learned_limits WHERE model = 'm1' AND kind = 'rpd'").fetchone() == (20,)
+
+    make_frames(project, 50)  # ten more frames, same quota day: m1 must not be asked again
+    fake.seen.clear()
+    one_key_run(project, fake, clock, table)
+    assert {s.model for s in fake.seen} == {"m2"} and len(fake.successes()) == 10
+
+
+def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None:
+    make_frames(project, 30)
+    write_env(project, GEMINI_API_KEY_1="k1", GEMINI_API_KEY_2="k2")
+    clock = ScaledClock(SPEED)
+    fake = FakeGemini(clock, keys={"k1": "p1", "k2": "p2"}, models={"m1": ModelLimits(rpm=60, rpd=5)})
+    fake_p2 = {"m1": ModelLimits(rpm=60, rpd=5)}  # same table on the server for both projects
+    fake.models = fake_p2
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(project, fake.base_url, ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}"])
+            return await run_pipeline(project, clock)
+
+    report = asyncio.run(scenario())
+    assert Counter(status for status, *_ in captions(project).values()) == {"done": 10, "pending": 20}
+    assert "quotas reset at midnight Pacific" in report.caption.stopped
+    for spent in (s for s in fake.seen if s.kind == "day"):
+        following = [s for s in fake.seen if s.image == spent.image and s.at > spent.at]
+        if following:
+            assert following[0].at - spent.at < 1.0, "the image waited after a per-day 429"
+    for spent_project in ("p1", "p2"):
+        first = min(s.at for s in fake.seen if s.kind == "day" and s.project == spent_project)
+        assert all(s.at <= first + 1.0 for s in fake.seen if s.project == spent_project), "a spent bucket was asked again"
+
+
+def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Project) -> None:
+    make_frames(project, 20)
+    write_env(project, GEMINI_API_KEY_1="wrong", GEMINI_API_KEY_2="k2")
+    clock = ScaledClock(SPEED)
+    fake = FakeGemini(clock, keys={"k2": "p2"}, models={"m2": ModelLimits(rpm=60)})
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(
+                project,
+                fake.base_url,
+                ["{name: gone-model, rpm: 60, rpd: 100, tpm: 1000000}", "{name: m2, rpm: 60, rpd: 100, tpm: 1000000}"],
+            )
+            return await run_pipeline(project, clock)
+
+    report = asyncio.run(scenario())
+    assert report.caption.outcomes == {"done": 20}
+    assert len([s for s in fake.seen if s.key == "wrong"]) == 1
+    assert len([s for s in fake.seen if s.model == "gone-model" and s.key == "k2"]) == 1
+
+
+def test_blocked_image_tries_another_model_then_ends_blocked_and_unexported(project: Project) -> None:
+    make_frames(project, 5)
+    clock = ScaledClock(SPEED)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)})
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(
+                project,
+                fake.base_url,
+                ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}", "{name: m2, rpm: 60, rpd: 100, tpm: 1000000}"],
+            )
+            await resize_only(project)  # the blocked image is resized/3.jpg: block its bytes
+            fake.blocked_images.add(hashlib.sha256((project.root / "work/resized/3.jpg").read_bytes()).hexdigest())
+            return await run_pipeline(project, clock)
+
+    write_env(project, GEMINI_API_KEY_1="k1")
+    report = asyncio.run(scenario())
+    assert report.caption.outcomes == {"done": 4, "blocked": 1}
+    blocked = [s for s in fake.seen if s.kind == "blocked"]
+    assert [s.model for s in blocked] == ["m1", "m2"]  # one other model tried, once
+    assert captions(project)[3][0] == "blocked"
+    names = {json.loads(line)["file_name"] for line in (project.root / "out/train/metadata.jsonl").read_text().splitlines()}
+    assert names == {"1.jpg", "2.jpg", "4.jpg", "5.jpg"}
+    assert not (project.root / "out/train/3.jpg").exists()
+
+
+async def resize_only(project: Project) -> None:
+    await Pipeline(with_stages(load_config(project.config_path), caption=False), keys=[]).run()
+
+
+def test_server_errors_are_retried(project: Project) -> None:
+    make_frames(project, 6)
+    clock = ScaledClock(200)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60)}, unavailable_first=4)
+
+    report = one_key_run(project, fake, clock, ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}"])
+
+    assert report.caption.outcomes == {"done": 6}
+    assert len([s for s in fake.seen if s.kind == "unavailable"]) == 4
+    assert len(fake.successes()) == 6
+
+
+def test_persistent_server_errors_mark_the_image_failed_and_rerun_retries(project: Project) -> None:
+    make_frames(project, 1)
+    clock = ScaledClock(1000)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=600)}, unavailable_first=5)
+    model = ["{name: m1, rpm: 600, rpd: 100, tpm: 1000000}"]
+
+    report = one_key_run(project, fake, clock, model, extra="  max_attempts: 5\n")
+    assert report.caption.outcomes == {"failed": 1}
+    assert captions(project)[1][0] == "failed"
+
+    report = one_key_run(project, fake, clock, model, extra="  max_attempts: 5\n")
+    assert report.caption.outcomes == {"done": 1}
+
+
+def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project) -> None:
+    make_frames(project, 2)
+    clock = ScaledClock(SPEED)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}, caption_words=5)
+    models = ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}", "{name: m2, rpm: 60, rpd: 100, tpm: 1000000}"]
+
+    report = one_key_run(project, fake, clock, models, extra="  min_words: 8\n")
+
+    assert report.caption.outcomes == {"review": 2}
+    assert sorted(s.model for s in fake.seen) == ["m1", "m1", "m2", "m2"]
+    assert all(review == 1 for *_, review in captions(project).values())
+    assert not (project.root / "out/train/metadata.jsonl").exists()

@@ -1,13 +1,18 @@
-"""kill -9 in the middle of a resize run loses nothing and leaves no partial file."""
+"""kill -9 in the middle of a run loses nothing, leaves no partial file, pays for little twice."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import time
+from collections import Counter
 
-from conftest import Project, save_frame
+from conftest import Project, make_frames, save_frame
+from fake_gemini import FakeGemini, ModelLimits
+
+from ghibli_async.clock import SystemClock
 
 FRAMES = 120
 
@@ -49,3 +54,45 @@ def test_sigkill_mid_resize_then_rerun_gives_every_image_once(project: Project) 
         with path.open("rb") as jpeg:
             jpeg.seek(-2, os.SEEK_END)
             assert jpeg.read() == b"\xff\xd9", f"{path.name} is not a whole JPEG"
+
+
+def captioned_count(state: os.PathLike[str]) -> int:
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM images WHERE caption_status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
+    images, concurrency = 40, 8
+    make_frames(project, images)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.15)
+    state = project.root / "work" / "state.sqlite"
+
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: {concurrency}\n"
+            "  models: [{name: m, rpm: 1000, rpd: 10000, tpm: 10000000}]\n"
+        )
+        run = project.subprocess(start_new_session=True)
+        deadline = time.monotonic() + 60
+        while captioned_count(state) < 10 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        assert 10 <= captioned_count(state) < images, "the kill must land in the middle of captioning"
+
+        rerun = project.subprocess()
+        _, err = rerun.communicate(timeout=120)
+        assert rerun.returncode == 0, err
+
+    assert captioned_count(state) == images
+    paid = Counter(seen.image for seen in fake.successes())
+    assert len(paid) == images
+    assert sum(1 for n in paid.values() if n > 1) <= concurrency  # only those in flight at the kill
+    lines = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert sorted(row["file_name"] for row in rows) == sorted(f"{n}.jpg" for n in range(1, images + 1))
+    assert all((project.root / "out" / "train" / row["file_name"]).exists() for row in rows)
