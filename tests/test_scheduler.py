@@ -1,0 +1,147 @@
+"""The scheduling policy on its own: buckets and a clock in, decisions out (no I/O, no waiting)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ghibli_async.caption.buckets import WINDOW_S, Bucket, Limits, build_buckets, next_quota_reset, quota_day
+from ghibli_async.caption.scheduler import Exhausted, Grant, Scheduler, Wait
+from ghibli_async.config import ApiKey, BackoffConfig, CaptionConfig, ModelQuota
+
+DAY = "2026-11-25"
+
+
+def bucket(model: str = "m", project: str = "p", *, rpm: int = 10, rpd: int = 1000, tpm: int = 10**7, keys=("key#1",)) -> Bucket:
+    return Bucket(project, model, Limits(rpm, rpd, tpm), list(keys), day=DAY)
+
+
+def scheduler(*buckets: Bucket) -> Scheduler:
+    policy = Scheduler(list(buckets), BackoffConfig())
+    policy.proven.update({"key#1", "key#2", "key#3", *(b.model for b in buckets)})
+    return policy
+
+
+def drive(policy: Scheduler, *, seconds: float, latency: float = 2.0) -> list[float]:
+    """Take every slot the policy grants over `seconds`, each request answered after `latency`;
+    returns the send times. Time jumps straight to each next decision (no real waiting)."""
+    now, sent, answers = 0.0, [], []
+    while now < seconds:
+        for at, grant in [a for a in answers if a[0] <= now]:
+            policy.answered(grant, at, key_works=True, model_works=True)
+            answers.remove((at, grant))
+        decision = policy.acquire(now, DAY)
+        if isinstance(decision, Grant):
+            sent.append(now)
+            answers.append((now + latency, decision))
+            continue
+        assert isinstance(decision, Wait)
+        candidates = [at for at, _ in answers] + ([decision.until] if decision.until is not None else [])
+        now = min(candidates)
+    return sent
+
+
+def most_in_a_window(times: list[float]) -> int:
+    return max(sum(1 for t in times if start <= t < start + WINDOW_S) for start in times)
+
+
+def test_never_more_than_rpm_in_any_sliding_minute() -> None:
+    sent = drive(scheduler(bucket(rpm=10)), seconds=600)
+    assert most_in_a_window(sent) == 10
+    assert len(sent) >= 10 * 600 / 62 - 10  # and it still uses nearly all of it
+
+
+def test_aiolimiter_default_form_would_burst() -> None:
+    """Why the policy keeps its own sliding window: AsyncLimiter(rpm, 60) lets 2x rpm through."""
+    # A leaky bucket of capacity rpm that drains rpm/60 per second: full burst at t=0, then
+    # another rpm within the same minute as it drains.
+    rpm, level, sent = 10, 0.0, []
+    for tick in range(0, 600):
+        t = tick / 10
+        level = max(0.0, level - 0.1 * rpm / 60)
+        while level + 1 <= rpm:
+            level += 1
+            sent.append(t)
+    assert most_in_a_window(sent) > rpm
+
+
+def test_model_first_uses_the_best_model_of_every_project_first() -> None:
+    keys = [ApiKey("key#1", "E1", "s1", "a"), ApiKey("key#2", "E2", "s2", "b")]
+    models = [ModelQuota(name="best", rpm=1, rpd=9, tpm=10**6), ModelQuota(name="worse", rpm=1, rpd=9, tpm=10**6)]
+    order = lambda route: [b.name for b in build_buckets(CaptionConfig(models=models, route=route), keys, day=DAY, used_today={}, learned={})]  # noqa: E731
+
+    assert order("model_first") == ["a/best", "b/best", "a/worse", "b/worse"]
+    assert order("key_first") == ["a/best", "a/worse", "b/best", "b/worse"]
+
+
+def test_full_bucket_hands_over_to_the_next_and_waits_for_the_earliest() -> None:
+    first, second = bucket("m1", rpm=1), bucket("m2", rpm=1)
+    policy = scheduler(first, second)
+
+    a = policy.acquire(0.0, DAY)
+    b = policy.acquire(0.0, DAY)
+    assert (a.bucket.model, b.bucket.model) == ("m1", "m2")
+    policy.answered(a, 1.0, key_works=True, model_works=True)
+    policy.answered(b, 3.0, key_works=True, model_works=True)
+    wait = policy.acquire(5.0, DAY)
+    assert isinstance(wait, Wait) and 61.0 <= wait.until <= 61.5  # m1 frees first: 60 s after its answer
+
+
+def test_daily_limit_and_pacific_midnight() -> None:
+    spent = bucket(rpd=2)
+    policy = scheduler(spent)
+    for _ in range(2):
+        grant = policy.acquire(0.0, DAY)
+        policy.answered(grant, 0.5, key_works=True, model_works=True)
+    assert isinstance(policy.acquire(100.0, DAY), Exhausted)
+    assert isinstance(policy.acquire(100.0, "2026-11-26"), Grant)
+
+    before = datetime(2026, 11, 26, 7, 59, tzinfo=timezone.utc)  # 23:59 in Los Angeles (PST)
+    after = datetime(2026, 11, 26, 8, 1, tzinfo=timezone.utc)
+    assert (quota_day(before), quota_day(after)) == ("2026-11-25", "2026-11-26")
+    assert next_quota_reset(before).astimezone(timezone.utc) == datetime(2026, 11, 26, 8, 0, tzinfo=timezone.utc)
+    summer = datetime(2026, 7, 1, 6, 59, tzinfo=timezone.utc)  # 23:59 PDT
+    assert quota_day(summer) == "2026-06-30"
+
+
+def test_per_day_429_spends_the_bucket_whatever_the_delay() -> None:
+    first, second = bucket("m1"), bucket("m2")
+    policy = scheduler(first, second)
+    policy.spend_for_today(first, DAY)
+    grant = policy.acquire(0.0, DAY)
+    assert grant.bucket.model == "m2"
+
+
+def test_rate_limit_cooldown_follows_the_server_else_backs_off() -> None:
+    cooling = bucket()
+    policy = scheduler(cooling)
+    assert policy.cool_down(cooling, 0.0, 37.0) == 37.0
+    assert [policy.cool_down(cooling, 0.0, None) for _ in range(6)] == [10.0, 20.0, 40.0, 80.0, 80.0, 80.0]
+    assert isinstance(policy.acquire(79.0, DAY), Wait)
+
+
+def test_unproven_key_gets_one_request_at_a_time() -> None:
+    policy = Scheduler([bucket(rpm=100, keys=("key#1", "key#2"))], BackoffConfig())
+    policy.proven.add("m")
+    first = policy.acquire(0.0, DAY)
+    second = policy.acquire(0.0, DAY)
+    assert (first.key, second.key) == ("key#1", "key#2")
+    assert policy.acquire(0.0, DAY) == Wait(None)  # both keys have a probe out
+    policy.answered(first, 1.0, key_works=False, model_works=True)
+    policy.retire_key("key#1")
+    assert policy.acquire(1.0, DAY) == Wait(None)
+    policy.answered(second, 1.5, key_works=True, model_works=True)
+    assert {policy.acquire(2.0, DAY).key for _ in range(3)} == {"key#2"}
+
+
+def test_retired_model_and_keys_leave_nothing() -> None:
+    policy = scheduler(bucket("m1"), bucket("m2"))
+    policy.retire_model("m1", "404")
+    assert policy.acquire(0.0, DAY).bucket.model == "m2"
+    policy.retire_key("key#1")
+    assert isinstance(policy.acquire(0.0, DAY), Exhausted)
+
+
+def test_token_budget_limits_too() -> None:
+    policy = scheduler(bucket(rpm=100, tpm=1500))
+    grants = [policy.acquire(0.0, DAY) for _ in range(3)]
+    assert [isinstance(g, Grant) for g in grants] == [True, True, False]  # 600 tokens each, 1500 per minute
