@@ -12,18 +12,21 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ghibli_async.config import Config, load_config, with_overrides, with_stages
+from ghibli_async.caption.check import check_keys, format_checks
+from ghibli_async.clock import SystemClock
+from ghibli_async.config import Config, load_api_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, Pipeline, export_only, plan_run
+from ghibli_async.pipeline import Pipeline, export_only, plan_run
 from ghibli_async.report import format_status, format_summary
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import StateStore
 
 COMMANDS = {
     "run": "scan, resize, caption and export the frames (the default command)",
-    "status": "show how many images are in each stage and status, and what is left",
+    "status": "show counts per stage and status, today's quota use per bucket, and what is left",
     "export": "rewrite the output folder (images + metadata.jsonl) from the state",
+    "check-keys": "send one cheap request per key and model; exit 0 if at least one pair works",
 }
 
 
@@ -74,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _cmd_run,
         "status": _cmd_status,
         "export": _cmd_export,
+        "check-keys": _cmd_check_keys,
     }[args.command or "run"]
     try:
         return handler(_config_from(args), args)
@@ -116,9 +120,19 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         return 0
     metadata = config.paths.output_dir / METADATA_FILE
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
+    keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
     with StateStore.open(config.state_path, readonly=True) as store:
-        print(format_status(store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1), config, exported))
+        print(format_status(store, config, keys, exported, SystemClock().wall()))
     return 0
+
+
+def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
+    keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
+    if not keys:
+        raise UserError("no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config")
+    checks = asyncio.run(check_keys(config.caption, keys))
+    print(format_checks(checks))
+    return 0 if any(check.works for check in checks) else 1
 
 
 def _cmd_export(config: Config, args: argparse.Namespace) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
-from ghibli_async.config import Config
+from ghibli_async.caption.buckets import build_buckets, next_quota_reset, quota_day
+from ghibli_async.config import ApiKey, Config
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, RunReport
-from ghibli_async.state import Counts, Problem
+from ghibli_async.state import Counts, Problem, StateStore
+
 
 def format_summary(report: RunReport, config: Config) -> str:
     """The end-of-run table: this run's work, then the dataset's totals, failures and notes."""
@@ -19,6 +22,10 @@ def format_summary(report: RunReport, config: Config) -> str:
         )
     resized = ", ".join(f"{status} {n}" for status, n in sorted(report.resized.items())) or "nothing to do"
     lines.append(f"  {'resized':<12}{report.resized.total():>8}  {resized}")
+    if report.caption:
+        outcomes = report.caption.outcomes
+        shown = ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items())) or "nothing to do"
+        lines.append(f"  {'captioned':<12}{outcomes['done']:>8}  {shown}; {report.caption.requests} requests")
     if report.export:
         lines.append(f"  {'exported':<12}{report.export.images:>8}  images in {report.export.output_dir}")
     if report.counts:
@@ -29,14 +36,40 @@ def format_summary(report: RunReport, config: Config) -> str:
     return "\n".join(lines)
 
 
-def format_status(counts: Counts, problems: list[Problem], config: Config, exported: int) -> str:
+def format_status(store: StateStore, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
+    counts, problems = store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1)
     lines = [f"State: {config.state_path}"]
     lines += _totals(counts, config)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
     left = _left_to_do(counts, config)
     lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
     lines += _problems(problems, config.paths.input_dir)
+    lines += _quota_today(store, config, keys, wall)
     return "\n".join(lines)
+
+
+def _quota_today(store: StateStore, config: Config, keys: list[ApiKey], wall: datetime) -> list[str]:
+    """Per bucket: requests today against the daily limit (the server's, once learned)."""
+    if not keys:
+        return ["Quota: no API keys configured (GEMINI_API_KEY_1, … in the environment or .env)."]
+    day = quota_day(wall)
+    usage = store.quota_usage(day)
+    learned = store.learned_limits()
+    used = {bucket: requests for bucket, (requests, _) in usage.items()}
+    buckets = build_buckets(config.caption, keys, day=day, used_today=used, learned=learned)
+    reset = next_quota_reset(wall).astimezone()
+    lines = [f"Quota day {day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
+    for bucket in buckets:
+        source = "server" if "rpd" in learned.get((bucket.project, bucket.model), {}) else "table"
+        state = "spent" if bucket.used_today >= bucket.limits.rpd else "open"
+        tokens = usage.get((bucket.project, bucket.model), (0, 0))[1]
+        lines.append(
+            f"  {bucket.name:<40} {bucket.used_today:>6}/{bucket.limits.rpd:<6} requests ({source} limit), "
+            f"{tokens} tokens  {state}"
+        )
+    left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in buckets)
+    lines.append(f"  about {left} more captions today from the remaining daily quota")
+    return lines
 
 
 def _totals(counts: Counts, config: Config) -> list[str]:

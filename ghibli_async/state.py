@@ -195,8 +195,13 @@ class StateStore:
             raise UserError(
                 f"the state database is schema v{version}, newer than this ghibli_async (v{SCHEMA_VERSION}): upgrade it"
             )
-        if version == SCHEMA_VERSION or readonly:
+        if version == SCHEMA_VERSION:
             return
+        if readonly:
+            raise UserError(
+                f"the state database is schema v{version}, older than this ghibli_async (v{SCHEMA_VERSION}): "
+                "run the pipeline once to upgrade it"
+            )
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
             # executescript commits on its own, so the version bump goes inside the script.
             self._db.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")

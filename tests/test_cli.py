@@ -101,3 +101,48 @@ def test_second_run_on_the_same_work_dir_is_refused(project: Project, capsys: py
         fcntl.flock(held, fcntl.LOCK_EX)
         assert project.cli() == 2
     assert "another ghibli_async run" in capsys.readouterr().err
+
+
+def test_check_keys_reports_every_pair_and_exit_code(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=good\nGEMINI_API_KEY_2=wrong\n")
+    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits(), "spent": ModelLimits(rpd=0)})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  models:\n"
+            "    - {name: m, rpm: 5, rpd: 5, tpm: 100000}\n"
+            "    - {name: spent, rpm: 5, rpd: 5, tpm: 100000}\n"
+            "    - {name: gone, rpm: 5, rpd: 5, tpm: 100000}\n"
+        )
+        assert project.cli("check-keys") == 0
+        table = capsys.readouterr().out
+        assert len(fake.seen) == 6  # one request per key and model
+
+        (project.root / ".env").write_text("GEMINI_API_KEY_1=wrong\n")
+        assert project.cli("check-keys") == 1
+    rows = {tuple(line.split()[:3]): line for line in table.splitlines()[1:-1]}
+    assert "  ok" in rows[("key#1", "key#1", "m")]
+    assert "quota spent" in rows[("key#1", "key#1", "spent")]
+    assert "model not found" in rows[("key#1", "key#1", "gone")]
+    assert all("invalid key" in rows[("key#2", "key#2", model)] for model in ("m", "spent", "gone"))
+    assert "good" not in table and "wrong" not in table
+
+
+def test_check_keys_without_keys_says_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    assert project.cli("check-keys") == 2
+    assert "no API keys" in capsys.readouterr().err
+
+
+def test_status_shows_quota_use_per_bucket(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    save_frame(project.frames / "b.jpg", (600, 600), seed=2)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=good\n")
+    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config(f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 50, tpm: 100000}}]\n")
+        project.cli()
+    capsys.readouterr()
+
+    project.cli("status")
+    out = capsys.readouterr().out
+    assert "key#1/m" in out and "2/50" in out
+    assert "about 48 more captions today" in out

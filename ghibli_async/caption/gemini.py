@@ -104,6 +104,20 @@ class GeminiClient:
             return TransientError(f"{type(exc).__name__}: {exc}".rstrip(": "))
         return read_response(response)
 
+    async def ping(self, key: str, model: str) -> Reply:
+        """The cheapest real request (a few tokens of text): proves the key, the model and the quota."""
+        try:
+            response = await self._clients[key].aio.models.generate_content(
+                model=model,
+                contents="Reply with the single word OK.",
+                config=types.GenerateContentConfig(max_output_tokens=8),
+            )
+        except errors.APIError as exc:
+            return classify_api_error(exc.code, exc.details)
+        except _TRANSPORT_ERRORS as exc:
+            return TransientError(f"{type(exc).__name__}: {exc}".rstrip(": "))
+        return read_response(response)
+
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aio.aclose()

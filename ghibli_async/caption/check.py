@@ -1,0 +1,63 @@
+"""`check-keys`: one cheap request per key and model, to see what works before a long run."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ghibli_async.caption.gemini import (
+    Answer,
+    Blocked,
+    GeminiClient,
+    KeyRejected,
+    ModelUnavailable,
+    RateLimited,
+    Reply,
+)
+from ghibli_async.config import ApiKey, CaptionConfig
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    key: str
+    project: str
+    model: str
+    verdict: str  # ok, rate limited, quota spent, invalid key, model not found, unreachable
+    detail: str
+
+    @property
+    def works(self) -> bool:
+        return self.verdict in ("ok", "rate limited")
+
+
+async def check_keys(caption: CaptionConfig, keys: list[ApiKey]) -> list[KeyCheck]:
+    client = GeminiClient(caption, keys)
+    pairs = [(key, model.name) for key in keys for model in caption.models]
+    try:
+        replies = await asyncio.gather(*(client.ping(key.label, model) for key, model in pairs))
+    finally:
+        await client.aclose()
+    return [KeyCheck(key.label, key.project, model, *_verdict(reply)) for (key, model), reply in zip(pairs, replies)]
+
+
+def _verdict(reply: Reply) -> tuple[str, str]:
+    if isinstance(reply, Answer | Blocked):
+        return "ok", ""
+    if isinstance(reply, RateLimited):
+        return ("quota spent" if reply.scope == "day" else "rate limited"), reply.message.split("\n")[0][:120]
+    if isinstance(reply, KeyRejected):
+        return "invalid key", reply.reason[:120]
+    if isinstance(reply, ModelUnavailable):
+        return "model not found", reply.reason[:120]
+    return "unreachable", reply.reason[:120]
+
+
+def format_checks(checks: list[KeyCheck]) -> str:
+    width = max(len(check.model) for check in checks)
+    lines = [f"{'key':<8} {'project':<10} {'model':<{width}}  result"]
+    for check in checks:
+        detail = f"  ({check.detail})" if check.detail and not check.works else ""
+        lines.append(f"{check.key:<8} {check.project:<10} {check.model:<{width}}  {check.verdict}{detail}")
+    working = sum(check.works for check in checks)
+    lines.append(f"{working} of {len(checks)} key/model pairs work.")
+    return "\n".join(lines)
