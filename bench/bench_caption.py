@@ -1,0 +1,154 @@
+"""Caption engine throughput against the fake Gemini server; writes BENCHMARKS.md.
+
+    python bench/bench_caption.py [--speed 30] [--minutes 10]
+
+The fake server answers after a log-normal delay (median 2 s) and enforces each (project, model)
+RPM/RPD; engine and server share one compressed clock. Reported: captions per emulated minute vs
+the bound min(sum of RPM of the usable buckets, concurrency / latency), and vs a sequential
+one-request-at-a-time loop over (key, model) pairs like the original scripts. Target: >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.bench_resize import machine  # noqa: E402
+from bench.report import update_benchmarks  # noqa: E402
+from ghibli_async.caption.gemini import Answer, GeminiClient  # noqa: E402
+from ghibli_async.caption.text import build_prompt  # noqa: E402
+from ghibli_async.clock import ScaledClock  # noqa: E402
+from ghibli_async.config import ApiKey, CaptionConfig, Config, ModelQuota, PathsConfig, ResizeConfig  # noqa: E402
+from ghibli_async.pipeline import Pipeline  # noqa: E402
+from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
+from ghibli_async.state import StateStore  # noqa: E402
+
+LATENCY_S = 2.0
+MODELS = {"flash": ModelLimits(rpm=10, rpd=100_000), "flash-lite": ModelLimits(rpm=15, rpd=100_000)}
+KEYS = [ApiKey(f"key#{n}", f"GEMINI_API_KEY_{n}", f"secret-{n}", f"project-{n}") for n in (1, 2, 3)]
+
+
+def config_for(work: Path, base_url: str, concurrency: int) -> Config:
+    models = [ModelQuota(name=name, rpm=m.rpm, rpd=m.rpd, tpm=10**7) for name, m in MODELS.items()]
+    return Config(
+        paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
+        resize=ResizeConfig(size=64),
+        caption=CaptionConfig(models=models, base_url=base_url, concurrency=concurrency),
+    )
+
+
+async def engine_rate(work: Path, images: int, concurrency: int, speed: float) -> tuple[float, float, int]:
+    """(captions per emulated minute, the bound, most requests seen in one bucket-minute - rpm)."""
+    clock = ScaledClock(speed)
+    fake = FakeGemini(clock, {k.secret: k.project for k in KEYS}, dict(MODELS), latency=realistic_latency(LATENCY_S))
+    runner = await fake.start()
+    try:
+        config = config_for(work, fake.base_url, concurrency)
+        with StateStore.open(config.state_path) as store:
+            started = clock.now()
+            report = await CaptionEngine(store, config, KEYS, clock).run(limit=images)
+            minutes = (clock.now() - started) / 60
+    finally:
+        await runner.cleanup()
+    done = report.outcomes["done"]
+    sample = realistic_latency(LATENCY_S, seed=1)
+    latency = statistics.fmean(sample() for _ in range(20_000))  # Little's law: the mean, not the median
+    bound = min(sum(m.rpm for m in MODELS.values()) * len(KEYS), concurrency / latency * 60)
+    over = max(_most_in_a_minute(fake, key.project, model) - limits.rpm for key in KEYS for model, limits in MODELS.items())
+    return done / minutes, bound, over
+
+
+def _most_in_a_minute(fake: FakeGemini, project: str, model: str) -> int:
+    times = sorted(s.at for s in fake.seen if (s.project, s.model) == (project, model))
+    return max((sum(1 for t in times if start <= t < start + 60) for start in times), default=0)
+
+
+async def sequential_rate(work: Path, images: int, speed: float) -> float:
+    """The original scripts' way: one request at a time, key 1's models first, next pair on a 429."""
+    clock = ScaledClock(speed)
+    fake = FakeGemini(clock, {k.secret: k.project for k in KEYS}, dict(MODELS), latency=realistic_latency(LATENCY_S))
+    runner = await fake.start()
+    caption = config_for(work, "", 1).caption.model_copy(update={"base_url": fake.base_url})
+    client = GeminiClient(caption, KEYS)
+    pairs = [(key.label, model) for key in KEYS for model in MODELS]
+    files = sorted((work / "work" / "resized").glob("*.jpg"))[:images]
+    started, done = clock.now(), 0
+    try:
+        for path in files:
+            for key, model in pairs:
+                if isinstance(await client.generate(key, model, path.read_bytes(), build_prompt(caption)), Answer):
+                    done += 1
+                    break
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+    return done / ((clock.now() - started) / 60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # At 30x the engine's own few ms per request (SQLite, file read) already cost ~10% of emulated
+    # time; at 10x they stay near the 1% they cost in real time.
+    parser.add_argument("--speed", type=float, default=10.0, help="emulated seconds per real second")
+    parser.add_argument("--minutes", type=float, default=6.0, help="emulated minutes of captioning per scenario")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    rpm_total = sum(m.rpm for m in MODELS.values()) * len(KEYS)
+    images = int(rpm_total * args.minutes)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "frames").mkdir()
+        for i in range(images):
+            Image.new("RGB", (96, 96), (i % 256, (i // 256) % 256, 90)).save(work / "frames" / f"f{i}.png")
+        asyncio.run(Pipeline(config_for(work, "", 1), keys=[]).run())  # resize only: no keys
+        rows = []
+        for concurrency in (8, 2):
+            run_dir = work / f"concurrency{concurrency}"
+            shutil.copytree(work / "work", run_dir / "work")  # the same resized images, no captions yet
+            rate, bound, over = asyncio.run(engine_rate(run_dir, images, concurrency, args.speed))
+            rows.append((concurrency, rate, bound, over))
+        sequential = asyncio.run(sequential_rate(work, min(images, 120), args.speed))
+
+    lines = [
+        f"{date.today().isoformat()}, {machine()}.",
+        f"Fake server: {len(KEYS)} keys (one project each) × models {', '.join(f'{n} (rpm {m.rpm})' for n, m in MODELS.items())};",
+        f"answers after a log-normal delay, median {LATENCY_S:.0f} s; clock compressed {args.speed:.0f}×; {images} images per run.",
+        "",
+        "| engine | captions / emulated min | bound | % of bound | worst bucket-minute vs rpm |",
+        "|---|---|---|---|---|",
+    ]
+    for concurrency, rate, bound, over in rows:
+        lines.append(
+            f"| concurrency {concurrency} | {rate:.1f} | {bound:.1f} | **{100 * rate / bound:.0f}%** | "
+            f"{'+' if over > 0 else ''}{over} |"
+        )
+    lines.append(f"| sequential loop (original scripts' way) | {sequential:.1f} | | | |")
+    lines += [
+        "",
+        f"Bound = min(sum of RPM = {rpm_total}, concurrency / mean latency). Target ≥ 90% of the bound. "
+        f"The engine runs {rows[0][1] / sequential:.1f}× the sequential loop at concurrency 8. "
+        "Over 100%: a run starts with every bucket's minute empty, so its first minute takes a full "
+        "window at once; over hours the RPM-bound rate tends to the bound less ~3%, because a request "
+        "holds its RPM slot from its send until 60 s after its answer (the only way to be sure the "
+        "server never sees rpm + 1 in a minute, whatever the network delay).",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        update_benchmarks("Caption engine (`bench/bench_caption.py`)", body)
+
+
+if __name__ == "__main__":
+    main()
