@@ -146,3 +146,15 @@ def test_status_shows_quota_use_per_bucket(project: Project, capsys: pytest.Capt
     out = capsys.readouterr().out
     assert "key#1/m" in out and "2/50" in out
     assert "about 48 more captions today" in out
+
+
+def test_sdk_base_url_variable_works_when_the_field_is_unset(
+    project: Project, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=good\n")
+    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits()})
+    with fake.serving_in_thread():
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
+        project.write_config("caption:\n  models: [{name: m, rpm: 5, rpd: 5, tpm: 100000}]\n")
+        assert project.cli("check-keys") == 0
+    assert len(fake.seen) == 1
