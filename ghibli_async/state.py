@@ -450,7 +450,9 @@ class StateStore:
             duplicates=duplicates,
             filter=by_status("filter_status"),
             resize=by_status("resize_status", "AND filter_status != 'rejected'"),
-            caption=by_status("caption_status", "AND resize_status = 'done'"),
+            caption=by_status(
+                "CASE WHEN needs_review = 1 THEN 'needs_review' ELSE caption_status END", "AND resize_status = 'done'"
+            ),
             rejected_by_reason=dict(rejected.fetchall()),
         )
 

@@ -145,3 +145,15 @@ def test_token_budget_limits_too() -> None:
     policy = scheduler(bucket(rpm=100, tpm=1500))
     grants = [policy.acquire(0.0, DAY) for _ in range(3)]
     assert [isinstance(g, Grant) for g in grants] == [True, True, False]  # 600 tokens each, 1500 per minute
+
+
+def test_project_limits_and_learned_limits_override_the_table() -> None:
+    keys = [ApiKey("key#1", "E1", "s1", "paid"), ApiKey("key#2", "E2", "s2", "free")]
+    caption = CaptionConfig(
+        models=[ModelQuota(name="m", rpm=10, rpd=250, tpm=10**6)],
+        project_limits={"paid": [ModelQuota(name="m", rpm=1000, rpd=10_000, tpm=10**7)]},
+    )
+    buckets = build_buckets(caption, keys, day=DAY, used_today={("free", "m"): 7}, learned={("free", "m"): {"rpd": 20}})
+    paid, free = buckets
+    assert (paid.limits.rpm, paid.limits.rpd) == (1000, 10_000)
+    assert (free.limits.rpm, free.limits.rpd, free.used_today) == (10, 20, 7)
