@@ -94,24 +94,16 @@ class GeminiClient:
 
     async def generate(self, key: str, model: str, image: bytes, prompt: str) -> Reply:
         contents = [types.Part.from_bytes(data=image, mime_type="image/jpeg"), prompt]
-        try:
-            response = await self._clients[key].aio.models.generate_content(
-                model=model, contents=contents, config=self._configs[model]
-            )
-        except errors.APIError as exc:
-            return classify_api_error(exc.code, exc.details)
-        except _TRANSPORT_ERRORS as exc:
-            return TransientError(f"{type(exc).__name__}: {exc}".rstrip(": "))
-        return read_response(response)
+        return await self._call(key, model, contents, self._configs[model])
 
     async def ping(self, key: str, model: str) -> Reply:
         """The cheapest real request (a few tokens of text): proves the key, the model and the quota."""
+        ping_config = types.GenerateContentConfig(max_output_tokens=8)
+        return await self._call(key, model, "Reply with the single word OK.", ping_config)
+
+    async def _call(self, key: str, model: str, contents: Any, config: types.GenerateContentConfig) -> Reply:
         try:
-            response = await self._clients[key].aio.models.generate_content(
-                model=model,
-                contents="Reply with the single word OK.",
-                config=types.GenerateContentConfig(max_output_tokens=8),
-            )
+            response = await self._clients[key].aio.models.generate_content(model=model, contents=contents, config=config)
         except errors.APIError as exc:
             return classify_api_error(exc.code, exc.details)
         except _TRANSPORT_ERRORS as exc:

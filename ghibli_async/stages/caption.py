@@ -85,19 +85,24 @@ class CaptionEngine:
         workers = min(self.caption.concurrency, len(jobs))
         log.info("caption_start", images=len(jobs), buckets=len(self.scheduler.buckets), workers=workers)
         queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2)
-        try:
-            with tqdm(total=len(jobs), desc="caption", unit="img") as bar:
-                tasks = [asyncio.create_task(self._work(queue, bar)) for _ in range(workers)]
-                for job in jobs:
-                    if self.report.stopped:
-                        break
-                    await queue.put(job)
-                for _ in tasks:
-                    await queue.put(None)
-                await asyncio.gather(*tasks)
-        finally:
-            await self.client.aclose()
+        with tqdm(total=len(jobs), desc="caption", unit="img") as bar:
+            tasks = [asyncio.create_task(self._produce(queue, jobs, workers))]
+            tasks += [asyncio.create_task(self._work(queue, bar)) for _ in range(workers)]
+            try:
+                await asyncio.gather(*tasks)  # the first failure (or Ctrl-C) ends them all
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await self.client.aclose()
         return self.report
+
+    async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
+        for job in jobs:
+            if self.report.stopped:
+                break
+            await queue.put(job)
+        for _ in range(workers):
+            await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[CaptionJob | None], bar: tqdm) -> None:
         started = self.clock.now()
