@@ -65,7 +65,9 @@ async def engine_rate(work: Path, images: int, concurrency: int, speed: float) -
     sample = realistic_latency(LATENCY_S, seed=1)
     latency = statistics.fmean(sample() for _ in range(20_000))  # Little's law: the mean, not the median
     bound = min(sum(m.rpm for m in MODELS.values()) * len(KEYS), concurrency / latency * 60)
-    over = max(_most_in_a_minute(fake, key.project, model) - limits.rpm for key in KEYS for model, limits in MODELS.items())
+    over = max(
+        _most_in_a_minute(fake, key.project, model) - limits.rpm for key in KEYS for model, limits in MODELS.items()
+    )
     return done / minutes, bound, over
 
 
@@ -123,8 +125,11 @@ def main() -> None:
 
     lines = [
         f"{date.today().isoformat()}, {machine()}.",
-        f"Fake server: {len(KEYS)} keys (one project each) × models {', '.join(f'{n} (rpm {m.rpm})' for n, m in MODELS.items())};",
-        f"answers after a log-normal delay, median {LATENCY_S:.0f} s; clock compressed {args.speed:.0f}×; {images} images per run.",
+        f"Fake server: {len(KEYS)} keys (one project each) × models "
+        + ", ".join(f"{name} (rpm {m.rpm})" for name, m in MODELS.items())
+        + ";",
+        f"answers after a log-normal delay, median {LATENCY_S:.0f} s; clock compressed {args.speed:.0f}×; "
+        f"{images} images per run.",
         "",
         "| engine | captions / emulated min | bound | % of bound | worst bucket-minute vs rpm |",
         "|---|---|---|---|---|",

@@ -105,10 +105,18 @@ def real_frames(folder: Path | None, scratch: Path) -> list[Path]:
 
 
 def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
-        platform.processor() or platform.machine(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    model = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in line
+            ),
+            platform.processor() or platform.machine(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, Pillow {Image.__version__}"
 
 
@@ -155,14 +163,19 @@ def main() -> None:
     psnr_line = (
         f"PSNR before JPEG encoding, stage vs plain LANCZOS: worst {min(synthetic_psnr):.1f} dB on the "
         f"{len(synthetic_psnr)} synthetic frames"
-        + (f", worst {min(real_psnr):.1f} dB on {len(real_psnr)} real frames and their 2× upscales" if real_psnr else "")
+        + (
+            f", worst {min(real_psnr):.1f} dB on {len(real_psnr)} real frames and their 2× upscales"
+            if real_psnr
+            else ""
+        )
         + f" (inf = identical); target ≥ 40 dB on every frame: {'met' if worst >= 40 else 'NOT met'}."
     )
     body = "\n".join(
         [
             f"{date.today().isoformat()}, {machine()}.",
             f"{args.frames} synthetic film-like 1000×1000 JPEG frames (q90); both sides: center square,",
-            "LANCZOS to 512, JPEG q95 4:4:4. Stage time = one whole `run` with captioning off, worker start-up included.",
+            "LANCZOS to 512, JPEG q95 4:4:4. Stage time = one whole `run` with captioning off,",
+            "worker start-up included.",
             "",
             *rows,
             "",

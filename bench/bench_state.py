@@ -1,6 +1,6 @@
 """State store at scale: 100,000 images through the operations a run does; writes BENCHMARKS.md.
 
-    python bench/bench_state.py [--images 100000]
+python bench/bench_state.py [--images 100000]
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     n = args.images
     files = [
-        SourceFile(f"/frames/film{i % 20}/frame{i}.png", natural_sort_key(f"/frames/film{i % 20}/frame{i}.png"), 1, 1, f"h{i}")
+        SourceFile(
+            f"/frames/film{i % 20}/frame{i}.png", natural_sort_key(f"/frames/film{i % 20}/frame{i}.png"), 1, 1, f"h{i}"
+        )
         for i in range(n)
     ]
     results: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory() as scratch, StateStore.open(Path(scratch) / "state.sqlite") as store:
-        timed(f"register {n:,} new files (batches of 2,000, as the scan does)", results, lambda: _register(store, files))
+        timed(
+            f"register {n:,} new files (batches of 2,000, as the scan does)", results, lambda: _register(store, files)
+        )
         timed("load known sources (rerun's skip check)", results, store.known_sources)
         timed("assign output numbers (natural order)", results, lambda: store.assign_output_numbers(require_kept=False))
         jobs = timed("list pending resize jobs", results, store.resize_jobs)
@@ -53,7 +57,9 @@ def main() -> None:
         timed("list captioned images (export)", results, store.captioned_images)
 
     rows = ["| operation | seconds |", "|---|---|", *(f"| {label} | {seconds:.3f} |" for label, seconds in results)]
-    rows.append(f"| one image's resize result (own transaction), mean of {PER_IMAGE_SAMPLE:,} | {per_image * 1000:.2f} ms |")
+    rows.append(
+        f"| one image's resize result (own transaction), mean of {PER_IMAGE_SAMPLE:,} | {per_image * 1000:.2f} ms |"
+    )
     body = "\n".join([f"{date.today().isoformat()}, {machine()}. {n:,} images.", "", *rows])
     print(body)
     if not args.no_write:

@@ -15,4 +15,6 @@ def update_benchmarks(title: str, body: str) -> None:
     head, rest = sections[0], [f"## {section}" for section in sections[1:]]
     rest = [section for section in rest if not section.startswith(heading)]
     rest.append(f"{heading}\n\n{body.strip()}\n")
-    BENCHMARKS.write_text("\n".join([head.rstrip() + "\n", *(section.rstrip() + "\n" for section in rest)]), encoding="utf-8")
+    BENCHMARKS.write_text(
+        "\n".join([head.rstrip() + "\n", *(section.rstrip() + "\n" for section in rest)]), encoding="utf-8"
+    )

@@ -48,7 +48,9 @@ def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
 
-    parser.add_argument("--config", type=Path, default=default(Path("config.yaml")), help="YAML config (default: config.yaml)")
+    parser.add_argument(
+        "--config", type=Path, default=default(Path("config.yaml")), help="YAML config (default: config.yaml)"
+    )
     parser.add_argument("--work-dir", type=Path, default=default(None), help="override paths.work_dir")
     parser.add_argument("--output", type=Path, default=default(None), help="override paths.output_dir")
     parser.add_argument("--log-json", action="store_true", default=default(False), help="log JSON lines")
@@ -56,11 +58,17 @@ def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults
     if not run_options:
         return
     parser.add_argument("--input", type=Path, default=default(None), help="override paths.input_dir")
-    parser.add_argument("--limit", type=_positive_int, default=default(None), metavar="N", help="process at most N images per stage")
-    parser.add_argument("--skip-filter", action="store_true", default=default(False), help="do not run the person filter")
+    parser.add_argument(
+        "--limit", type=_positive_int, default=default(None), metavar="N", help="process at most N images per stage"
+    )
+    parser.add_argument(
+        "--skip-filter", action="store_true", default=default(False), help="do not run the person filter"
+    )
     parser.add_argument("--skip-resize", action="store_true", default=default(False), help="do not resize new frames")
     parser.add_argument("--skip-caption", action="store_true", default=default(False), help="do not caption")
-    parser.add_argument("--dry-run", action="store_true", default=default(False), help="say what would be done, write nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", default=default(False), help="say what would be done, write nothing"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -116,7 +124,10 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     if not config.state_path.exists():
-        print(f"Nothing processed yet (no state at {config.state_path}): run `python -m ghibli_async --config {args.config}`.")
+        print(
+            f"Nothing processed yet (no state at {config.state_path}): "
+            f"run `python -m ghibli_async --config {args.config}`."
+        )
         return 0
     metadata = config.paths.output_dir / METADATA_FILE
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
@@ -129,7 +140,9 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
 def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
     keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
     if not keys:
-        raise UserError("no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config")
+        raise UserError(
+            "no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config"
+        )
     checks = asyncio.run(check_keys(config.caption, keys))
     print(format_checks(checks))
     return 0 if any(check.works for check in checks) else 1

@@ -79,7 +79,10 @@ def _totals(counts: Counts, config: Config) -> list[str]:
         shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
         return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}{'' if enabled else '  (stage off)'}"
 
-    lines = [f"  {'frames':<12}{counts.sources - counts.duplicates:>8}  unique ({counts.duplicates} exact duplicate(s) skipped)"]
+    lines = [
+        f"  {'frames':<12}{counts.sources - counts.duplicates:>8}  "
+        f"unique ({counts.duplicates} exact duplicate(s) skipped)"
+    ]
     lines.append(row("filter", counts.filter, config.stages.filter))
     lines.append(row("resize", counts.resize, config.stages.resize))
     lines.append(row("caption", counts.caption, config.stages.caption))
@@ -103,7 +106,9 @@ def _problems(problems: list[Problem], input_dir: Path) -> list[str]:
         return []
     lines = ["Failed or blocked:"]
     for problem in problems[:MAX_PROBLEMS_SHOWN]:
-        lines.append(f"  {_relative(problem.source_path, input_dir)}  [{problem.stage} {problem.status}] {problem.reason}")
+        lines.append(
+            f"  {_relative(problem.source_path, input_dir)}  [{problem.stage} {problem.status}] {problem.reason}"
+        )
     if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append("  … and more (the state's images table has every reason)")
     return lines

@@ -397,9 +397,7 @@ class StateStore:
 
     def quota_usage(self, day: str) -> dict[tuple[str, str], tuple[int, int]]:
         """(project, model) -> (requests, tokens) on that quota day."""
-        rows = self._db.execute(
-            "SELECT project, model, requests, tokens FROM quota_usage WHERE quota_day = ?", (day,)
-        )
+        rows = self._db.execute("SELECT project, model, requests, tokens FROM quota_usage WHERE quota_day = ?", (day,))
         return {(project, model): (requests, tokens) for project, model, requests, tokens in rows}
 
     def save_learned_limit(self, project: str, model: str, kind: str, value: int) -> None:
@@ -437,9 +435,7 @@ class StateStore:
             )
             return dict(rows.fetchall())
 
-        total, duplicates = self._db.execute(
-            "SELECT COUNT(*), COUNT(duplicate_of) FROM images"
-        ).fetchone()
+        total, duplicates = self._db.execute("SELECT COUNT(*), COUNT(duplicate_of) FROM images").fetchone()
         rejected = self._db.execute(
             """SELECT COALESCE(filter_reason, resize_reason, 'unknown'), COUNT(*) FROM images
                WHERE duplicate_of IS NULL AND (filter_status = 'rejected' OR resize_status = 'rejected')

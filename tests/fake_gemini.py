@@ -92,7 +92,12 @@ class FakeGemini:
             return 404, "not_found", _not_found(model), 0.0
         if self.unavailable_first > 0:
             self.unavailable_first -= 1
-            return 503, "unavailable", _error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), 0.0
+            return (
+                503,
+                "unavailable",
+                _error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
+                0.0,
+            )
         limits = self.models[model]
         window = self._windows.setdefault((project, model), deque())
         while window and window[0] <= now - 60:
@@ -210,7 +215,12 @@ def _quota_exceeded(model: str, per: str, value: int, *, retry_s: int) -> dict[s
             },
             {
                 "@type": _RPC + "Help",
-                "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
             },
             {"@type": _RPC + "RetryInfo", "retryDelay": f"{retry_s}s"},
         ],

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 
 from caption_harness import run_pipeline, serving, write_caption_config, write_env
 from conftest import Project, make_frames
-from fake_gemini import FakeGemini, ModelLimits, Seen
+from fake_gemini import FakeGemini, ModelLimits
 
 from ghibli_async.clock import ScaledClock
 from ghibli_async.config import load_config, with_stages
@@ -41,8 +41,12 @@ def captions(project: Project) -> dict[int, tuple[str, str, str, int]]:
 def test_three_keys_four_models_300_images(project: Project) -> None:
     make_frames(project, 300)
     write_env(project, GEMINI_API_KEY_1="secret-a1", GEMINI_API_KEY_2="secret-a2", GEMINI_API_KEY_3="secret-b")
-    limits = {"m1": ModelLimits(rpm=10, rpd=60), "m2": ModelLimits(rpm=15, rpd=60),
-              "m3": ModelLimits(rpm=20, rpd=60), "m4": ModelLimits(rpm=30, rpd=80)}
+    limits = {
+        "m1": ModelLimits(rpm=10, rpd=60),
+        "m2": ModelLimits(rpm=15, rpd=60),
+        "m3": ModelLimits(rpm=20, rpd=60),
+        "m4": ModelLimits(rpm=30, rpd=80),
+    }
     clock = ScaledClock(SPEED)
     fake = FakeGemini(clock, keys={"secret-a1": "a", "secret-a2": "a", "secret-b": "b"}, models=limits)
 
@@ -52,8 +56,11 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
                 project,
                 fake.base_url,
                 [f"{{name: {name}, rpm: {m.rpm}, rpd: {m.rpd}, tpm: 1000000}}" for name, m in limits.items()],
-                keys=["{env: GEMINI_API_KEY_1, project: a}", "{env: GEMINI_API_KEY_2, project: a}",
-                      "{env: GEMINI_API_KEY_3, project: b}"],
+                keys=[
+                    "{env: GEMINI_API_KEY_1, project: a}",
+                    "{env: GEMINI_API_KEY_2, project: a}",
+                    "{env: GEMINI_API_KEY_3, project: b}",
+                ],
             )
             report = await run_pipeline(project, clock)
             assert report.caption.outcomes == {"done": 300}
@@ -132,7 +139,9 @@ def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None
             assert following[0].at - spent.at < 1.0, "the image waited after a per-day 429"
     for spent_project in ("p1", "p2"):
         first = min(s.at for s in fake.seen if s.kind == "day" and s.project == spent_project)
-        assert all(s.at <= first + 1.0 for s in fake.seen if s.project == spent_project), "a spent bucket was asked again"
+        assert all(s.at <= first + 1.0 for s in fake.seen if s.project == spent_project), (
+            "a spent bucket was asked again"
+        )
 
 
 def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Project) -> None:
@@ -178,7 +187,9 @@ def test_blocked_image_tries_another_model_then_ends_blocked_and_unexported(proj
     blocked = [s for s in fake.seen if s.kind == "blocked"]
     assert [s.model for s in blocked] == ["m1", "m2"]  # one other model tried, once
     assert captions(project)[3][0] == "blocked"
-    names = {json.loads(line)["file_name"] for line in (project.root / "out/train/metadata.jsonl").read_text().splitlines()}
+    names = {
+        json.loads(line)["file_name"] for line in (project.root / "out/train/metadata.jsonl").read_text().splitlines()
+    }
     assert names == {"1.jpg", "2.jpg", "4.jpg", "5.jpg"}
     assert not (project.root / "out/train/3.jpg").exists()
 
@@ -216,7 +227,9 @@ def test_persistent_server_errors_mark_the_image_failed_and_rerun_retries(projec
 def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project) -> None:
     make_frames(project, 2)
     clock = ScaledClock(SPEED)
-    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}, caption_words=5)
+    fake = FakeGemini(
+        clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}, caption_words=5
+    )
     models = ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}", "{name: m2, rpm: 60, rpd: 100, tpm: 1000000}"]
 
     report = one_key_run(project, fake, clock, models, extra="  min_words: 8\n")

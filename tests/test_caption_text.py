@@ -36,7 +36,12 @@ def test_prompt_names_the_trigger() -> None:
 
 
 def quota_body(quota_id: str, value: str, delay: str | None) -> dict:
-    details = [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": quota_id, "quotaValue": value}]}]
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaId": quota_id, "quotaValue": value}],
+        }
+    ]
     if delay:
         details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
     return {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota", "details": details}}
@@ -51,7 +56,12 @@ def test_classify_errors_by_what_the_body_says() -> None:
     assert (tokens.scope, tokens.retry_after) == ("tokens", None)
     bare = classify_api_error(429, {"error": {"code": 429, "message": "Resource exhausted"}})
     assert (bare.scope, bare.retry_after, bare.quota_value) == ("minute", None, None)
-    invalid = {"error": {"code": 400, "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}}
+    invalid = {
+        "error": {
+            "code": 400,
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
+        }
+    }
     assert isinstance(classify_api_error(400, invalid), KeyRejected)
     assert isinstance(classify_api_error(403, {"error": {"code": 403}}), KeyRejected)
     assert isinstance(classify_api_error(404, {"error": {"code": 404}}), ModelUnavailable)

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
-import ghibli_async
 from conftest import Project, clean_env, save_frame
 from fake_gemini import FakeGemini, ModelLimits
 
+import ghibli_async
 from ghibli_async.clock import SystemClock
 
 
@@ -58,7 +57,9 @@ def test_json_logs_and_no_key_in_any_output(project: Project) -> None:
     fake = FakeGemini(SystemClock(), keys={secret: "p"}, models={"m": ModelLimits()})
 
     with fake.serving_in_thread():
-        project.write_config(f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 100, tpm: 100000}}]\n")
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 100, tpm: 100000}}]\n"
+        )
         run = project.subprocess("--log-json")
         out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
@@ -138,7 +139,9 @@ def test_status_shows_quota_use_per_bucket(project: Project, capsys: pytest.Capt
     (project.root / ".env").write_text("GEMINI_API_KEY_1=good\n")
     fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits()})
     with fake.serving_in_thread():
-        project.write_config(f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 50, tpm: 100000}}]\n")
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 50, tpm: 100000}}]\n"
+        )
         project.cli()
     capsys.readouterr()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Project, save_frame
 
 from ghibli_async.config import Config, load_api_keys, load_config
-from conftest import Project, save_frame
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, save_frame
+
 from ghibli_async.state import StateStore
 
 CAPTIONS = {
@@ -51,7 +51,9 @@ def test_datasets_loads_the_export(captioned: Project, tmp_path: Path, monkeypat
     from datasets import load_dataset
 
     captioned.cli("export")
-    dataset = load_dataset("imagefolder", data_dir=str(output(captioned)), split="train", cache_dir=str(tmp_path / "hf"))
+    dataset = load_dataset(
+        "imagefolder", data_dir=str(output(captioned)), split="train", cache_dir=str(tmp_path / "hf")
+    )
 
     assert dataset.num_rows == len(CAPTIONS)
     rows = {row["text"]: row["image"] for row in dataset}

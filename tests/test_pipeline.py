@@ -6,8 +6,6 @@ import shutil
 import sqlite3
 
 import pytest
-from PIL import Image
-
 from conftest import (
     BOTTOM_LEFT,
     BOTTOM_RIGHT,
@@ -18,6 +16,7 @@ from conftest import (
     save_rotated_jpeg,
     save_truncated_jpeg,
 )
+from PIL import Image
 
 
 def close_to(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 40) -> bool:

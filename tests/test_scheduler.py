@@ -11,7 +11,9 @@ from ghibli_async.config import ApiKey, BackoffConfig, CaptionConfig, ModelQuota
 DAY = "2026-11-25"
 
 
-def bucket(model: str = "m", project: str = "p", *, rpm: int = 10, rpd: int = 1000, tpm: int = 10**7, keys=("key#1",)) -> Bucket:
+def bucket(
+    model: str = "m", project: str = "p", *, rpm: int = 10, rpd: int = 1000, tpm: int = 10**7, keys=("key#1",)
+) -> Bucket:
     return Bucket(project, model, Limits(rpm, rpd, tpm), list(keys), day=DAY)
 
 
@@ -67,7 +69,10 @@ def test_aiolimiter_default_form_would_burst() -> None:
 def test_model_first_uses_the_best_model_of_every_project_first() -> None:
     keys = [ApiKey("key#1", "E1", "s1", "a"), ApiKey("key#2", "E2", "s2", "b")]
     models = [ModelQuota(name="best", rpm=1, rpd=9, tpm=10**6), ModelQuota(name="worse", rpm=1, rpd=9, tpm=10**6)]
-    order = lambda route: [b.name for b in build_buckets(CaptionConfig(models=models, route=route), keys, day=DAY, used_today={}, learned={})]  # noqa: E731
+
+    def order(route: str) -> list[str]:
+        caption = CaptionConfig(models=models, route=route)
+        return [b.name for b in build_buckets(caption, keys, day=DAY, used_today={}, learned={})]
 
     assert order("model_first") == ["a/best", "b/best", "a/worse", "b/worse"]
     assert order("key_first") == ["a/best", "a/worse", "b/best", "b/worse"]

@@ -28,7 +28,14 @@ def store(tmp_path: Path) -> StateStore:
 
 def test_natural_sort_key_orders_numbers_by_value() -> None:
     names = ["img10.png", "img2.png", "IMG1.png", "img02b.png", "a/img3.png", "img.png"]
-    assert sorted(names, key=natural_sort_key) == ["a/img3.png", "img.png", "IMG1.png", "img2.png", "img02b.png", "img10.png"]
+    assert sorted(names, key=natural_sort_key) == [
+        "a/img3.png",
+        "img.png",
+        "IMG1.png",
+        "img2.png",
+        "img02b.png",
+        "img10.png",
+    ]
 
 
 def test_numbers_are_natural_order_and_stable(store: StateStore) -> None:

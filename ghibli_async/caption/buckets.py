@@ -70,12 +70,7 @@ class Bucket:
     def usable(self, day: str) -> bool:
         """Not retired, has a working key, and today's quota is not spent."""
         self.start_day(day)
-        return (
-            self.retired is None
-            and bool(self.keys)
-            and self.spent_day != day
-            and self.used_today < self.limits.rpd
-        )
+        return self.retired is None and bool(self.keys) and self.spent_day != day and self.used_today < self.limits.rpd
 
     def free_at(self, now: float, tokens_needed: int) -> float:
         """The earliest time (>= now) at which a request fits the RPM, TPM and cooldown."""

@@ -17,7 +17,15 @@ from google.genai import errors, types
 
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
-_BLOCK_FINISH_REASONS = {"SAFETY", "PROHIBITED_CONTENT", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "OTHER", "BLOCKLIST", "SPII"}
+_BLOCK_FINISH_REASONS = {
+    "SAFETY",
+    "PROHIBITED_CONTENT",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "OTHER",
+    "BLOCKLIST",
+    "SPII",
+}
 _TYPE_PREFIX = "type.googleapis.com/google.rpc."
 
 
@@ -103,7 +111,9 @@ class GeminiClient:
 
     async def _call(self, key: str, model: str, contents: Any, config: types.GenerateContentConfig) -> Reply:
         try:
-            response = await self._clients[key].aio.models.generate_content(model=model, contents=contents, config=config)
+            response = await self._clients[key].aio.models.generate_content(
+                model=model, contents=contents, config=config
+            )
         except errors.APIError as exc:
             return classify_api_error(exc.code, exc.details)
         except _TRANSPORT_ERRORS as exc:
@@ -150,7 +160,11 @@ def classify_api_error(code: int | None, details: Any) -> Reply:
     """Sort an HTTP error by what the body says (`details` is the whole JSON error body)."""
     error = details.get("error", {}) if isinstance(details, dict) else {}
     message = str(error.get("message") or details or "")[:300]
-    rpc = {item.get("@type", "").removeprefix(_TYPE_PREFIX): item for item in error.get("details", []) if isinstance(item, dict)}
+    rpc = {
+        item.get("@type", "").removeprefix(_TYPE_PREFIX): item
+        for item in error.get("details", [])
+        if isinstance(item, dict)
+    }
     if code == 429:
         return _rate_limited(rpc, message)
     if code in (401, 403) or rpc.get("ErrorInfo", {}).get("reason") in ("API_KEY_INVALID", "API_KEY_EXPIRED"):

@@ -100,7 +100,9 @@ class Scheduler:
         """A per-minute 429: rest the bucket for the server's delay, else 5 s, 10 s, 20 s … (capped)."""
         bucket.strikes += 1
         if retry_after is None:
-            retry_after = min(self.backoff.initial_s * self.backoff.multiplier ** (bucket.strikes - 1), self.backoff.max_s)
+            retry_after = min(
+                self.backoff.initial_s * self.backoff.multiplier ** (bucket.strikes - 1), self.backoff.max_s
+            )
         bucket.cooldown_until = max(bucket.cooldown_until, now + retry_after)
         return retry_after
 

@@ -236,7 +236,14 @@ class CaptionEngine:
         configured = getattr(bucket.limits, kind)
         setattr(bucket.limits, kind, value)
         self.store.save_learned_limit(bucket.project, bucket.model, kind, value)
-        self._say_once("limit_learned", f"{bucket.name}/{kind}", bucket=bucket.name, limit=kind, configured=configured, server=value)
+        self._say_once(
+            "limit_learned",
+            f"{bucket.name}/{kind}",
+            bucket=bucket.name,
+            limit=kind,
+            configured=configured,
+            server=value,
+        )
 
     def _no_bucket_left(self, attempt: _ImageTry) -> str:
         day = quota_day(self.clock.wall())

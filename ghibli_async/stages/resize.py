@@ -28,7 +28,9 @@ def output_name(number: int) -> str:
     return f"{number}.jpg"
 
 
-async def run_resize(store: StateStore, config: Config, pool: Executor, *, workers: int, limit: int | None) -> Counter[str]:
+async def run_resize(
+    store: StateStore, config: Config, pool: Executor, *, workers: int, limit: int | None
+) -> Counter[str]:
     """Resize every numbered image still pending; returns how many ended in each status."""
     resized_dir = config.resized_dir
     resized_dir.mkdir(parents=True, exist_ok=True)
