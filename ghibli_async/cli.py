@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,8 +19,8 @@ from ghibli_async.clock import SystemClock
 from ghibli_async.config import Config, load_api_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import Pipeline, export_only, plan_run
-from ghibli_async.report import format_status, format_summary
+from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
+from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import StateStore
 
@@ -27,6 +29,9 @@ COMMANDS = {
     "status": "show counts per stage and status, today's quota use per bucket, and what is left",
     "export": "rewrite the output folder (images + metadata.jsonl) from the state",
     "check-keys": "send one cheap request per key and model; exit 0 if at least one pair works",
+    "filter-report": "show the filter's decisions: counts per reason, or one JSON line per frame (--json)",
+    "keep": "keep these frames whatever the filter says (the next run honours it)",
+    "reject": "reject these frames whatever the filter says (they are never deleted)",
 }
 
 
@@ -41,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=summary)
         # Options may come before or after the command; SUPPRESS keeps a value given before it.
         _add_options(command, run_options=name == "run", defaults=False)
+        if name == "filter-report":
+            command.add_argument("--json", action="store_true", help="one JSON object per frame, for scripts")
+        if name in ("keep", "reject"):
+            command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
     return parser
 
 
@@ -86,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _cmd_status,
         "export": _cmd_export,
         "check-keys": _cmd_check_keys,
+        "filter-report": _cmd_filter_report,
+        "keep": _cmd_override,
+        "reject": _cmd_override,
     }[args.command or "run"]
     try:
         return handler(_config_from(args), args)
@@ -146,6 +158,29 @@ def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
     checks = asyncio.run(check_keys(config.caption, keys))
     print(format_checks(checks))
     return 0 if any(check.works for check in checks) else 1
+
+
+def _cmd_filter_report(config: Config, args: argparse.Namespace) -> int:
+    if not config.state_path.exists():
+        raise UserError(f"no filter decisions yet: no state at {config.state_path} (run the pipeline first)")
+    with StateStore.open(config.state_path, readonly=True) as store:
+        rows = store.filter_report()
+    if args.json:
+        for row in rows:
+            print(json.dumps(filter_row_json(row), ensure_ascii=False))
+    else:
+        print(format_filter_report(rows, config))
+    return 0
+
+
+def _cmd_override(config: Config, args: argparse.Namespace) -> int:
+    paths = [os.path.abspath(path) for path in args.paths]
+    unknown = set_override(config, paths, args.command)
+    done = len(paths) - len(unknown)
+    print(f"{args.command}: {done} frame(s) marked; the next run honours it.")
+    if unknown:
+        raise UserError(f"not in the state (run the pipeline first, or check the path): {', '.join(unknown[:5])}")
+    return 0
 
 
 def _cmd_export(config: Config, args: argparse.Namespace) -> int:

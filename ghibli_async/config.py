@@ -46,7 +46,7 @@ class PathsConfig(_Section):
 
 
 class StagesConfig(_Section):
-    filter: bool = False
+    filter: bool = True
     resize: bool = True
     caption: bool = True
 
@@ -69,6 +69,42 @@ class ResizeConfig(_Section):
             except ValueError:
                 raise ValueError(f"not a colour: {value!r} (use a name, '#rrggbb' or [r, g, b])") from None
         return value
+
+
+class DetectorConfig(_Section):
+    """One person detector. `yolo`: ultralytics, COCO class `person`."""
+
+    name: Literal["yolo"] = "yolo"
+    weights: str = "yolo11n.pt"  # a name ultralytics can fetch when online, or a file path
+    confidence: float = Field(0.15, gt=0, lt=1)  # a box at or above this counts as a person
+    image_size: int = Field(640, ge=32)
+    batch_size: int = Field(8, ge=1)
+    device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
+
+
+class DarkCheck(_Section):
+    enabled: bool = True
+    max_brightness: float = Field(0.08, ge=0, le=1)  # mean luma (0-1) at or below: a black/fade frame
+    min_contrast: float = Field(0.03, ge=0, le=1)  # luma standard deviation below: a flat frame
+
+
+class BlurCheck(_Section):
+    enabled: bool = True
+    min_sharpness: float = Field(0.0008, ge=0)  # variance of the Laplacian on a 256 px grey copy (0-1 scale)
+
+
+class DuplicateCheck(_Section):
+    enabled: bool = True
+    max_distance: int = Field(6, ge=0, le=32)  # perceptual-hash bits that may differ (of 64)
+
+
+class FilterConfig(_Section):
+    mode: Literal["any", "all"] = "any"  # keep a frame when any (or all) detectors find a person
+    min_box_fraction: float = Field(0.0, ge=0, lt=1)  # smallest box area counted, as a share of the frame
+    detectors: list[DetectorConfig] = Field(default_factory=lambda: [DetectorConfig()], min_length=1)
+    dark: DarkCheck = DarkCheck()
+    blur: BlurCheck = BlurCheck()
+    duplicates: DuplicateCheck = DuplicateCheck()
 
 
 class ModelQuota(_Section):
@@ -154,6 +190,7 @@ class Config(_Section):
 
     paths: PathsConfig = PathsConfig()
     stages: StagesConfig = StagesConfig()
+    filter: FilterConfig = FilterConfig()
     resize: ResizeConfig = ResizeConfig()
     caption: CaptionConfig = CaptionConfig()
     export: ExportConfig = ExportConfig()

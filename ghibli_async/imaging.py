@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from ghibli_async.config import ResizeConfig
@@ -110,3 +111,66 @@ def write_jpeg_atomic(img: Image.Image, dest: Path, settings: ResizeConfig) -> N
         os.replace(temp, dest)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class FrameLook:
+    """What the filter needs from one frame, from a single decode: a downscaled RGB copy for the
+    detectors and the numbers for the junk-frame checks (luma 0-1, perceptual hash as 16 hex)."""
+
+    pixels: np.ndarray | None = None
+    brightness: float = 0.0
+    contrast: float = 0.0
+    sharpness: float = 0.0
+    phash: str = ""
+    error: str | None = None
+
+
+_GREY_SIDE = 256  # sharpness is measured at this size, so it does not depend on the frame's size
+
+
+def look_at_frame(source: str, detect_size: int) -> FrameLook:
+    """Decode once (reduced when the JPEG allows), upright, RGB, at most `detect_size` on a side."""
+    try:
+        with Image.open(source) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (detect_size, detect_size))
+            upright = ImageOps.exif_transpose(img)
+            rgb = to_rgb(upright, (255, 255, 255))
+            rgb.thumbnail((detect_size, detect_size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    except Image.UnidentifiedImageError:
+        return FrameLook(error="not an image Pillow can read")
+    except Exception as exc:  # noqa: BLE001 - any decoder error is this file's problem, not the run's
+        return FrameLook(error=f"corrupt image: {exc}")
+    grey = rgb.convert("L")
+    small = np.asarray(grey.resize(_grey_size(grey.size), Image.Resampling.BILINEAR), dtype=np.float64) / 255
+    return FrameLook(
+        pixels=np.asarray(rgb),
+        brightness=float(small.mean()),
+        contrast=float(small.std()),
+        sharpness=_laplacian_variance(small),
+        phash=perceptual_hash(grey),
+    )
+
+
+def _grey_size(size: tuple[int, int]) -> tuple[int, int]:
+    scale = _GREY_SIDE / min(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _laplacian_variance(grey: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian: low on blurred frames, high on crisp line art."""
+    lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
+    return float(lap.var())
+
+
+_DCT_SIZE = 32
+_DCT = np.cos(np.pi * (2 * np.arange(_DCT_SIZE)[None, :] + 1) * np.arange(_DCT_SIZE)[:, None] / (2 * _DCT_SIZE))
+
+
+def perceptual_hash(grey: Image.Image) -> str:
+    """pHash: the signs of the 8x8 lowest DCT frequencies of a 32x32 grey copy against their median."""
+    pixels = np.asarray(grey.resize((_DCT_SIZE, _DCT_SIZE), Image.Resampling.LANCZOS), dtype=np.float64)
+    low = (_DCT @ pixels @ _DCT.T)[:8, :8].flatten()
+    bits = low > np.median(low[1:])
+    return f"{int(''.join('1' if bit else '0' for bit in bits), 2):016x}"

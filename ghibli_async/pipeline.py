@@ -20,9 +20,11 @@ import structlog
 
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import ApiKey, Config, load_api_keys, load_config
+from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError
 from ghibli_async.stages.caption import CaptionEngine, CaptionReport
 from ghibli_async.stages.export import ExportResult, export_dataset
+from ghibli_async.stages.filter import run_filter
 from ghibli_async.stages.resize import run_resize
 from ghibli_async.stages.scan import ScanResult, list_image_files, scan_inputs
 from ghibli_async.state import Counts, Problem, StateStore, Status
@@ -37,6 +39,7 @@ class RunReport:
     """What one run did, and the dataset's totals and problems as the run left them."""
 
     scan: ScanResult | None = None
+    filtered: Counter[str] = field(default_factory=Counter)
     resized: Counter[str] = field(default_factory=Counter)
     caption: CaptionReport | None = None
     export: ExportResult | None = None
@@ -50,26 +53,39 @@ class Pipeline:
     """One configured pipeline. `await pipeline.run()` in async code; `run_sync()` anywhere else,
     including a Jupyter cell (which already runs an event loop)."""
 
-    def __init__(self, config: Config, *, keys: list[ApiKey] | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        keys: list[ApiKey] | None = None,
+        clock: Clock | None = None,
+        detectors: list[Detector] | None = None,
+    ) -> None:
         self.config = config
         self.keys = load_api_keys(config.base_dir, assignments=config.caption.keys) if keys is None else keys
         self.clock = clock or SystemClock()
+        self.detectors = detectors
 
     async def run(self, *, limit: int | None = None) -> RunReport:
         """Scan, (filter), resize, (caption) and export; every stage resumes where the last run stopped."""
         config = self.config
-        _check_stages_available(config)
         started = time.monotonic()
         report = RunReport()
         workers = config.resize.workers or os.cpu_count() or 1
+        # Detectors load before any work: a missing package or weights file stops the run at once.
+        detectors = self.detectors
+        if detectors is None:
+            detectors = load_detectors(config.filter) if config.stages.filter else []
         with (
             _exclusive(config.paths.work_dir),
             StateStore.open(config.state_path) as store,
-            _process_pool(workers if config.stages.resize else 0) as pool,
+            _process_pool(workers if config.stages.resize or config.stages.filter else 0) as pool,
         ):
             report.scan = scan_inputs(config.paths.input_dir, store)
             log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
-            if pool is not None:
+            if config.stages.filter:
+                report.filtered = await run_filter(store, config, pool, detectors, limit=limit)
+            if config.stages.resize:
                 report.resized = await run_resize(store, config, pool, workers=workers, limit=limit)
             if config.stages.caption and not self.keys:
                 report.notes.append(_no_keys_note(store.caption_pending_count()))
@@ -95,15 +111,6 @@ class Pipeline:
 def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
     """Blocking one-liner for scripts and notebooks: `ghibli_async.run("config.yaml")`."""
     return Pipeline(config if isinstance(config, Config) else load_config(config)).run_sync(limit=limit)
-
-
-def _check_stages_available(config: Config) -> None:
-    """Refuse before any work rather than half-way through."""
-    if config.stages.filter:
-        raise UserError(
-            "the person filter is not available in this version: set stages.filter: false "
-            "in the config or pass --skip-filter"
-        )
 
 
 def _no_keys_note(waiting: int) -> str:
@@ -183,3 +190,11 @@ def export_only(config: Config) -> ExportResult:
         raise UserError(f"nothing to export: no state at {config.state_path} (run the pipeline first)")
     with _exclusive(config.paths.work_dir), StateStore.open(config.state_path) as store:
         return export_dataset(store, config)
+
+
+def set_override(config: Config, source_paths: list[str], command: str) -> list[str]:
+    """`keep` / `reject` frames by source path; returns the paths the state does not know."""
+    if not config.state_path.exists():
+        return source_paths
+    with _exclusive(config.paths.work_dir), StateStore.open(config.state_path) as store:
+        return store.set_filter_override(source_paths, command)

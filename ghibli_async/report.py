@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 from ghibli_async.caption.buckets import build_buckets, next_quota_reset, quota_day
 from ghibli_async.config import ApiKey, Config
+from ghibli_async.filter_rules import best_score
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, RunReport
-from ghibli_async.state import Counts, Problem, StateStore
+from ghibli_async.state import Counts, FilterRow, Problem, StateStore
 
 
 def format_summary(report: RunReport, config: Config) -> str:
@@ -124,3 +126,28 @@ def _relative(path: str, base: Path) -> str:
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds, 1), 60)
     return f"{int(minutes)} min {secs:.1f} s" if minutes else f"{secs:.1f} s"
+
+
+def format_filter_report(rows: list[FilterRow], config: Config) -> str:
+    """Counts per decision and reason, then where to look further."""
+    by_reason = Counter(
+        (row.status, "duplicate" if (row.reason or "").startswith("duplicate_of:") else row.reason or "")
+        for row in rows
+    )
+    lines = [f"Filter decisions for {len(rows)} frames:"]
+    for (status, reason), count in sorted(by_reason.items()):
+        lines.append(f"  {status:<10}{reason or '-':<14}{count:>8}")
+    overrides = sum(1 for row in rows if row.override)
+    lines.append(f"{overrides} set by hand (keep/reject). One line per frame: filter-report --json")
+    return "\n".join(lines)
+
+
+def filter_row_json(row: FilterRow) -> dict[str, object]:
+    return {
+        "source": row.source_path,
+        "decision": row.status,
+        "reason": row.reason,
+        "override": row.override,
+        "number": row.number,
+        "scores": {name: round(best_score(boxes), 4) for name, boxes in row.boxes.items()},
+    }

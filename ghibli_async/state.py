@@ -6,13 +6,17 @@ short transaction, so a crash at any moment loses at most the work in flight (WA
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ghibli_async.detect import Box
 from ghibli_async.errors import UserError
+from ghibli_async.filter_rules import Decision, FrameFacts
+from ghibli_async.imaging import FrameLook
 
 _NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
@@ -32,6 +36,12 @@ _MIGRATIONS: tuple[str, ...] = (
         height          INTEGER,
         filter_status   TEXT NOT NULL DEFAULT 'pending',
         filter_reason   TEXT,
+        filter_override TEXT,
+        brightness      REAL,
+        contrast        REAL,
+        sharpness       REAL,
+        phash           TEXT,
+        detections      TEXT,
         resize_status   TEXT NOT NULL DEFAULT 'pending',
         resize_reason   TEXT,
         caption_status  TEXT NOT NULL DEFAULT 'pending',
@@ -102,6 +112,23 @@ class KnownSource:
     image_id: int
     size: int
     mtime_ns: int
+
+
+@dataclass(frozen=True)
+class FilterJob:
+    image_id: int
+    source_path: str
+    detectors: list[str]  # the detectors that still have to look at it
+
+
+@dataclass(frozen=True)
+class FilterRow:
+    source_path: str
+    status: str
+    reason: str | None
+    override: str | None
+    boxes: dict[str, list[Box]]
+    number: int | None
 
 
 @dataclass(frozen=True)
@@ -277,6 +304,101 @@ class StateStore:
             found.update(rows.fetchall())
         return found
 
+    # --- filter -----------------------------------------------------------------------------
+
+    def filter_jobs(self, signatures: dict[str, str], *, limit: int | None = None) -> list[FilterJob]:
+        """Frames never measured, or without current boxes from one of the configured detectors."""
+        rows = self._db.execute(
+            """SELECT id, source_path, phash, detections FROM images
+               WHERE duplicate_of IS NULL AND filter_status != 'failed' ORDER BY sort_key, source_path"""
+        )
+        jobs = []
+        for image_id, path, phash, detections in rows:
+            stored = json.loads(detections) if detections else {}
+            missing = [name for name, sig in signatures.items() if stored.get(name, {}).get("signature") != sig]
+            if phash is None or missing:
+                jobs.append(FilterJob(image_id, path, missing))
+                if limit is not None and len(jobs) >= limit:
+                    break
+        return jobs
+
+    def record_look(
+        self, image_id: int, look: FrameLook, boxes: dict[str, list[Box]], signatures: dict[str, str]
+    ) -> None:
+        """A frame's measurements and new detector boxes (merged into those of other detectors)."""
+        with self._transaction() as db:
+            (stored,) = db.execute("SELECT detections FROM images WHERE id = ?", (image_id,)).fetchone()
+            detections = json.loads(stored) if stored else {}
+            for name, found in boxes.items():
+                detections[name] = {"signature": signatures[name], "boxes": [_box_row(box) for box in found]}
+            db.execute(
+                f"""UPDATE images SET brightness = ?, contrast = ?, sharpness = ?, phash = ?, detections = ?,
+                       updated_at = {_NOW} WHERE id = ?""",
+                (look.brightness, look.contrast, look.sharpness, look.phash, json.dumps(detections), image_id),
+            )
+
+    def record_filter_failure(self, image_id: int, reason: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"UPDATE images SET filter_status = 'failed', filter_reason = ?, updated_at = {_NOW} WHERE id = ?",
+                (reason, image_id),
+            )
+
+    def filter_facts(self) -> list[FrameFacts]:
+        rows = self._db.execute(
+            """SELECT id, brightness, contrast, sharpness, phash, detections, filter_override, number
+               FROM images WHERE duplicate_of IS NULL AND phash IS NOT NULL ORDER BY id"""
+        )
+        return [
+            FrameFacts(image_id, bright, contrast, sharp, phash, _boxes_from(detections), override, number is not None)
+            for image_id, bright, contrast, sharp, phash, detections, override, number in rows
+        ]
+
+    def apply_filter_decisions(self, decisions: dict[int, Decision]) -> int:
+        """Store the decisions that changed; returns how many did."""
+        current = {
+            image_id: (status, reason)
+            for image_id, status, reason in self._db.execute(
+                "SELECT id, filter_status, filter_reason FROM images WHERE duplicate_of IS NULL"
+            )
+        }
+        changed = [
+            (d.status, d.reason, image_id)
+            for image_id, d in decisions.items()
+            if current.get(image_id) != (d.status, d.reason)
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                f"UPDATE images SET filter_status = ?, filter_reason = ?, updated_at = {_NOW} WHERE id = ?", changed
+            )
+        return len(changed)
+
+    def set_filter_override(self, source_paths: Sequence[str], override: str | None) -> list[str]:
+        """The user's keep/reject for these files (None clears it); returns the paths not known."""
+        unknown = []
+        with self._transaction() as db:
+            for path in source_paths:
+                status = {"keep": "kept", "reject": "rejected"}.get(override or "", "pending")
+                reason = "override" if override else None
+                cursor = db.execute(
+                    f"""UPDATE images SET filter_override = ?, filter_status = ?, filter_reason = ?,
+                           updated_at = {_NOW} WHERE source_path = ? AND duplicate_of IS NULL""",
+                    (override, status, reason, path),
+                )
+                if cursor.rowcount == 0:
+                    unknown.append(path)
+        return unknown
+
+    def filter_report(self) -> list[FilterRow]:
+        rows = self._db.execute(
+            """SELECT source_path, filter_status, filter_reason, filter_override, detections, number
+               FROM images WHERE duplicate_of IS NULL ORDER BY sort_key, source_path"""
+        )
+        return [
+            FilterRow(path, status, reason, override, _boxes_from(detections), number)
+            for path, status, reason, override, detections, number in rows
+        ]
+
     # --- resize -----------------------------------------------------------------------------
 
     def assign_output_numbers(self, *, require_kept: bool) -> int:
@@ -336,6 +458,7 @@ class StateStore:
         rows = self._db.execute(
             """SELECT id, number FROM images
                WHERE resize_status = 'done' AND caption_status IN ('pending', 'failed') AND duplicate_of IS NULL
+                 AND filter_status != 'rejected'
                ORDER BY number LIMIT ?""",
             (-1 if limit is None else limit,),
         )
@@ -421,7 +544,7 @@ class StateStore:
         rows = self._db.execute(
             """SELECT number, caption FROM images
                WHERE resize_status = 'done' AND caption_status = 'done' AND duplicate_of IS NULL
-                 AND needs_review = 0
+                 AND needs_review = 0 AND filter_status != 'rejected'
                ORDER BY number"""
         )
         return [CaptionedImage(*row) for row in rows]
@@ -437,7 +560,8 @@ class StateStore:
 
         total, duplicates = self._db.execute("SELECT COUNT(*), COUNT(duplicate_of) FROM images").fetchone()
         rejected = self._db.execute(
-            """SELECT COALESCE(filter_reason, resize_reason, 'unknown'), COUNT(*) FROM images
+            """SELECT CASE WHEN filter_reason LIKE 'duplicate_of:%' THEN 'duplicate'
+                           ELSE COALESCE(filter_reason, resize_reason, 'unknown') END, COUNT(*) FROM images
                WHERE duplicate_of IS NULL AND (filter_status = 'rejected' OR resize_status = 'rejected')
                GROUP BY 1"""
         )
@@ -455,7 +579,10 @@ class StateStore:
     def problems(self, *, limit: int = 50) -> list[Problem]:
         """Images that failed or were blocked, in natural order."""
         rows = self._db.execute(
-            """SELECT source_path, 'resize', resize_status, COALESCE(resize_reason, '') FROM images
+            """SELECT source_path, 'filter', filter_status, COALESCE(filter_reason, '') FROM images
+               WHERE filter_status = 'failed'
+               UNION ALL
+               SELECT source_path, 'resize', resize_status, COALESCE(resize_reason, '') FROM images
                WHERE resize_status = 'failed'
                UNION ALL
                SELECT source_path, 'caption', caption_status, COALESCE(caption_reason, '') FROM images
@@ -464,3 +591,12 @@ class StateStore:
             (limit,),
         )
         return [Problem(*row) for row in rows]
+
+
+def _box_row(box: Box) -> list[float | str]:
+    return [round(box.x1, 4), round(box.y1, 4), round(box.x2, 4), round(box.y2, 4), round(box.score, 4), box.label]
+
+
+def _boxes_from(detections: str | None) -> dict[str, list[Box]]:
+    stored = json.loads(detections) if detections else {}
+    return {name: [Box(*row) for row in entry["boxes"]] for name, entry in stored.items()}

@@ -83,8 +83,10 @@ class Project:
     def config(self) -> Config:
         return load_config(self.config_path)
 
-    def write_config(self, text: str = "") -> Path:
-        base = "paths:\n  input_dir: frames\n  output_dir: out/train\n  work_dir: work\n"
+    def write_config(self, text: str = "", *, person_filter: bool = False) -> Path:
+        """The test config: `text` appended; the filter stage off unless asked for."""
+        paths = "paths:\n  input_dir: frames\n  output_dir: out/train\n  work_dir: work\n"
+        base = paths + f"stages:\n  filter: {str(person_filter).lower()}\n"
         self.config_path.write_text(base + text, encoding="utf-8")
         return self.config_path
 
@@ -132,3 +134,23 @@ def make_frames(project: Project, count: int, size: tuple[int, int] = (160, 160)
     """`count` small distinct PNG frames (fast to make and to resize)."""
     for i in range(1, count + 1):
         save_frame(project.frames / f"frame{i}.png", size, seed=i)
+
+
+PERSON_MARK = (255, 0, 255)  # the stub detector "sees a person" where this block is
+
+
+def scene_image(seed: int, size: tuple[int, int] = (480, 480), *, person: bool = False) -> Image.Image:
+    """A frame with its own layout of large shapes (so its perceptual hash is its own), fine grain,
+    and, for `person`, a magenta block that the stub detector reports as a person."""
+    rng = random.Random(seed)
+    width, height = size
+    img = Image.new("RGB", size, tuple(rng.randrange(20, 90) for _ in range(3)))
+    for _ in range(6):
+        x, y = rng.randrange(width), rng.randrange(height)
+        w, h = rng.randrange(width // 6, width // 2), rng.randrange(height // 6, height // 2)
+        colour = (rng.randrange(120, 256), rng.randrange(120, 256), rng.randrange(256))  # never near PERSON_MARK
+        img.paste(colour, (x, y, min(width, x + w), min(height, y + h)))
+    if person:
+        img.paste(PERSON_MARK, (width // 3, height // 4, width // 2, height * 3 // 4))
+    grain = Image.effect_noise(size, 40).convert("RGB")
+    return Image.blend(img, grain, 0.3)

@@ -75,7 +75,7 @@ def test_cli_path_overrides_win(project: Project, tmp_path: Path) -> None:
 def test_example_config_documents_the_defaults() -> None:
     example = load_config(REPO / "config.yaml")
     defaults = Config()
-    for section in ("stages", "resize", "caption", "export"):
+    for section in ("stages", "filter", "resize", "caption", "export"):
         assert getattr(example, section) == getattr(defaults, section), section
 
 

@@ -1,0 +1,52 @@
+"""Person detectors behind one small protocol: images in, boxes with score and label out.
+
+A new backend is one class with `name`, `signature` and `detect`; `load_detectors` builds the
+configured ones once per run and fails before any work, with one clear line, when one cannot load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ghibli_async.config import DetectorConfig, FilterConfig
+
+# Boxes down to this score are stored, so a lower threshold later needs no second detector pass.
+SCORE_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class Box:
+    """A detection; corners as fractions (0-1) of the frame's width and height."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    label: str
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
+
+
+class Detector(Protocol):
+    name: str
+    signature: str  # what stored boxes depend on (backend, weights, image size): a change reruns it
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        """One list of boxes per RGB image (H x W x 3, uint8)."""
+
+
+def load_detectors(config: FilterConfig) -> list[Detector]:
+    return [_load(detector) for detector in config.detectors]
+
+
+def _load(config: DetectorConfig) -> Detector:
+    from ghibli_async.detect.yolo import YoloDetector
+
+    return YoloDetector(config)

@@ -1,0 +1,145 @@
+"""The filter stage: every frame gets a stored, explainable, reversible decision."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from conftest import PERSON_MARK, Project, scene_image
+from PIL import Image, ImageFilter
+
+from ghibli_async.config import load_config
+from ghibli_async.detect import Box
+from ghibli_async.pipeline import Pipeline
+
+
+class StubDetector:
+    """Reports a person, with a chosen score, wherever the magenta block is; counts its calls."""
+
+    name = "yolo"
+
+    def __init__(self, score: float = 0.3, signature: str = "stub:1") -> None:
+        self.score, self.signature, self.calls, self.frames_seen = score, signature, 0, 0
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
+        self.calls += 1
+        self.frames_seen += len(images)
+        return [self._boxes(image) for image in images]
+
+    def _boxes(self, image: np.ndarray) -> list[Box]:
+        mask = np.all(np.abs(image.astype(int) - PERSON_MARK) < 60, axis=-1)
+        if mask.mean() < 0.01:
+            return []
+        rows, cols = np.nonzero(mask)
+        h, w = mask.shape
+        return [Box(cols.min() / w, rows.min() / h, cols.max() / w, rows.max() / h, self.score, "person")]
+
+
+def filtered_project(project: Project, extra: str = "") -> Project:
+    frames = project.frames
+    for i in range(1, 7):
+        scene_image(i, person=True).save(frames / f"person{i}.png")
+    for i in range(1, 4):
+        scene_image(100 + i).save(frames / f"empty{i}.png")
+    scene_image(1, person=True).resize((470, 470)).resize((480, 480)).save(frames / "person1_again.png")
+    Image.new("RGB", (480, 480), (4, 4, 6)).save(frames / "black.png")
+    scene_image(200, person=True).filter(ImageFilter.GaussianBlur(8)).save(frames / "blurred.png")
+    (frames / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    project.write_config("resize:\n  size: 256\n" + extra, person_filter=True)
+    return project
+
+
+async def run(project: Project, detector: StubDetector):
+    return await Pipeline(load_config(project.config_path), keys=[], detectors=[detector]).run()
+
+
+def decisions(project: Project) -> dict[str, tuple[str, str | None]]:
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        rows = db.execute("SELECT source_path, filter_status, filter_reason FROM images WHERE duplicate_of IS NULL")
+        return {path.rsplit("/", 1)[-1]: (status, reason) for path, status, reason in rows}
+
+
+def run_sync(project: Project, detector: StubDetector):
+    import asyncio
+
+    return asyncio.run(run(project, detector))
+
+
+def test_every_frame_gets_a_decision_with_its_reason(project: Project) -> None:
+    filtered_project(project)
+    detector = StubDetector()
+    run_sync(project, detector)
+
+    got = decisions(project)
+    assert all(got[f"person{i}.png"] == ("kept", None) for i in range(2, 7))
+    assert {got["person1.png"][1], got["person1_again.png"][1]} & {None}  # one of the pair is kept
+    duplicate = got["person1_again.png"] if got["person1.png"][0] == "kept" else got["person1.png"]
+    assert duplicate[0] == "rejected" and duplicate[1].startswith("duplicate_of:")
+    assert all(got[f"empty{i}.png"] == ("rejected", "no_person") for i in range(1, 4))
+    assert got["black.png"] == ("rejected", "dark")
+    assert got["blurred.png"] == ("rejected", "blurry")
+    assert got["broken.png"][0] == "failed"
+    resized = sorted(p.name for p in (project.root / "work" / "resized").iterdir())
+    assert resized == [f"{n}.jpg" for n in range(1, 7)]  # only kept frames are numbered, without gaps
+    assert all((project.frames / name).exists() for name in got)  # nothing deleted or moved
+
+
+def test_threshold_change_redecides_without_detecting_again(project: Project) -> None:
+    filtered_project(project)
+    detector = StubDetector(score=0.3)
+    run_sync(project, detector)
+    calls = detector.calls
+
+    project.config_path.write_text(project.config_path.read_text() + "filter:\n  detectors: [{confidence: 0.5}]\n")
+    run_sync(project, detector)
+
+    assert detector.calls == calls
+    assert all(decisions(project)[f"person{i}.png"] == ("rejected", "no_person") for i in range(2, 7))
+
+
+def test_new_detector_version_looks_again(project: Project) -> None:
+    filtered_project(project)
+    run_sync(project, StubDetector(signature="stub:1"))
+    newer = StubDetector(signature="stub:2")
+    run_sync(project, newer)
+    assert newer.frames_seen == 12  # every readable frame once more, none twice
+
+
+def test_overrides_survive_reruns_and_report_lists_every_frame(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    filtered_project(project)
+    detector = StubDetector()
+    run_sync(project, detector)
+    assert project.cli("keep", str(project.frames / "empty1.png")) == 0
+    assert project.cli("reject", str(project.frames / "person2.png")) == 0
+    run_sync(project, detector)
+
+    got = decisions(project)
+    assert got["empty1.png"] == ("kept", "override")
+    assert got["person2.png"] == ("rejected", "override")
+    capsys.readouterr()
+    assert project.cli("filter-report", "--json") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 13 and {row["source"].rsplit("/", 1)[-1] for row in rows} == set(got)
+    person3 = next(row for row in rows if row["source"].endswith("person3.png"))
+    assert person3["decision"] == "kept" and person3["scores"] == {"yolo": 0.3}
+    assert project.cli("filter-report") == 0
+    assert "no_person" in capsys.readouterr().out
+
+
+def test_keep_of_an_unknown_path_is_a_clear_error(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    filtered_project(project)
+    run_sync(project, StubDetector())
+    capsys.readouterr()
+    assert project.cli("keep", "no/such/frame.png") == 2
+    assert "not in the state" in capsys.readouterr().err
+
+
+def test_min_box_fraction_ignores_small_boxes(project: Project) -> None:
+    filtered_project(project, "filter:\n  min_box_fraction: 0.5\n")
+    run_sync(project, StubDetector())
+    assert decisions(project)["person3.png"] == ("rejected", "no_person")  # its box covers ~8% of the frame
