@@ -106,6 +106,17 @@ class FilterConfig(_Section):
     blur: BlurCheck = BlurCheck()
     duplicates: DuplicateCheck = DuplicateCheck()
 
+    def resolved_against(self, base_dir: Path) -> FilterConfig:
+        """Weights given as a path, or found next to the config, are read from the config's folder;
+        a bare name nobody has locally stays a name for ultralytics to fetch."""
+        detectors = []
+        for detector in self.detectors:
+            local = base_dir / Path(detector.weights).expanduser()
+            if "/" in detector.weights or local.exists():
+                detector = detector.model_copy(update={"weights": str(local)})
+            detectors.append(detector)
+        return self.model_copy(update={"detectors": detectors})
+
 
 class ModelQuota(_Section):
     """One model and its limits per Google Cloud project (requests/minute, requests/day, tokens/minute)."""
@@ -230,8 +241,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {describe_validation_error(exc)}") from None
-    config = config.model_copy(update={"paths": config.paths.resolved_against(path.resolve().parent)})
-    config._base_dir = path.resolve().parent
+    base_dir = path.resolve().parent
+    config = config.model_copy(
+        update={"paths": config.paths.resolved_against(base_dir), "filter": config.filter.resolved_against(base_dir)}
+    )
+    config._base_dir = base_dir
     return config
 
 

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from ghibli_async.cli import main
+
+os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no update checks or downloads from tests
 from ghibli_async.config import Config, load_config
 
 # Quadrant colours of a synthetic frame, as the viewer should see them (after EXIF rotation).

@@ -61,16 +61,15 @@ def _boxes(result) -> list[Box]:
 
 def _load_model(yolo_class, weights: str):
     """A path must exist; a bare name (`yolo11n.pt`) is fetched by ultralytics when online."""
-    is_path = Path(weights).suffix in (".pt", ".onnx", ".yaml") and (Path(weights).parent != Path("."))
-    if is_path and not Path(weights).exists():
+    if "/" in weights and not Path(weights).exists():
         raise UserError(f"YOLO weights not found: {weights} (put the file there or fix filter.detectors.weights)")
     try:
         return yolo_class(weights)
     except Exception as exc:  # noqa: BLE001 - ultralytics raises many kinds when it cannot fetch or read
+        first_line = (str(exc).strip().splitlines() or [""])[0][:160]
         raise UserError(
-            f"cannot load YOLO weights '{weights}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-            f"offline, download {Path(weights).name} from the ultralytics releases on another machine and "
-            "set filter.detectors.weights to its path"
+            f"cannot load YOLO weights '{weights}' ({type(exc).__name__}: {first_line}); offline, copy "
+            f"{Path(weights).name} (ultralytics' GitHub releases) next to the config or set filter.detectors.weights"
         ) from None
 
 
