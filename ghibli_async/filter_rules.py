@@ -84,7 +84,7 @@ def near_duplicate_groups(hashes: Sequence[str], max_distance: int) -> list[list
     instead of all pairs (50,000 hashes: seconds, not hours)."""
     if len(hashes) < 2:
         return []
-    values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    values = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=">u8").astype(np.uint64)
     parent = list(range(len(values)))
 
     def root(i: int) -> int:

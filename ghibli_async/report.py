@@ -22,6 +22,9 @@ def format_summary(report: RunReport, config: Config) -> str:
             f"  {'scanned':<12}{scan.found:>8}  files: {scan.new} new, {scan.duplicates} exact duplicate(s), "
             f"{scan.changed} changed"
         )
+    if report.filtered:
+        filtered = ", ".join(f"{status} {n}" for status, n in sorted(report.filtered.items()))
+        lines.append(f"  {'filter':<12}{report.filtered.total():>8}  frames decided: {filtered}")
     resized = ", ".join(f"{status} {n}" for status, n in sorted(report.resized.items())) or "nothing to do"
     lines.append(f"  {'resized':<12}{report.resized.total():>8}  {resized}")
     if report.caption:

@@ -13,6 +13,7 @@ from PIL import Image, ImageFilter
 
 from ghibli_async.config import load_config
 from ghibli_async.detect import Box
+from ghibli_async.filter_rules import near_duplicate_groups
 from ghibli_async.pipeline import Pipeline
 
 
@@ -143,3 +144,11 @@ def test_min_box_fraction_ignores_small_boxes(project: Project) -> None:
     filtered_project(project, "filter:\n  min_box_fraction: 0.5\n")
     run_sync(project, StubDetector())
     assert decisions(project)["person3.png"] == ("rejected", "no_person")  # its box covers ~8% of the frame
+
+
+def test_near_duplicate_grouping_finds_close_hashes_only() -> None:
+    base = 0xF0F0_F0F0_F0F0_F0F0
+    hashes = [f"{base:016x}", f"{base ^ 0b111:016x}", f"{base ^ 0xFFFF:016x}", f"{~base & (2**64 - 1):016x}"]
+    assert near_duplicate_groups(hashes, 3) == [[0, 1]]
+    assert sorted(map(sorted, near_duplicate_groups(hashes, 16))) == [[0, 1, 2]]
+    assert near_duplicate_groups(hashes, 0) == []
