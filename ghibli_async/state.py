@@ -272,7 +272,8 @@ class StateStore:
             duplicate_of = original if original != image_id else None
             db.execute(
                 f"""UPDATE images SET content_hash = ?, file_size = ?, mtime_ns = ?, duplicate_of = ?,
-                       width = NULL, height = NULL,
+                       width = NULL, height = NULL, brightness = NULL, contrast = NULL, sharpness = NULL,
+                       phash = NULL, detections = NULL,
                        filter_status = 'pending', filter_reason = NULL,
                        resize_status = 'pending', resize_reason = NULL,
                        caption_status = 'pending', caption_reason = NULL,

@@ -11,9 +11,9 @@ import pytest
 from conftest import PERSON_MARK, Project, scene_image
 from PIL import Image, ImageFilter
 
-from ghibli_async.config import load_config
+from ghibli_async.config import DetectorConfig, FilterConfig, load_config
 from ghibli_async.detect import Box
-from ghibli_async.filter_rules import near_duplicate_groups
+from ghibli_async.filter_rules import near_duplicate_groups, person_found
 from ghibli_async.pipeline import Pipeline
 
 
@@ -152,3 +152,22 @@ def test_near_duplicate_grouping_finds_close_hashes_only() -> None:
     assert near_duplicate_groups(hashes, 3) == [[0, 1]]
     assert sorted(map(sorted, near_duplicate_groups(hashes, 16))) == [[0, 1, 2]]
     assert near_duplicate_groups(hashes, 0) == []
+
+
+def test_all_mode_needs_every_detector() -> None:
+    found = {"yolo": [Box(0.1, 0.1, 0.5, 0.9, 0.6, "person")], "other": []}
+    two = [DetectorConfig(name="yolo"), DetectorConfig(name="yolo", confidence=0.9)]
+    assert person_found(found, FilterConfig(detectors=two, mode="any"))
+    assert not person_found(found, FilterConfig(detectors=two, mode="all"))
+
+
+def test_changed_frame_is_measured_again(project: Project) -> None:
+    filtered_project(project)
+    detector = StubDetector()
+    run_sync(project, detector)
+    seen = detector.frames_seen
+    scene_image(300).save(project.frames / "person3.png")  # the person is gone from this file now
+
+    run_sync(project, detector)
+    assert detector.frames_seen == seen + 1
+    assert decisions(project)["person3.png"] == ("rejected", "no_person")

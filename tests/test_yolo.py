@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import Project, scene_image
 
-ultralytics = pytest.importorskip("ultralytics", reason='the yolo detector needs the [detect] extra')
+ultralytics = pytest.importorskip("ultralytics", reason="the yolo detector needs the [detect] extra")
 
 from ghibli_async.config import DetectorConfig, load_config  # noqa: E402
 from ghibli_async.detect import Box  # noqa: E402
