@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,11 @@ def _process_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.submit(int)
     try:
         yield pool
+    except BrokenProcessPool:
+        raise UserError(
+            "a worker process died (out of memory, or a decoder crash on a damaged file); "
+            "all finished work is kept: rerun to continue"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

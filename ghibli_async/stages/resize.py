@@ -10,14 +10,12 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
-from ghibli_async.errors import UserError
 from ghibli_async.imaging import TEMP_SUFFIX, ResizeOutcome, resize_file
 from ghibli_async.state import ResizeJob, StateStore
 
@@ -49,16 +47,10 @@ async def run_resize(
         return loop.run_in_executor(pool, resize_file, job.source_path, dest, config.resize)
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
-        try:
-            async for job, outcome in _bounded(jobs, submit, window=workers * 4):
-                _record(store, job, outcome)
-                tally[outcome.status] += 1
-                bar.update()
-        except BrokenProcessPool:
-            raise UserError(
-                "a resize worker process died (out of memory, or a decoder crash on a damaged file); "
-                f"{tally.total()} images were done and kept: rerun to continue"
-            ) from None
+        async for job, outcome in _bounded(jobs, submit, window=workers * 4):
+            _record(store, job, outcome)
+            tally[outcome.status] += 1
+            bar.update()
     return tally
 
 
