@@ -570,7 +570,7 @@ class StateStore:
             sources=total,
             duplicates=duplicates,
             filter=by_status("filter_status"),
-            resize=by_status("resize_status", "AND filter_status != 'rejected'"),
+            resize=by_status("resize_status", "AND filter_status NOT IN ('rejected', 'failed')"),
             caption=by_status(
                 "CASE WHEN needs_review = 1 THEN 'needs_review' ELSE caption_status END", "AND resize_status = 'done'"
             ),
