@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import multiprocessing
 import os
 import signal
@@ -156,8 +155,15 @@ def _exclusive(work_dir: Path) -> Iterator[None]:
     work_dir.mkdir(parents=True, exist_ok=True)
     with open(work_dir / ".lock", "w") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if sys.platform == "win32":
+                import msvcrt
+
+                msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError on POSIX, PermissionError on Windows
             raise UserError(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
         yield
 
