@@ -21,6 +21,7 @@ from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
 from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
+from ghibli_async.review import serve
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import StateStore
 
@@ -32,6 +33,7 @@ COMMANDS = {
     "filter-report": "show the filter's decisions: counts per reason, or one JSON line per frame (--json)",
     "keep": "keep these frames whatever the filter says (the next run honours it)",
     "reject": "reject these frames whatever the filter says (they are never deleted)",
+    "review": "serve a local page to look through the dataset, flip decisions and fix captions",
 }
 
 
@@ -48,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_options(command, run_options=name == "run", defaults=False)
         if name == "filter-report":
             command.add_argument("--json", action="store_true", help="one JSON object per frame, for scripts")
+        if name == "review":
+            command.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+            command.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+            command.add_argument("--open", action="store_true", help="open the page in the browser")
         if name in ("keep", "reject"):
             command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
     return parser
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "filter-report": _cmd_filter_report,
         "keep": _cmd_override,
         "reject": _cmd_override,
+        "review": _cmd_review,
     }[args.command or "run"]
     try:
         return handler(_config_from(args), args)
@@ -180,6 +187,13 @@ def _cmd_override(config: Config, args: argparse.Namespace) -> int:
     print(f"{args.command}: {done} frame(s) marked; the next run honours it.")
     if unknown:
         raise UserError(f"not in the state (run the pipeline first, or check the path): {', '.join(unknown[:5])}")
+    return 0
+
+
+def _cmd_review(config: Config, args: argparse.Namespace) -> int:
+    if not config.state_path.exists():
+        raise UserError(f"nothing to review yet: no state at {config.state_path} (run the pipeline first)")
+    asyncio.run(serve(config, host=args.host, port=args.port, open_browser=args.open))
     return 0
 
 

@@ -49,6 +49,7 @@ _MIGRATIONS: tuple[str, ...] = (
         caption         TEXT,
         caption_model   TEXT,
         caption_key     TEXT,
+        caption_edited  INTEGER NOT NULL DEFAULT 0,
         caption_attempts INTEGER NOT NULL DEFAULT 0,
         caption_tokens  INTEGER,
         needs_review    INTEGER NOT NULL DEFAULT 0,
@@ -129,6 +130,42 @@ class FilterRow:
     override: str | None
     boxes: dict[str, list[Box]]
     number: int | None
+
+
+# The review page's tabs, as conditions on an image row.
+REVIEW_TABS = {
+    "kept": "filter_status IN ('kept', 'pending') AND resize_status IN ('pending', 'done')"
+    " AND caption_status != 'blocked' AND needs_review = 0",
+    "rejected": "filter_status = 'rejected' OR resize_status = 'rejected'",
+    "blocked": "caption_status = 'blocked'",
+    "review": "needs_review = 1",
+    "failed": "filter_status = 'failed' OR resize_status = 'failed' OR caption_status = 'failed'",
+}
+_REVIEW_COLUMNS = (
+    "id, number, source_path, filter_status, filter_reason, filter_override, detections, resize_status,"
+    " caption_status, caption_reason, caption, caption_model, caption_key, caption_edited, needs_review"
+)
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One image as the review page shows it (the source file's name only, never its path)."""
+
+    image_id: int
+    number: int | None
+    name: str
+    filter_status: str
+    filter_reason: str | None
+    override: str | None
+    boxes: dict[str, list[Box]]
+    resize_status: str
+    caption_status: str
+    caption_reason: str | None
+    caption: str | None
+    model: str | None
+    key: str | None
+    edited: bool
+    needs_review: bool
 
 
 @dataclass(frozen=True)
@@ -390,6 +427,43 @@ class StateStore:
                     unknown.append(path)
         return unknown
 
+    # --- review page ------------------------------------------------------------------------
+
+    def review_page(self, tab: str, *, offset: int, limit: int) -> tuple[int, list[ReviewItem]]:
+        """One page of a review tab, in natural order, and the tab's total."""
+        where = f"duplicate_of IS NULL AND ({REVIEW_TABS[tab]})"
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}").fetchone()
+        rows = self._db.execute(
+            f"SELECT {_REVIEW_COLUMNS} FROM images WHERE {where} ORDER BY sort_key, source_path LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return total, [_review_item(row) for row in rows]
+
+    def review_item(self, image_id: int) -> ReviewItem | None:
+        row = self._db.execute(
+            f"SELECT {_REVIEW_COLUMNS} FROM images WHERE id = ? AND duplicate_of IS NULL", (image_id,)
+        ).fetchone()
+        return _review_item(row) if row else None
+
+    def source_of(self, image_id: int) -> str | None:
+        row = self._db.execute("SELECT source_path FROM images WHERE id = ?", (image_id,)).fetchone()
+        return row[0] if row else None
+
+    def edit_caption(self, image_id: int, caption: str) -> None:
+        """A caption written by hand: accepted as is, and never replaced by the caption stage."""
+        with self._transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption = ?, caption_status = 'done', caption_reason = NULL,
+                       caption_edited = 1, needs_review = 0, updated_at = {_NOW} WHERE id = ?""",
+                (caption, image_id),
+            )
+
+    def captions_with_models(self) -> list[tuple[str, str | None]]:
+        rows = self._db.execute(
+            "SELECT caption, caption_model FROM images WHERE caption IS NOT NULL AND duplicate_of IS NULL"
+        )
+        return rows.fetchall()
+
     def filter_report(self) -> list[FilterRow]:
         rows = self._db.execute(
             """SELECT source_path, filter_status, filter_reason, filter_override, detections, number
@@ -601,3 +675,12 @@ def _box_row(box: Box) -> list[float | str]:
 def _boxes_from(detections: str | None) -> dict[str, list[Box]]:
     stored = json.loads(detections) if detections else {}
     return {name: [Box(*row) for row in entry["boxes"]] for name, entry in stored.items()}
+
+
+def _review_item(row: tuple) -> ReviewItem:
+    image_id, number, path, f_status, f_reason, override, detections, r_status, *rest = row
+    c_status, c_reason, caption, model, key, edited, review = rest
+    return ReviewItem(
+        image_id, number, Path(path).name, f_status, f_reason, override, _boxes_from(detections), r_status,
+        c_status, c_reason, caption, model, key, bool(edited), bool(review),
+    )  # fmt: skip

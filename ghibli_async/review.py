@@ -1,0 +1,229 @@
+"""The review page: a local web server over the state store, to look through the dataset, flip
+filter decisions and fix captions.
+
+Safety: it binds 127.0.0.1 unless told otherwise; every write needs the per-run token that only
+the served page knows (another site open in the browser cannot read it, so cannot change the
+dataset); requests name images by id, and no path from a request ever reaches the file system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from PIL import Image, ImageOps
+
+from ghibli_async.config import Config
+from ghibli_async.filter_rules import best_score
+from ghibli_async.state import REVIEW_TABS, ReviewItem, StateStore
+
+THUMB_SIDE = 256
+MAX_PAGE = 200
+TOKEN_HEADER = "X-Review-Token"
+_STOPWORDS = frozenset(
+    "a an and the of in on at with by to from is are her his their its into near under over behind".split()
+)
+
+CONFIG_KEY = web.AppKey("config", Config)
+STORE_KEY = web.AppKey("store", StateStore)
+TOKEN_KEY = web.AppKey("token", str)
+
+
+def make_app(config: Config, *, token: str | None = None) -> web.Application:
+    """The review app over `config`'s state; the store is opened once and closed with the app."""
+    app = web.Application(middlewares=[_require_token_for_writes])
+    app[CONFIG_KEY] = config
+    app[TOKEN_KEY] = token or secrets.token_urlsafe(24)
+    app[STORE_KEY] = StateStore.open(config.state_path)
+    app.on_cleanup.append(_close_store)
+    app.router.add_get("/", _page)
+    app.router.add_get("/api/images", _list_images)
+    app.router.add_get(r"/api/thumbs/{image_id:\d+}", _thumbnail)
+    app.router.add_post(r"/api/images/{image_id:\d+}/decision", _set_decision)
+    app.router.add_post(r"/api/images/{image_id:\d+}/caption", _set_caption)
+    app.router.add_get("/api/stats", _stats)
+    return app
+
+
+async def _close_store(app: web.Application) -> None:
+    app[STORE_KEY].close()
+
+
+@web.middleware
+async def _require_token_for_writes(request: web.Request, handler: Any) -> web.StreamResponse:
+    if request.method != "GET" and not secrets.compare_digest(
+        request.headers.get(TOKEN_HEADER, ""), request.app[TOKEN_KEY]
+    ):
+        raise web.HTTPForbidden(text="missing or wrong review token: reload the page")
+    return await handler(request)
+
+
+async def _page(request: web.Request) -> web.Response:
+    html = resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
+    return web.Response(text=html.replace("{{TOKEN}}", request.app[TOKEN_KEY]), content_type="text/html")
+
+
+async def _list_images(request: web.Request) -> web.Response:
+    tab = request.query.get("tab", "kept")
+    if tab not in REVIEW_TABS:
+        raise web.HTTPBadRequest(text=f"unknown tab {tab!r}: one of {', '.join(REVIEW_TABS)}")
+    try:
+        offset = max(0, int(request.query.get("offset", "0")))
+        limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "60"))))
+    except ValueError:
+        raise web.HTTPBadRequest(text="offset and limit are whole numbers") from None
+    total, items = request.app[STORE_KEY].review_page(tab, offset=offset, limit=limit)
+    return web.json_response({"total": total, "items": [item_json(item) for item in items]})
+
+
+def item_json(item: ReviewItem) -> dict[str, Any]:
+    return {
+        "id": item.image_id,
+        "number": item.number,
+        "name": item.name,
+        "filter": {"status": item.filter_status, "reason": item.filter_reason, "override": item.override},
+        "scores": {name: round(best_score(boxes), 3) for name, boxes in item.boxes.items()},
+        "boxes": [
+            {"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": round(b.score, 3), "detector": name}
+            for name, boxes in item.boxes.items()
+            for b in boxes
+            if b.score >= 0.1
+        ],
+        "resize": item.resize_status,
+        "caption": {
+            "text": item.caption,
+            "status": item.caption_status,
+            "reason": item.caption_reason,
+            "model": item.model,
+            "key": item.key,
+            "edited": item.edited,
+            "needs_review": item.needs_review,
+        },
+    }
+
+
+def _known_item(request: web.Request) -> ReviewItem:
+    item = request.app[STORE_KEY].review_item(int(request.match_info["image_id"]))
+    if item is None:
+        raise web.HTTPNotFound(text="no such image")
+    return item
+
+
+async def _thumbnail(request: web.Request) -> web.FileResponse:
+    item = _known_item(request)
+    config = request.app[CONFIG_KEY]
+    cached = config.paths.work_dir / "thumbs" / f"{item.image_id}.jpg"
+    if not cached.exists():
+        source = request.app[STORE_KEY].source_of(item.image_id)
+        if source is None or not await asyncio.to_thread(make_thumbnail, Path(source), cached):
+            raise web.HTTPNotFound(text="the source frame cannot be read")
+    return web.FileResponse(cached, headers={"Cache-Control": "max-age=3600"})
+
+
+def make_thumbnail(source: Path, dest: Path) -> bool:
+    """Upright RGB thumbnail, made once; False when the source cannot be read."""
+    try:
+        with Image.open(source) as img:
+            img.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
+            thumb = ImageOps.exif_transpose(img).convert("RGB")
+            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    except Exception:  # noqa: BLE001 - unreadable frames show as "no preview"
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = dest.with_suffix(".part")
+    thumb.save(temp, "JPEG", quality=85)
+    temp.replace(dest)
+    return True
+
+
+async def _set_decision(request: web.Request) -> web.Response:
+    item = _known_item(request)
+    body = await _json_body(request)
+    decision = body.get("decision")
+    if decision not in ("keep", "reject"):
+        raise web.HTTPBadRequest(text='decision must be "keep" or "reject"')
+    store = request.app[STORE_KEY]
+    store.set_filter_override([store.source_of(item.image_id)], decision)
+    return web.json_response(item_json(store.review_item(item.image_id)))
+
+
+async def _set_caption(request: web.Request) -> web.Response:
+    item = _known_item(request)
+    body = await _json_body(request)
+    caption = " ".join(str(body.get("caption", "")).split())
+    if not caption:
+        raise web.HTTPBadRequest(text="a caption cannot be empty")
+    store = request.app[STORE_KEY]
+    store.edit_caption(item.image_id, caption)
+    return web.json_response(item_json(store.review_item(item.image_id)))
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body
+
+
+async def _stats(request: web.Request) -> web.Response:
+    store = request.app[STORE_KEY]
+    counts = store.counts()
+    captions = store.captions_with_models()
+    trigger = request.app[CONFIG_KEY].caption.trigger
+    return web.json_response(
+        {
+            "tabs": {tab: store.review_page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
+            "filter": counts.filter,
+            "caption": counts.caption,
+            **caption_stats(captions, trigger),
+        }
+    )
+
+
+def caption_stats(captions: list[tuple[str, str | None]], trigger: str) -> dict[str, Any]:
+    """Word-count histogram (bins of 5), frequent words and phrases, and captions per model."""
+    lengths: Counter[int] = Counter()
+    words: Counter[str] = Counter()
+    phrases: Counter[str] = Counter()
+    for text, _ in captions:
+        body = text[len(trigger) :] if text.startswith(trigger) else text
+        tokens = re.findall(r"[a-zA-Z][a-zA-Z'-]*", body.lower())
+        lengths[len(text.split()) // 5 * 5] += 1
+        words.update(token for token in tokens if token not in _STOPWORDS)
+        phrases.update(" ".join(tokens[i : i + 3]) for i in range(len(tokens) - 2))
+    models = Counter(model or "by hand" for _, model in captions)
+    return {
+        "word_counts": [{"from": start, "to": start + 4, "count": n} for start, n in sorted(lengths.items())],
+        "top_words": words.most_common(20),
+        "top_phrases": [(phrase, n) for phrase, n in phrases.most_common(10) if n > 1],
+        "models": dict(models.most_common()),
+    }
+
+
+async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> None:
+    """Serve until Ctrl-C."""
+    app = make_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/"
+    print(f"Review page: {url}  (Ctrl-C to stop; changes are saved at once)", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,141 @@
+"""The review page's API, through aiohttp's test client: every write needs the page's token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import Project
+from test_filter import StubDetector, filtered_project, run_sync
+
+from ghibli_async.config import load_config
+from ghibli_async.review import TOKEN_HEADER, make_app
+from ghibli_async.state import StateStore
+
+TOKEN = "test-token"
+
+
+def with_client(project: Project, scenario: Callable[[TestClient], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with TestClient(TestServer(make_app(load_config(project.config_path), token=TOKEN))) as client:
+            await scenario(client)
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+def reviewed(project: Project) -> Project:
+    filtered_project(project)
+    run_sync(project, StubDetector())
+    with StateStore.open(project.config.state_path) as store:
+        store.record_caption(1, "Ghibli style a girl in a red coat", model="m1", key_label="key#1")
+        store.record_caption(2, "Ghibli style a girl by a well", model="m2", key_label="key#2", needs_review=True)
+    return project
+
+
+def row(project: Project, name: str) -> dict:
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        return dict(db.execute("SELECT * FROM images WHERE source_path LIKE ?", (f"%/{name}",)).fetchone())
+
+
+def test_page_carries_the_token_and_tabs_list_images(reviewed: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        page = await (await client.get("/")).text()
+        assert f'content="{TOKEN}"' in page
+        rejected = await (await client.get("/api/images?tab=rejected")).json()
+        reasons = {item["name"]: item["filter"]["reason"] for item in rejected["items"]}
+        assert reasons["black.png"] == "dark" and reasons["empty1.png"] == "no_person"
+        kept = await (await client.get("/api/images?tab=kept&limit=2")).json()
+        assert kept["total"] == 5 and len(kept["items"]) == 2  # 6 kept, one of them needs review
+        review = await (await client.get("/api/images?tab=review")).json()
+        assert [item["caption"]["text"] for item in review["items"]] == ["Ghibli style a girl by a well"]
+        assert all("/" not in item["name"] for item in rejected["items"])  # names only, no paths
+        assert (await client.get("/api/images?tab=nope")).status == 400
+
+    with_client(reviewed, scenario)
+
+
+def test_writes_need_the_token(reviewed: Project) -> None:
+    image_id = row(reviewed, "empty1.png")["id"]
+
+    async def scenario(client: TestClient) -> None:
+        body = {"decision": "keep"}
+        assert (await client.post(f"/api/images/{image_id}/decision", json=body)).status == 403
+        wrong = {TOKEN_HEADER: "guess"}
+        assert (await client.post(f"/api/images/{image_id}/decision", json=body, headers=wrong)).status == 403
+        assert (await client.post(f"/api/images/{image_id}/caption", json={"caption": "x"})).status == 403
+
+    with_client(reviewed, scenario)
+    assert row(reviewed, "empty1.png")["filter_status"] == "rejected"
+
+
+def test_flip_to_kept_is_saved_and_queued_for_the_next_run(reviewed: Project) -> None:
+    image_id = row(reviewed, "empty1.png")["id"]
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post(
+            f"/api/images/{image_id}/decision", json={"decision": "keep"}, headers={TOKEN_HEADER: TOKEN}
+        )
+        assert response.status == 200
+        assert (await response.json())["filter"] == {"status": "kept", "reason": "override", "override": "keep"}
+
+    with_client(reviewed, scenario)
+    run_sync(reviewed, StubDetector())
+    flipped = row(reviewed, "empty1.png")
+    assert flipped["filter_status"] == "kept" and flipped["resize_status"] == "done" and flipped["number"] == 7
+
+
+def test_edited_caption_is_kept_and_exported(reviewed: Project) -> None:
+    image_id = row(reviewed, "person2.png")["id"]
+
+    async def scenario(client: TestClient) -> None:
+        response = await client.post(
+            f"/api/images/{image_id}/caption",
+            json={"caption": "  Ghibli style a boy   waves from a hill  "},
+            headers={TOKEN_HEADER: TOKEN},
+        )
+        caption = (await response.json())["caption"]
+        assert caption["text"] == "Ghibli style a boy waves from a hill" and caption["edited"]
+        assert not caption["needs_review"]
+
+    with_client(reviewed, scenario)
+    assert reviewed.cli("export") == 0
+    lines = (reviewed.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert {"file_name": "2.jpg", "text": "Ghibli style a boy waves from a hill"} in [json.loads(x) for x in lines]
+
+
+def test_unknown_ids_and_bad_bodies(reviewed: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        headers = {TOKEN_HEADER: TOKEN}
+        assert (await client.get("/api/thumbs/99999")).status == 404
+        assert (
+            await client.post("/api/images/99999/decision", json={"decision": "keep"}, headers=headers)
+        ).status == 404
+        image_id = row(reviewed, "person3.png")["id"]
+        bad = await client.post(f"/api/images/{image_id}/decision", json={"decision": "maybe"}, headers=headers)
+        assert bad.status == 400
+        empty = await client.post(f"/api/images/{image_id}/caption", json={"caption": "   "}, headers=headers)
+        assert empty.status == 400
+        assert (await client.get("/api/thumbs/..%2F..%2Fetc")).status == 404  # ids only, never a path
+
+    with_client(reviewed, scenario)
+
+
+def test_thumbnails_are_made_once_and_stats_add_up(reviewed: Project) -> None:
+    image_id = row(reviewed, "person3.png")["id"]
+
+    async def scenario(client: TestClient) -> None:
+        thumb = await client.get(f"/api/thumbs/{image_id}")
+        assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+        stats = await (await client.get("/api/stats")).json()
+        assert stats["tabs"]["rejected"] == 6 and stats["tabs"]["failed"] == 1
+        assert stats["models"] == {"m1": 1, "m2": 1}
+        assert sum(bucket["count"] for bucket in stats["word_counts"]) == 2
+
+    with_client(reviewed, scenario)
+    assert (reviewed.root / "work" / "thumbs" / f"{image_id}.jpg").exists()
