@@ -1,0 +1,108 @@
+"""End to end in a real headless browser: flip a rejected frame to kept, edit a caption, and find
+both in the state and the re-exported metadata.jsonl. Also saves a 1280x800 screenshot of the page
+to the work dir. Skips, saying why, when Chromium or Playwright is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from conftest import Project, scene_image
+from test_filter import StubDetector, run_sync
+
+from ghibli_async.config import load_config
+from ghibli_async.review import make_app
+from ghibli_async.state import StateStore
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
+
+
+@contextmanager
+def review_server(project: Project) -> Iterator[str]:
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    state: dict = {}
+
+    async def start() -> None:
+        runner = web.AppRunner(make_app(load_config(project.config_path)), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        state["runner"], state["url"] = runner, f"http://127.0.0.1:{runner.addresses[0][1]}/"
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield state["url"]
+    finally:
+        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def thirty_frames(project: Project) -> None:
+    for i in range(1, 25):
+        scene_image(i, person=True).save(project.frames / f"scene{i:02d}.png")
+    for i in range(1, 7):
+        scene_image(100 + i).save(project.frames / f"empty{i}.png")
+    project.write_config("resize:\n  size: 256\n", person_filter=True)
+    run_sync(project, StubDetector())
+    with StateStore.open(project.config.state_path) as store:
+        for number in range(1, 25):
+            text = f"Ghibli style a girl in a straw hat walks along a quiet country road at dusk, frame {number}"
+            store.record_caption(number, text, model="gemini-flash-latest", key_label=f"key#{number % 3 + 1}")
+
+
+def test_flip_and_edit_in_the_browser(project: Project) -> None:
+    thirty_frames(project)
+    with review_server(project) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.wait_for_selector(".tile img")
+        page.wait_for_function(  # the thumbnails on screen have loaded (the rest load lazily)
+            "[...document.querySelectorAll('.pic img')].slice(0, 8).every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.screenshot(path=str(project.root / "work" / "review-page.png"))
+
+        page.click("button[data-tab=rejected]")
+        page.wait_for_selector(".tile .badge.rejected")
+        page.locator(".tile", has_text="empty1.png").click()
+        page.keyboard.press("x")
+        page.wait_for_selector("#toast.show")
+
+        page.click("button[data-tab=kept]")
+        tile = page.locator(".tile", has_text="3.jpg").first
+        tile.click()
+        page.keyboard.press("e")
+        page.fill(".tile.selected textarea", "Ghibli style two children share a bowl of ramen")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(".tile.selected .row >> text=edited")
+        browser.close()
+
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        flipped = db.execute("SELECT filter_status FROM images WHERE source_path LIKE '%/empty1.png'").fetchone()
+        edited = db.execute("SELECT caption, caption_edited FROM images WHERE number = 3").fetchone()
+    assert flipped == ("kept",)
+    assert edited == ("Ghibli style two children share a bowl of ramen", 1)
+    assert project.cli("export") == 0
+    lines = [json.loads(x) for x in (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert {"file_name": "3.jpg", "text": "Ghibli style two children share a bowl of ramen"} in lines
