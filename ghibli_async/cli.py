@@ -21,7 +21,7 @@ from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
 from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
-from ghibli_async.review import serve
+from ghibli_async.review import serve, write_report
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import StateStore
 
@@ -34,6 +34,7 @@ COMMANDS = {
     "keep": "keep these frames whatever the filter says (the next run honours it)",
     "reject": "reject these frames whatever the filter says (they are never deleted)",
     "review": "serve a local page to look through the dataset, flip decisions and fix captions",
+    "report": "write the review page as a read-only folder (index.html + thumbnails) to share",
 }
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
             command.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
             command.add_argument("--open", action="store_true", help="open the page in the browser")
+        if name == "report":
+            command.add_argument("--to", type=Path, default=Path("review-report"), help="folder to write")
         if name in ("keep", "reject"):
             command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
     return parser
@@ -105,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keep": _cmd_override,
         "reject": _cmd_override,
         "review": _cmd_review,
+        "report": _cmd_report,
     }[args.command or "run"]
     try:
         return handler(_config_from(args), args)
@@ -194,6 +198,13 @@ def _cmd_review(config: Config, args: argparse.Namespace) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to review yet: no state at {config.state_path} (run the pipeline first)")
     asyncio.run(serve(config, host=args.host, port=args.port, open_browser=args.open))
+    return 0
+
+
+def _cmd_report(config: Config, args: argparse.Namespace) -> int:
+    if not config.state_path.exists():
+        raise UserError(f"nothing to report yet: no state at {config.state_path} (run the pipeline first)")
+    print(f"Report written: {write_report(config, args.to.resolve())}")
     return 0
 
 

@@ -9,8 +9,10 @@ dataset); requests name images by id, and no path from a request ever reaches th
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import secrets
+import shutil
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -64,9 +66,12 @@ async def _require_token_for_writes(request: web.Request, handler: Any) -> web.S
     return await handler(request)
 
 
+def _page_html() -> str:
+    return resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
+
+
 async def _page(request: web.Request) -> web.Response:
-    html = resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
-    return web.Response(text=html.replace("{{TOKEN}}", request.app[TOKEN_KEY]), content_type="text/html")
+    return web.Response(text=_page_html().replace("{{TOKEN}}", request.app[TOKEN_KEY]), content_type="text/html")
 
 
 async def _list_images(request: web.Request) -> web.Response:
@@ -175,18 +180,17 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    store = request.app[STORE_KEY]
+    return web.json_response(stats_payload(request.app[STORE_KEY], request.app[CONFIG_KEY]))
+
+
+def stats_payload(store: StateStore, config: Config) -> dict[str, Any]:
     counts = store.counts()
-    captions = store.captions_with_models()
-    trigger = request.app[CONFIG_KEY].caption.trigger
-    return web.json_response(
-        {
-            "tabs": {tab: store.review_page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
-            "filter": counts.filter,
-            "caption": counts.caption,
-            **caption_stats(captions, trigger),
-        }
-    )
+    return {
+        "tabs": {tab: store.review_page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
+        "filter": counts.filter,
+        "caption": counts.caption,
+        **caption_stats(store.captions_with_models(), config.caption.trigger),
+    }
 
 
 def caption_stats(captions: list[tuple[str, str | None]], trigger: str) -> dict[str, Any]:
@@ -207,6 +211,30 @@ def caption_stats(captions: list[tuple[str, str | None]], trigger: str) -> dict[
         "top_phrases": [(phrase, n) for phrase, n in phrases.most_common(10) if n > 1],
         "models": dict(models.most_common()),
     }
+
+
+def write_report(config: Config, dest: Path) -> Path:
+    """The review page as a read-only folder to share: index.html with the data embedded, and
+    thumbs/ next to it (copied from the review cache, or made once)."""
+    with StateStore.open(config.state_path, readonly=True) as store:
+        tabs = {tab: [item_json(i) for i in store.review_page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS}
+        stats = stats_payload(store, config)
+        sources = {item["id"]: store.source_of(item["id"]) for items in tabs.values() for item in items}
+    cache = config.paths.work_dir / "thumbs"
+    for image_id, source in sources.items():
+        target = dest / "thumbs" / f"{image_id}.jpg"
+        if (cache / target.name).exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cache / target.name, target)
+        elif source:
+            make_thumbnail(Path(source), target)
+    data = json.dumps({"tabs": tabs, "stats": stats}, ensure_ascii=False).replace("</", "<\\/")
+    banner = '<span class="help"><b>read-only report</b></span>'
+    html = _page_html().replace("{{TOKEN}}", "").replace("<!--REPORT-->", banner)
+    html = html.replace("<script>", f"<script>window.REPORT = {data};</script>\n<script>", 1)
+    index = dest / "index.html"
+    index.write_text(html, encoding="utf-8")
+    return index
 
 
 async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> None:

@@ -139,3 +139,14 @@ def test_thumbnails_are_made_once_and_stats_add_up(reviewed: Project) -> None:
 
     with_client(reviewed, scenario)
     assert (reviewed.root / "work" / "thumbs" / f"{image_id}.jpg").exists()
+
+
+def test_report_is_a_read_only_folder_with_everything(reviewed: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    target = reviewed.root / "shared-report"
+    assert reviewed.cli("report", "--to", str(target)) == 0
+    html = (target / "index.html").read_text(encoding="utf-8")
+    data = json.loads(html.split("window.REPORT = ", 1)[1].split(";</script>", 1)[0].replace("<\\/", "</"))
+    assert sum(len(items) for items in data["tabs"].values()) == 13
+    readable = [item["id"] for items in data["tabs"].values() for item in items if item["name"] != "broken.png"]
+    assert all((target / "thumbs" / f"{image_id}.jpg").exists() for image_id in readable)
+    assert "read-only report" in html and TOKEN not in html

@@ -106,3 +106,16 @@ def test_flip_and_edit_in_the_browser(project: Project) -> None:
     assert project.cli("export") == 0
     lines = [json.loads(x) for x in (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()]
     assert {"file_name": "3.jpg", "text": "Ghibli style two children share a bowl of ramen"} in lines
+
+
+def test_report_file_opens_without_a_server(project: Project) -> None:
+    thirty_frames(project)
+    assert project.cli("report", "--to", str(project.root / "report")) == 0
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto((project.root / "report" / "index.html").as_uri())
+        page.wait_for_selector(".tile img")
+        assert page.locator(".tile").count() == 24
+        assert "24" in page.locator("button[data-tab=kept]").inner_text()
+        browser.close()
