@@ -197,7 +197,10 @@ def _cmd_override(config: Config, args: argparse.Namespace) -> int:
 def _cmd_review(config: Config, args: argparse.Namespace) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to review yet: no state at {config.state_path} (run the pipeline first)")
-    asyncio.run(serve(config, host=args.host, port=args.port, open_browser=args.open))
+    try:
+        asyncio.run(serve(config, host=args.host, port=args.port, open_browser=args.open))
+    except KeyboardInterrupt:
+        print("Review page stopped; every change was saved as it was made.")
     return 0
 
 
