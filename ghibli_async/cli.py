@@ -80,6 +80,9 @@ def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults
         "--limit", type=_positive_int, default=default(None), metavar="N", help="process at most N images per stage"
     )
     parser.add_argument(
+        "--skip-extract", action="store_true", default=default(False), help="do not extract frames from videos"
+    )
+    parser.add_argument(
         "--skip-filter", action="store_true", default=default(False), help="do not run the person filter"
     )
     parser.add_argument("--skip-resize", action="store_true", default=default(False), help="do not resize new frames")
@@ -126,7 +129,12 @@ def _config_from(args: argparse.Namespace) -> Config:
         config, input_dir=getattr(args, "input", None), output_dir=args.output, work_dir=args.work_dir
     )
     if args.command in (None, "run"):
-        skipped = {"filter": args.skip_filter, "resize": args.skip_resize, "caption": args.skip_caption}
+        skipped = {
+            "extract": args.skip_extract,
+            "filter": args.skip_filter,
+            "resize": args.skip_resize,
+            "caption": args.skip_caption,
+        }
         config = with_stages(config, **{stage: False for stage, skip in skipped.items() if skip})
     return config
 

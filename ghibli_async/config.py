@@ -46,9 +46,24 @@ class PathsConfig(_Section):
 
 
 class StagesConfig(_Section):
+    extract: bool = True
     filter: bool = True
     resize: bool = True
     caption: bool = True
+
+
+class ExtractConfig(_Section):
+    """Frames from the video files in the input folder (mp4, mkv, webm, mov, avi)."""
+
+    mode: Literal["interval", "shots"] = "interval"
+    every_s: float = Field(5.0, gt=0)  # interval mode: one frame every this many seconds
+    exact: bool = True  # interval mode: false takes the nearest keyframe instead (much faster)
+    skip_start_s: float = Field(0.0, ge=0)  # opening credits
+    skip_end_s: float = Field(0.0, ge=0)  # ending credits
+    crop: Literal["center_square", "trim_bars", "none"] = "center_square"
+    min_shot_s: float = Field(1.0, gt=0)  # shots mode: shorter shots give no frame
+    max_per_shot: int = Field(1, ge=1)  # shots mode: more frames of a long shot, every_s apart
+    scene_change: float = Field(0.12, gt=0, lt=1)  # shots mode: mean grey difference that starts a shot
 
 
 class ResizeConfig(_Section):
@@ -201,6 +216,7 @@ class Config(_Section):
 
     paths: PathsConfig = PathsConfig()
     stages: StagesConfig = StagesConfig()
+    extract: ExtractConfig = ExtractConfig()
     filter: FilterConfig = FilterConfig()
     resize: ResizeConfig = ResizeConfig()
     caption: CaptionConfig = CaptionConfig()
@@ -214,6 +230,10 @@ class Config(_Section):
     @property
     def state_path(self) -> Path:
         return self.paths.work_dir / "state.sqlite"
+
+    @property
+    def extracted_dir(self) -> Path:
+        return self.paths.work_dir / "extracted"
 
     @property
     def resized_dir(self) -> Path:

@@ -24,9 +24,10 @@ from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError
 from ghibli_async.stages.caption import CaptionEngine, CaptionReport
 from ghibli_async.stages.export import ExportResult, export_dataset
+from ghibli_async.stages.extract import ExtractReport, run_extract
 from ghibli_async.stages.filter import run_filter
 from ghibli_async.stages.resize import run_resize
-from ghibli_async.stages.scan import ScanResult, list_image_files, scan_inputs
+from ghibli_async.stages.scan import ScanResult, list_inputs, scan_inputs
 from ghibli_async.state import Counts, Problem, StateStore, Status
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ MAX_PROBLEMS_SHOWN = 20
 class RunReport:
     """What one run did, and the dataset's totals and problems as the run left them."""
 
+    extracted: ExtractReport | None = None
     scan: ScanResult | None = None
     filtered: Counter[str] = field(default_factory=Counter)
     resized: Counter[str] = field(default_factory=Counter)
@@ -73,6 +75,7 @@ class Pipeline:
         report = RunReport()
         workers = config.resize.workers or os.cpu_count() or 1
         # Detectors load before any work: a missing package or weights file stops the run at once.
+        inputs = list_inputs(config.paths.input_dir, config.extracted_dir)  # nothing to do: say so first
         detectors = self.detectors
         if detectors is None:
             detectors = load_detectors(config.filter) if config.stages.filter else []
@@ -81,7 +84,10 @@ class Pipeline:
             StateStore.open(config.state_path) as store,
             _process_pool(workers if config.stages.resize or config.stages.filter else 0) as pool,
         ):
-            report.scan = scan_inputs(config.paths.input_dir, store)
+            if config.stages.extract and inputs.videos:
+                report.extracted = await run_extract(store, config, inputs.videos)
+            images = list_inputs(config.paths.input_dir, config.extracted_dir).images
+            report.scan = scan_inputs(images, store)
             log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
             if config.stages.filter:
                 report.filtered = await run_filter(store, config, pool, detectors, limit=limit)
@@ -180,7 +186,7 @@ class RunPlan:
 
 def plan_run(config: Config) -> RunPlan:
     """Look, do not touch: reads the input folder and (read-only) the state; writes nothing."""
-    files = list_image_files(config.paths.input_dir)
+    files = list_inputs(config.paths.input_dir, config.extracted_dir).images
     if not config.state_path.exists():
         return RunPlan(len(files), len(files), len(files) if config.stages.resize else 0, 0)
     with StateStore.open(config.state_path, readonly=True) as store:

@@ -22,6 +22,10 @@ def format_summary(report: RunReport, config: Config) -> str:
             f"  {'scanned':<12}{scan.found:>8}  files: {scan.new} new, {scan.duplicates} exact duplicate(s), "
             f"{scan.changed} changed"
         )
+    if report.extracted:
+        extracted = report.extracted
+        failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""
+        lines.append(f"  {'extracted':<12}{extracted.frames:>8}  frames from {extracted.videos_done} video(s){failed}")
     if report.filtered:
         filtered = ", ".join(f"{status} {n}" for status, n in sorted(report.filtered.items()))
         lines.append(f"  {'filter':<12}{report.filtered.total():>8}  frames decided: {filtered}")
@@ -49,8 +53,18 @@ def format_status(store: StateStore, config: Config, keys: list[ApiKey], exporte
     left = _left_to_do(counts, config)
     lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
     lines += _problems(problems, config.paths.input_dir)
+    lines += _videos(store.videos())
     lines += _quota_today(store, config, keys, wall)
     return "\n".join(lines)
+
+
+def _videos(videos: list[tuple[str, str, int, str | None]]) -> list[str]:
+    if not videos:
+        return []
+    lines = ["Videos:"]
+    for path, status, frames, reason in videos:
+        lines.append(f"  {Path(path).name:<40} {status:<7} {frames:>6} frames" + (f"  ({reason})" if reason else ""))
+    return lines
 
 
 def _quota_today(store: StateStore, config: Config, keys: list[ApiKey], wall: datetime) -> list[str]:

@@ -72,6 +72,15 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (project, model, quota_day)
     );
 
+    -- Videos in the input folder: extracted completely (done), or failed with a reason.
+    CREATE TABLE videos (
+        path        TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        frames      INTEGER NOT NULL DEFAULT 0,
+        reason      TEXT,
+        updated_at  TEXT NOT NULL DEFAULT ({_NOW})
+    );
+
     -- Limits the server reported in 429 answers (kind: rpm, rpd, tpm); they win over the config.
     CREATE TABLE learned_limits (
         project     TEXT NOT NULL,
@@ -341,6 +350,25 @@ class StateStore:
             )
             found.update(rows.fetchall())
         return found
+
+    # --- extract ----------------------------------------------------------------------------
+
+    def video_status(self, path: str) -> str | None:
+        row = self._db.execute("SELECT status FROM videos WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def record_video(self, path: str, status: str, *, frames: int, reason: str | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"""INSERT INTO videos (path, status, frames, reason) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (path) DO UPDATE SET status = excluded.status, frames = excluded.frames,
+                       reason = excluded.reason, updated_at = {_NOW}""",
+                (path, status, frames, reason),
+            )
+
+    def videos(self) -> list[tuple[str, str, int, str | None]]:
+        """(path, status, frames, reason) of every video seen."""
+        return self._db.execute("SELECT path, status, frames, reason FROM videos ORDER BY path").fetchall()
 
     # --- filter -----------------------------------------------------------------------------
 

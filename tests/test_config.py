@@ -48,7 +48,7 @@ def test_missing_config_file(project: Project, capsys: pytest.CaptureFixture[str
 
 
 def test_missing_or_empty_input_folder(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "no images in" in error_line(project, capsys)
+    assert "no images or videos in" in error_line(project, capsys)
     project.frames.rmdir()
     assert "input folder not found" in error_line(project, capsys)
 
@@ -75,7 +75,7 @@ def test_cli_path_overrides_win(project: Project, tmp_path: Path) -> None:
 def test_example_config_documents_the_defaults() -> None:
     example = load_config(REPO / "config.yaml")
     defaults = Config()
-    for section in ("stages", "filter", "resize", "caption", "export"):
+    for section in ("stages", "extract", "filter", "resize", "caption", "export"):
         assert getattr(example, section) == getattr(defaults, section), section
 
 

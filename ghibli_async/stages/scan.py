@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ghibli_async.errors import UserError
 from ghibli_async.state import KnownSource, SourceFile, StateStore
+from ghibli_async.video import VIDEO_SUFFIXES
 
 log = structlog.get_logger(__name__)
 
@@ -45,15 +46,24 @@ def natural_sort_key(path: str) -> str:
     )
 
 
-def list_image_files(input_dir: Path) -> list[Path]:
-    """Image files under `input_dir` (recursively, hidden names skipped), in natural order."""
+@dataclass(frozen=True)
+class InputFiles:
+    images: list[Path]  # frames in the input folder and frames extracted from its videos
+    videos: list[Path]
+
+
+def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
+    """Images and videos under `input_dir` (recursively, hidden names skipped) and the frames already
+    extracted from the videos, in natural order; an error line when there is nothing to work on."""
     if not input_dir.is_dir():
         raise UserError(f"input folder not found: {input_dir} (set paths.input_dir in the config or pass --input)")
-    files = [path for path in _walk(input_dir) if path.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise UserError(f"no images in {input_dir} (looked for {suffixes}): put the frames there or pass --input")
-    return sorted(files, key=lambda path: natural_sort_key(str(path)))
+    found = list(_walk(input_dir)) + (list(_walk(extracted_dir)) if extracted_dir.is_dir() else [])
+    images = sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
+    videos = sorted((p for p in found if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
+    if not images and not videos:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise UserError(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
+    return InputFiles(images, videos)
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -74,9 +84,8 @@ def hash_file(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def scan_inputs(input_dir: Path, store: StateStore) -> ScanResult:
+def scan_inputs(files: list[Path], store: StateStore) -> ScanResult:
     """Register every new image file; re-register files whose content changed."""
-    files = list_image_files(input_dir)
     known = store.known_sources()
     to_hash: list[tuple[Path, os.stat_result, KnownSource | None]] = []
     for path in files:

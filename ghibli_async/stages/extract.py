@@ -1,0 +1,87 @@
+"""Extract stage: frames from the videos in the input folder, as PNG files in the work dir.
+
+Each frame is named `<video stem>_<hh-mm-ss.mmm>.png` and written atomically, so the files
+themselves say how far a video got: an interrupted video resumes after its last frame, a finished
+one (recorded in the state) is skipped. The frames then flow through scan, filter, resize and
+caption like any other image. Two videos are decoded at once (PyAV decodes outside the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from tqdm.auto import tqdm
+
+from ghibli_async.config import Config
+from ghibli_async.state import StateStore
+from ghibli_async.video import frame_name, sample_frames, seconds_of, video_duration
+
+log = structlog.get_logger(__name__)
+
+_VIDEOS_AT_ONCE = 2
+
+
+@dataclass
+class ExtractReport:
+    frames: int = 0
+    videos_done: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+async def run_extract(store: StateStore, config: Config, videos: list[Path]) -> ExtractReport:
+    report = ExtractReport()
+    todo = [video for video in videos if store.video_status(str(video)) != "done"]
+    gate = asyncio.Semaphore(_VIDEOS_AT_ONCE)
+
+    async def one(position: int, video: Path) -> None:
+        async with gate:
+            frames, error = await asyncio.to_thread(extract_video, video, frames_dir(config, video), config, position)
+        store.record_video(str(video), "failed" if error else "done", frames=frames, reason=error)
+        report.frames += frames
+        if error:
+            report.failed.append(video.name)
+            log.warning("video_failed", path=str(video), reason=error, effect="skipped; the rest goes on")
+        else:
+            report.videos_done += 1
+
+    await asyncio.gather(*(one(i % _VIDEOS_AT_ONCE, video) for i, video in enumerate(todo)))
+    if todo:
+        log.info("extract_done", videos=report.videos_done, frames=report.frames, failed=len(report.failed))
+    return report
+
+
+def frames_dir(config: Config, video: Path) -> Path:
+    """One folder per video; the path hash keeps two `ep1.mkv` in different folders apart."""
+    tag = hashlib.blake2b(str(video).encode(), digest_size=3).hexdigest()
+    return config.extracted_dir / f"{video.stem}-{tag}"
+
+
+def extract_video(video: Path, out_dir: Path, config: Config, position: int) -> tuple[int, str | None]:
+    """Write the video's frames (resuming after the last one on disk); returns (frames, error)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for partial in out_dir.glob("*.part"):
+        partial.unlink()
+    done = [t for t in (seconds_of(p.name) for p in out_dir.glob("*.png")) if t is not None]
+    extract = config.extract
+    start = max(done) + (extract.every_s if extract.mode == "interval" else extract.min_shot_s) if done else 0.0
+    written = len(done)
+    try:
+        duration = video_duration(video)
+        with tqdm(total=round(duration), desc=video.name[:24], unit="s", position=position, leave=False) as bar:
+            bar.update(round(start))
+            for seconds, picture in sample_frames(
+                video, extract, start_s=start, black_luma=config.filter.dark.max_brightness
+            ):
+                target = out_dir / frame_name(video, seconds)
+                temp = target.with_suffix(".part")
+                picture.save(temp, "PNG", compress_level=1)
+                temp.replace(target)
+                written += 1
+                bar.update(max(0, round(seconds) - bar.n))
+    except Exception as exc:  # noqa: BLE001 - a damaged video is this file's problem, not the run's
+        return written, f"cannot decode: {type(exc).__name__}: {str(exc)[:160]}"
+    return written, None

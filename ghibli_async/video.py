@@ -1,0 +1,140 @@
+"""Sampling frames from a video file with PyAV (FFmpeg ships inside its wheel).
+
+`sample_frames` yields (seconds, RGB picture) pairs, already cropped, black/fade frames left out.
+It decodes no more than it needs: interval mode seeks to each target time (to the keyframe before
+it, then forward; with `exact: false` it takes that keyframe and decodes nothing else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from ghibli_async.config import ExtractConfig
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi"})
+_SMALL = (64, 36)  # the grey thumbnail that scene changes and black frames are measured on
+_BAR_LUMA = 0.06  # letterbox/pillarbox rows and columns are darker than this on average
+
+
+def video_duration(path: Path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.duration is not None:
+            return float(stream.duration * stream.time_base)
+        return (container.duration or 0) / av.time_base
+
+
+def sample_frames(
+    path: Path, config: ExtractConfig, *, start_s: float, black_luma: float
+) -> Iterator[tuple[float, Image.Image]]:
+    """Frames to keep from `path`, from `start_s` on (to resume an interrupted video)."""
+    duration = video_duration(path)
+    end = duration - config.skip_end_s
+    start = max(start_s, config.skip_start_s)
+    picks = _interval(path, config, start, end) if config.mode == "interval" else _shots(path, config, start, end)
+    for seconds, frame in picks:
+        if _mean_luma(frame) > black_luma:
+            yield seconds, crop(frame.to_image(), config.crop)
+
+
+def _interval(path: Path, config: ExtractConfig, start: float, end: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if not config.exact:
+            stream.codec_context.skip_frame = "NONKEY"
+        target = start
+        while target < end:
+            container.seek(int(target / stream.time_base), stream=stream, backward=True)
+            found = None
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    continue
+                if not config.exact or frame.time >= target - 1e-3:
+                    found = frame
+                    break
+            if found is None:
+                return
+            yield (found.time if not config.exact else target), found
+            target += config.every_s
+
+
+def _shots(path: Path, config: ExtractConfig, start: float, end: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    """One frame `min_shot_s / 2` into every shot that lasts `min_shot_s`; more, `every_s` apart,
+    up to `max_per_shot`. A shot starts where the small grey picture changes by `scene_change`."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if start > 0:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        previous, shot_start, emitted, next_pick = None, start, 0, start + config.min_shot_s / 2
+        candidate: tuple[float, av.VideoFrame] | None = None
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < start:
+                continue
+            if frame.time >= end:
+                break
+            small = _grey_small(frame)
+            if previous is not None and float(np.abs(small - previous).mean()) > config.scene_change:
+                shot_start, emitted, candidate = frame.time, 0, None
+                next_pick = shot_start + config.min_shot_s / 2
+            previous = small
+            if candidate is None and emitted < config.max_per_shot and frame.time >= next_pick:
+                candidate = (frame.time, frame)
+            if candidate is not None and frame.time - shot_start >= config.min_shot_s:
+                yield candidate
+                emitted, candidate = emitted + 1, None
+                next_pick = frame.time + config.every_s
+
+
+def _grey_small(frame: av.VideoFrame) -> np.ndarray:
+    return frame.reformat(width=_SMALL[0], height=_SMALL[1], format="gray").to_ndarray().astype(np.float32) / 255
+
+
+def _mean_luma(frame: av.VideoFrame) -> float:
+    return float(_grey_small(frame).mean())
+
+
+def crop(img: Image.Image, mode: str) -> Image.Image:
+    """`center_square`: the middle square, as the original capture tool took it; `trim_bars`: cut
+    black letterbox/pillarbox bars first; `none`: the whole frame."""
+    if mode == "none":
+        return img
+    if mode == "trim_bars":
+        img = img.crop(_content_box(img))
+    side = min(img.size)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def _content_box(img: Image.Image) -> tuple[int, int, int, int]:
+    grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
+    rows = np.flatnonzero(grey.mean(axis=1) > _BAR_LUMA)
+    cols = np.flatnonzero(grey.mean(axis=0) > _BAR_LUMA)
+    if not len(rows) or not len(cols):
+        return (0, 0, img.width, img.height)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def frame_name(video: Path, seconds: float) -> str:
+    """`<video stem>_<hh-mm-ss.mmm>.png`: sorts in time order, and says where the frame is."""
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{video.stem}_{hours:02d}-{minutes:02d}-{secs:02d}.{millis:03d}.png"
+
+
+def seconds_of(name: str) -> float | None:
+    """The timestamp in a `frame_name`, or None for another file."""
+    stamp = name.rsplit("_", 1)[-1].removesuffix(".png")
+    try:
+        clock, millis = stamp.split(".")
+        hours, minutes, secs = (int(part) for part in clock.split("-"))
+        return hours * 3600 + minutes * 60 + secs + int(millis) / 1000
+    except ValueError:
+        return None

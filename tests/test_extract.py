@@ -1,0 +1,119 @@
+"""Frames straight from video files: sampling, cropping, black frames, resuming, damaged files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+from caption_harness import run_pipeline, serving, write_caption_config
+from conftest import Project
+from fake_gemini import FakeGemini, ModelLimits
+from PIL import Image
+from video_builder import THREE_SHOTS, make_video
+
+from ghibli_async.clock import ScaledClock
+from ghibli_async.config import load_config, with_stages
+from ghibli_async.pipeline import Pipeline
+from ghibli_async.video import seconds_of
+
+
+def extract_only(project: Project, extra: str = ""):
+    project.write_config("resize:\n  size: 128\n" + extra)
+    config = with_stages(load_config(project.config_path), filter=False, resize=False, caption=False)
+    return asyncio.run(Pipeline(config, keys=[]).run())
+
+
+def extracted(project: Project) -> list[Path]:
+    return sorted((project.root / "work" / "extracted").rglob("*.png"))
+
+
+def test_interval_takes_one_frame_every_n_seconds_and_skips_black(project: Project) -> None:
+    make_video(project.frames / "clip.mp4", THREE_SHOTS)
+
+    report = extract_only(project, "extract:\n  every_s: 1.0\n")
+
+    times = [seconds_of(p.name) for p in extracted(project)]
+    assert times == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]  # 4 s and 9 s are black
+    assert report.extracted.frames == 12 and report.scan.new == 12
+    assert extracted(project)[0].name == "clip_00-00-00.000.png"
+
+
+def test_shots_mode_finds_the_three_shots(project: Project) -> None:
+    make_video(project.frames / "clip.mp4", THREE_SHOTS)
+
+    extract_only(project, "extract:\n  mode: shots\n")
+
+    times = [seconds_of(p.name) for p in extracted(project)]
+    assert len(times) == 3
+    assert 0 <= times[0] < 4 and 5 <= times[1] < 9 and 10 <= times[2] < 14
+
+
+def test_crops(project: Project) -> None:
+    make_video(project.frames / "wide.mp4", [(1, 2.0)])
+    make_video(project.frames / "letterboxed.mp4", [(2, 2.0)], bars=20)
+
+    extract_only(project, "extract:\n  every_s: 1.0\n  crop: trim_bars\n")
+
+    sizes = {p.name.split("_")[0]: Image.open(p).size for p in extracted(project)}
+    assert sizes == {"wide": (180, 180), "letterboxed": (140, 140)}
+
+
+def test_rerun_extracts_nothing_and_interrupted_video_resumes(project: Project) -> None:
+    make_video(project.frames / "clip.mp4", THREE_SHOTS)
+    extract_only(project, "extract:\n  every_s: 1.0\n")
+    first = {p.name: p.stat().st_mtime_ns for p in extracted(project)}
+
+    assert extract_only(project, "extract:\n  every_s: 1.0\n").extracted.frames == 0
+
+    # As if killed after the frame at 7 s: the video is not done, the later frames are missing.
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        db.execute("DELETE FROM videos")
+    for path in extracted(project):
+        if seconds_of(path.name) > 7:
+            path.unlink()
+    extract_only(project, "extract:\n  every_s: 1.0\n")
+    after = {p.name: p.stat().st_mtime_ns for p in extracted(project)}
+    assert set(after) == set(first)
+    assert all(after[name] == first[name] for name in first if seconds_of(name) <= 7)
+
+
+def test_damaged_video_is_reported_and_the_rest_goes_on(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    good = make_video(project.frames / "good.mp4", [(1, 3.0)])
+    broken = project.frames / "broken.mp4"
+    broken.write_bytes(good.read_bytes()[:600])
+
+    report = extract_only(project, "extract:\n  every_s: 1.0\n")
+
+    assert report.extracted.failed == ["broken.mp4"]
+    assert {p.name.split("_")[0] for p in extracted(project)} == {"good"}
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        status, reason = db.execute("SELECT status, reason FROM videos WHERE path LIKE '%broken.mp4'").fetchone()
+    assert status == "failed" and reason.startswith("cannot decode")
+
+
+def test_video_frames_reach_the_dataset_through_captioning(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_video(project.frames / "film.mp4", THREE_SHOTS)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    clock = ScaledClock(20)
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m": ModelLimits(rpm=100)})
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(
+                project,
+                fake.base_url,
+                ["{name: m, rpm: 100, rpd: 1000, tpm: 1000000}"],
+                extra="extract:\n  every_s: 2.0\n",
+            )
+            return await run_pipeline(project, clock)
+
+    report = asyncio.run(scenario())
+    assert report.extracted.frames == 6 and report.caption.outcomes == {"done": 6}  # 0,2,6,8,10,12 s
+    lines = (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    assert project.cli("status") == 0
+    assert "film.mp4" in capsys.readouterr().out
