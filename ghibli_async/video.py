@@ -19,6 +19,7 @@ from ghibli_async.config import ExtractConfig
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi"})
 _SMALL = (64, 36)  # the grey thumbnail that scene changes and black frames are measured on
 _BAR_LUMA = 0.06  # letterbox/pillarbox rows and columns are darker than this on average
+_SEEK_GAP_S = 8.0  # a target this far ahead is reached by seeking, a nearer one by decoding on
 
 
 def video_duration(path: Path) -> float:
@@ -43,23 +44,27 @@ def sample_frames(
 
 
 def _interval(path: Path, config: ExtractConfig, start: float, end: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Exact: the first frame at or after each target time; decoding goes on forward while the next
+    target is near, and seeks (to the keyframe before it) when it is far. Not exact: the keyframe
+    before each target, decoding keyframes only; a keyframe serving two targets is given once."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads: both cores on one video
         if not config.exact:
             stream.codec_context.skip_frame = "NONKEY"
-        target = start
+        target, frames, position, last_given = start, None, None, None
         while target < end:
-            container.seek(int(target / stream.time_base), stream=stream, backward=True)
-            found = None
-            for frame in container.decode(stream):
-                if frame.time is None:
-                    continue
-                if not config.exact or frame.time >= target - 1e-3:
-                    found = frame
-                    break
+            if frames is None or not config.exact or position is None or target - position > _SEEK_GAP_S:
+                container.seek(int(target / stream.time_base), stream=stream, backward=True)
+                frames = (frame for frame in container.decode(stream) if frame.time is not None)
+            found = next((f for f in frames if not config.exact or f.time >= target - 1e-3), None)
             if found is None:
                 return
-            yield (found.time if not config.exact else target), found
+            position = found.time
+            seconds = target if config.exact else found.time
+            if seconds != last_given:
+                last_given = seconds
+                yield seconds, found
             target += config.every_s
 
 

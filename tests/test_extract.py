@@ -117,3 +117,12 @@ def test_video_frames_reach_the_dataset_through_captioning(
     assert len(lines) == 6
     assert project.cli("status") == 0
     assert "film.mp4" in capsys.readouterr().out
+
+
+def test_keyframe_mode_takes_each_keyframe_once(project: Project) -> None:
+    make_video(project.frames / "clip.mp4", THREE_SHOTS)  # a keyframe every 2 s
+
+    extract_only(project, "extract:\n  every_s: 1.0\n  exact: false\n")
+
+    times = [seconds_of(p.name) for p in extracted(project)]
+    assert times == [0, 2, 6, 8, 10, 12]  # 4 s is black
