@@ -63,7 +63,7 @@ class ExtractConfig(_Section):
     crop: Literal["center_square", "trim_bars", "none"] = "center_square"
     min_shot_s: float = Field(1.0, gt=0)  # shots mode: shorter shots give no frame
     max_per_shot: int = Field(1, ge=1)  # shots mode: more frames of a long shot, every_s apart
-    scene_change: float = Field(0.12, gt=0, lt=1)  # shots mode: mean grey difference that starts a shot
+    scene_change: float = Field(0.07, gt=0, lt=1)  # shots mode: mean colour difference (0-1) that starts a shot
 
 
 class ResizeConfig(_Section):

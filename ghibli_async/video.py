@@ -70,7 +70,8 @@ def _interval(path: Path, config: ExtractConfig, start: float, end: float) -> It
 
 def _shots(path: Path, config: ExtractConfig, start: float, end: float) -> Iterator[tuple[float, av.VideoFrame]]:
     """One frame `min_shot_s / 2` into every shot that lasts `min_shot_s`; more, `every_s` apart,
-    up to `max_per_shot`. A shot starts where the small grey picture changes by `scene_change`."""
+    up to `max_per_shot`. A shot starts where a small colour copy changes by `scene_change` on
+    average (colour, not grey: two shots of one brightness in other palettes still differ)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -83,7 +84,7 @@ def _shots(path: Path, config: ExtractConfig, start: float, end: float) -> Itera
                 continue
             if frame.time >= end:
                 break
-            small = _grey_small(frame)
+            small = _small(frame, "rgb24")
             if previous is not None and float(np.abs(small - previous).mean()) > config.scene_change:
                 shot_start, emitted, candidate = frame.time, 0, None
                 next_pick = shot_start + config.min_shot_s / 2
@@ -96,12 +97,12 @@ def _shots(path: Path, config: ExtractConfig, start: float, end: float) -> Itera
                 next_pick = frame.time + config.every_s
 
 
-def _grey_small(frame: av.VideoFrame) -> np.ndarray:
-    return frame.reformat(width=_SMALL[0], height=_SMALL[1], format="gray").to_ndarray().astype(np.float32) / 255
+def _small(frame: av.VideoFrame, pixel_format: str) -> np.ndarray:
+    return frame.reformat(width=_SMALL[0], height=_SMALL[1], format=pixel_format).to_ndarray().astype(np.float32) / 255
 
 
 def _mean_luma(frame: av.VideoFrame) -> float:
-    return float(_grey_small(frame).mean())
+    return float(_small(frame, "gray").mean())
 
 
 def crop(img: Image.Image, mode: str) -> Image.Image:
