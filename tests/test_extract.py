@@ -126,3 +126,11 @@ def test_keyframe_mode_takes_each_keyframe_once(project: Project) -> None:
 
     times = [seconds_of(p.name) for p in extracted(project)]
     assert times == [0, 2, 6, 8, 10, 12]  # 4 s is black
+
+
+def test_credits_are_skipped_at_both_ends(project: Project) -> None:
+    make_video(project.frames / "clip.mp4", THREE_SHOTS)
+
+    extract_only(project, "extract:\n  every_s: 1.0\n  skip_start_s: 5.0\n  skip_end_s: 4.5\n")
+
+    assert [seconds_of(p.name) for p in extracted(project)] == [5, 6, 7, 8]  # 9 s is black; the end is cut
