@@ -9,11 +9,9 @@ blocks, and records every request it saw.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import random
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from thread_server import serving_in_thread
 
 from ghibli_async.clock import Clock, ScaledClock
 
@@ -141,25 +140,8 @@ class FakeGemini:
     @contextmanager
     def serving_in_thread(self) -> Iterator[FakeGemini]:
         """Serve from a thread with its own event loop (for a CLI run in another process)."""
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-        holder: dict[str, web.AppRunner] = {}
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            holder["runner"] = loop.run_until_complete(self.start())
-            started.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        started.wait(10)
-        try:
+        with serving_in_thread(self.start):
             yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
 
 
 def realistic_latency(median_s: float = 2.0, seed: int = 0) -> Callable[[], float]:

@@ -4,17 +4,17 @@ to the work dir. Skips, saying why, when Chromium or Playwright is missing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from aiohttp import web
 from conftest import Project, scene_image
 from test_filter import StubDetector, run_sync
+from thread_server import serving_in_thread
 
 from ghibli_async.config import load_config
 from ghibli_async.review import make_app
@@ -27,33 +27,14 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this ma
 
 @contextmanager
 def review_server(project: Project) -> Iterator[str]:
-    from aiohttp import web
-
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    state: dict = {}
-
-    async def start() -> None:
+    async def start() -> web.AppRunner:
         runner = web.AppRunner(make_app(load_config(project.config_path)), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
-        state["runner"], state["url"] = runner, f"http://127.0.0.1:{runner.addresses[0][1]}/"
+        return runner
 
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield state["url"]
-    finally:
-        asyncio.run_coroutine_threadsafe(state["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serving_in_thread(start) as runner:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
 
 
 def thirty_frames(project: Project) -> None:
