@@ -52,7 +52,7 @@ def test_options_work_after_the_command_too(project: Project) -> None:
 def test_json_logs_and_no_key_in_any_output(project: Project) -> None:
     save_frame(project.frames / "a.jpg", (600, 600))
     save_frame(project.frames / "b.jpg", (600, 600), seed=2)
-    secret, bad = "AIzaSy-test-secret-that-must-not-leak-00000", "AIzaSy-invalid-secret-must-not-leak-0000"
+    secret, bad = "fake-key-test-secret-that-must-not-leak-00000", "fake-key-invalid-secret-must-not-leak-0000"
     (project.root / ".env").write_text(f"GEMINI_API_KEY_1={bad}\nGEMINI_API_KEY_2={secret}\n")
     fake = FakeGemini(SystemClock(), keys={secret: "p"}, models={"m": ModelLimits()})
 

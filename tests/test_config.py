@@ -98,7 +98,7 @@ def test_same_key_twice_counts_once(tmp_path: Path) -> None:
 
 
 def test_keys_never_show_in_repr_or_fingerprint(tmp_path: Path) -> None:
-    secret = "AIzaSy-not-a-real-key-0123456789abcdefg"
+    secret = "fake-key-not-a-real-key-0123456789abcdefg"
     (key,) = load_api_keys(tmp_path, {"GEMINI_API_KEY_1": secret})
     assert secret not in repr(key) and secret not in str(key)
     assert len(key.fingerprint) == 12 and key.fingerprint not in secret
