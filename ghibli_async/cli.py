@@ -144,8 +144,8 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         plan = plan_run(config)
         print(
             f"Dry run, nothing written: {plan.found} frames in {config.paths.input_dir}, "
-            f"{plan.new_or_changed} new or changed; about {plan.resize_waiting} to resize, "
-            f"{plan.caption_waiting} resized and waiting for a caption."
+            f"{plan.new_or_changed} new or changed; {plan.videos_to_extract} video(s) to extract frames from; "
+            f"about {plan.resize_waiting} to resize, {plan.caption_waiting} resized and waiting for a caption."
         )
         return 0
     report = asyncio.run(Pipeline(config).run(limit=args.limit))

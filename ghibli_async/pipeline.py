@@ -28,7 +28,7 @@ from ghibli_async.stages.extract import ExtractReport, run_extract
 from ghibli_async.stages.filter import run_filter
 from ghibli_async.stages.resize import run_resize
 from ghibli_async.stages.scan import ScanResult, list_inputs, scan_inputs
-from ghibli_async.state import Counts, Problem, StateStore, Status
+from ghibli_async.state import Counts, Problem, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -182,24 +182,29 @@ class RunPlan:
     new_or_changed: int
     resize_waiting: int
     caption_waiting: int
+    videos_to_extract: int
 
 
 def plan_run(config: Config) -> RunPlan:
     """Look, do not touch: reads the input folder and (read-only) the state; writes nothing."""
-    files = list_inputs(config.paths.input_dir, config.extracted_dir).images
+    inputs = list_inputs(config.paths.input_dir, config.extracted_dir)
+    files = inputs.images
+    videos = len(inputs.videos) if config.stages.extract else 0
     if not config.state_path.exists():
-        return RunPlan(len(files), len(files), len(files) if config.stages.resize else 0, 0)
+        return RunPlan(len(files), len(files), len(files) if config.stages.resize else 0, 0, videos)
     with StateStore.open(config.state_path, readonly=True) as store:
         known = store.known_sources()
         counts = store.counts()
+        finished = {path for path, status, _, _ in store.videos() if status != "pending"}
+    videos = sum(1 for video in inputs.videos if str(video) not in finished) if config.stages.extract else 0
     fresh = sum(
         1
         for path in files
         if (seen := known.get(str(path))) is None
         or (seen.size, seen.mtime_ns) != ((stat := path.stat()).st_size, stat.st_mtime_ns)
     )
-    resize_waiting = counts.resize.get(Status.PENDING, 0) + fresh if config.stages.resize else 0
-    return RunPlan(len(files), fresh, resize_waiting, counts.caption.get(Status.PENDING, 0))
+    resize_waiting = counts.resize.get("pending", 0) + fresh if config.stages.resize else 0
+    return RunPlan(len(files), fresh, resize_waiting, counts.caption.get("pending", 0), videos)
 
 
 def export_only(config: Config) -> ExportResult:

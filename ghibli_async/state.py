@@ -95,17 +95,6 @@ _MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
-class Status:
-    """Values of the `*_status` columns."""
-
-    PENDING = "pending"
-    DONE = "done"
-    KEPT = "kept"
-    REJECTED = "rejected"
-    FAILED = "failed"
-    BLOCKED = "blocked"
-
-
 @dataclass(frozen=True)
 class SourceFile:
     """A file found in the input folder, as the scan stage saw it."""
