@@ -88,6 +88,20 @@ def _quota_today(store: StateStore, config: Config, keys: list[ApiKey], wall: da
         )
     left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in buckets)
     lines.append(f"  about {left} more captions today from the remaining daily quota")
+    return lines + _bucket_events(store, wall)
+
+
+def _bucket_events(store: StateStore, wall: datetime) -> list[str]:
+    """Cooldowns still running, and the models and keys the last runs retired."""
+    lines = []
+    for project, model, kind, until, reason, at in store.bucket_events():
+        if kind == "cooldown" and until and datetime.fromisoformat(until) > wall:
+            local = datetime.fromisoformat(until).astimezone()
+            lines.append(f"  {project}/{model}: cooling down until {local:%H:%M:%S} ({reason} limit)")
+        elif kind == "model_retired":
+            lines.append(f"  model {model}: retired on {at[:10]} ({reason}); take it out of caption.models")
+        elif kind == "key_retired":
+            lines.append(f"  {project}: retired on {at[:10]} ({reason}); see `check-keys`")
     return lines
 
 

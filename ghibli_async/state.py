@@ -81,6 +81,18 @@ _MIGRATIONS: tuple[str, ...] = (
         updated_at  TEXT NOT NULL DEFAULT ({_NOW})
     );
 
+    -- What the last run learned about buckets and keys that `status` should show: a cooldown
+    -- (until, UTC), a retired model (project '*'), a retired key (model '*', project = key#N).
+    CREATE TABLE bucket_events (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        until       TEXT,
+        reason      TEXT,
+        at          TEXT NOT NULL DEFAULT ({_NOW}),
+        PRIMARY KEY (project, model, kind)
+    );
+
     -- Limits the server reported in 429 answers (kind: rpm, rpd, tpm); they win over the config.
     CREATE TABLE learned_limits (
         project     TEXT NOT NULL,
@@ -614,6 +626,23 @@ class StateStore:
         """(project, model) -> (requests, tokens) on that quota day."""
         rows = self._db.execute("SELECT project, model, requests, tokens FROM quota_usage WHERE quota_day = ?", (day,))
         return {(project, model): (requests, tokens) for project, model, requests, tokens in rows}
+
+    def note_bucket_event(
+        self, project: str, model: str, kind: str, *, until: str | None = None, reason: str | None = None
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                f"""INSERT INTO bucket_events (project, model, kind, until, reason) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (project, model, kind) DO UPDATE SET until = excluded.until,
+                       reason = excluded.reason, at = {_NOW}""",
+                (project, model, kind, until, reason),
+            )
+
+    def bucket_events(self) -> list[tuple[str, str, str, str | None, str | None, str]]:
+        """(project, model, kind, until, reason, at), newest first."""
+        return self._db.execute(
+            "SELECT project, model, kind, until, reason, at FROM bucket_events ORDER BY at DESC"
+        ).fetchall()
 
     def save_learned_limit(self, project: str, model: str, kind: str, value: int) -> None:
         with self._transaction() as db:

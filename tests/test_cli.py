@@ -161,3 +161,23 @@ def test_sdk_base_url_variable_works_when_the_field_is_unset(
         project.write_config("caption:\n  models: [{name: m, rpm: 5, rpd: 5, tpm: 100000}]\n")
         assert project.cli("check-keys") == 0
     assert len(fake.seen) == 1
+
+
+def test_status_shows_cooldowns_and_retired_keys(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(3):
+        save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=wrong\nGEMINI_API_KEY_2=good\n")
+    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m1": ModelLimits(rpm=1), "m2": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  concurrency: 1\n  models:\n"
+            "    - {name: m1, rpm: 60, rpd: 50, tpm: 100000}\n"
+            "    - {name: m2, rpm: 60, rpd: 50, tpm: 100000}\n"
+        )
+        assert project.cli() == 0
+    capsys.readouterr()
+
+    project.cli("status")
+    out = capsys.readouterr().out
+    assert "key#1: retired" in out and "check-keys" in out
+    assert "key#2/m1: cooling down until" in out

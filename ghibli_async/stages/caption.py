@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import aiofiles
 import structlog
@@ -184,10 +185,12 @@ class CaptionEngine:
             self._rate_limited(reply, grant, now)
         elif isinstance(reply, KeyRejected):
             self.scheduler.retire_key(grant.key)
-            self._say_once("key_retired", grant.key, key=grant.key, reason=reply.reason)
+            if self._say_once("key_retired", grant.key, key=grant.key, reason=reply.reason):
+                self.store.note_bucket_event(grant.key, "*", "key_retired", reason=reply.reason)
         elif isinstance(reply, ModelUnavailable):
             self.scheduler.retire_model(bucket.model, reply.reason)
-            self._say_once("model_retired", bucket.model, model=bucket.model, reason=reply.reason)
+            if self._say_once("model_retired", bucket.model, model=bucket.model, reason=reply.reason):
+                self.store.note_bucket_event("*", bucket.model, "model_retired", reason=reply.reason)
         elif isinstance(reply, TransientError):
             attempt.transient_errors += 1
             if self._failing_streak >= max(10, 2 * self.caption.concurrency):
@@ -227,6 +230,8 @@ class CaptionEngine:
             return
         self._learn(bucket, "tpm" if reply.scope == "tokens" else "rpm", reply.quota_value)
         delay = self.scheduler.cool_down(bucket, now, reply.retry_after)
+        until = (self.clock.wall() + timedelta(seconds=delay)).isoformat(timespec="seconds")
+        self.store.note_bucket_event(bucket.project, bucket.model, "cooldown", until=until, reason=reply.scope)
         log.info("bucket_cooldown", bucket=bucket.name, seconds=round(delay, 1), scope=reply.scope)
 
     def _learn(self, bucket: Bucket, kind: str, value: int | None) -> None:
@@ -287,10 +292,13 @@ class CaptionEngine:
         base = min(backoff.initial_s * backoff.multiplier ** (failures - 1), backoff.max_s)
         return base * random.uniform(0.5, 1.5)
 
-    def _say_once(self, event: str, subject: str, **fields: object) -> None:
-        if (event, subject) not in self._said:
-            self._said.add((event, subject))
-            log.warning(event, **fields)
+    def _say_once(self, event: str, subject: str, **fields: object) -> bool:
+        """Log a warning the first time only; True when it was the first time."""
+        if (event, subject) in self._said:
+            return False
+        self._said.add((event, subject))
+        log.warning(event, **fields)
+        return True
 
     def _progress_note(self, started: float) -> str:
         minutes = max((self.clock.now() - started) / 60, 1e-9)
