@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from thread_server import serving_in_thread
 
-from ghibli_async.clock import Clock, ScaledClock
+from ghibli_async.clock import Clock
 
 _RPC = "type.googleapis.com/google.rpc."
 
@@ -64,10 +64,6 @@ class FakeGemini:
 
     def successes(self) -> list[Seen]:
         return [s for s in self.seen if s.kind == "ok"]
-
-    def accepted_times(self, project: str, model: str) -> list[float]:
-        """Times of requests that counted against the quota (the server answered them)."""
-        return [s.at for s in self.seen if (s.project, s.model) == (project, model) and s.kind in ("ok", "blocked")]
 
     # --- the service ------------------------------------------------------------------------
 
@@ -148,10 +144,6 @@ def realistic_latency(median_s: float = 2.0, seed: int = 0) -> Callable[[], floa
     """Log-normal answer times around `median_s`, like generateContent on a small image."""
     rng = random.Random(seed)
     return lambda: rng.lognormvariate(0, 0.35) * median_s
-
-
-def emulated_clock(speed: float = 60.0) -> ScaledClock:
-    return ScaledClock(speed)
 
 
 def _image_digest(body: dict[str, Any]) -> str:
