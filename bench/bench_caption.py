@@ -29,7 +29,15 @@ from bench.report import update_benchmarks  # noqa: E402
 from ghibli_async.caption.gemini import Answer, GeminiClient  # noqa: E402
 from ghibli_async.caption.text import build_prompt  # noqa: E402
 from ghibli_async.clock import ScaledClock  # noqa: E402
-from ghibli_async.config import ApiKey, CaptionConfig, Config, ModelQuota, PathsConfig, ResizeConfig  # noqa: E402
+from ghibli_async.config import (  # noqa: E402
+    ApiKey,
+    CaptionConfig,
+    Config,
+    ModelQuota,
+    PathsConfig,
+    ResizeConfig,
+    StagesConfig,
+)
 from ghibli_async.pipeline import Pipeline  # noqa: E402
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import StateStore  # noqa: E402
@@ -43,6 +51,7 @@ def config_for(work: Path, base_url: str, concurrency: int) -> Config:
     models = [ModelQuota(name=name, rpm=m.rpm, rpd=m.rpd, tpm=10**7) for name, m in MODELS.items()]
     return Config(
         paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
+        stages=StagesConfig(filter=False),  # every frame is captioned: this measures the caption engine
         resize=ResizeConfig(size=64),
         caption=CaptionConfig(models=models, base_url=base_url, concurrency=concurrency),
     )
