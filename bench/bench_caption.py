@@ -24,8 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.bench_resize import machine  # noqa: E402
-from bench.report import update_benchmarks  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.gemini import Answer, GeminiClient  # noqa: E402
 from ghibli_async.caption.text import build_prompt  # noqa: E402
 from ghibli_async.clock import ScaledClock  # noqa: E402
@@ -159,9 +158,7 @@ def main() -> None:
         "server never sees rpm + 1 in a minute, whatever the network delay).",
     ]
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_benchmarks("Caption engine (`bench/bench_caption.py`)", body)
+    publish("Caption engine (`bench/bench_caption.py`)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_resize import machine  # noqa: E402
-from bench.report import update_benchmarks  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import ExtractConfig  # noqa: E402
 from ghibli_async.video import sample_frames  # noqa: E402
 
@@ -87,9 +86,7 @@ def main() -> None:
             "Target ≥ 10× real time for `interval`.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        update_benchmarks("Video extraction (`bench/bench_extract.py`)", body)
+    publish("Video extraction (`bench/bench_extract.py`)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_resize import film_like_frame, machine  # noqa: E402
-from bench.report import update_benchmarks  # noqa: E402
+from bench.bench_resize import film_like_frame  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import Config, DetectorConfig, FilterConfig, PathsConfig, StagesConfig  # noqa: E402
 from ghibli_async.filter_rules import near_duplicate_groups  # noqa: E402
 from ghibli_async.pipeline import Pipeline  # noqa: E402
@@ -97,9 +97,7 @@ def main() -> None:
             "detection), the junk-frame measurements, YOLO in batches, and one state transaction per frame.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        update_benchmarks("Filter stage speed (`bench/bench_filter.py`)", body)
+    publish("Filter stage speed (`bench/bench_filter.py`)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

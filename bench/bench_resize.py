@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.report import update_benchmarks  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import Config, PathsConfig, StagesConfig  # noqa: E402
 from ghibli_async.imaging import square_image  # noqa: E402
 from ghibli_async.pipeline import Pipeline  # noqa: E402
@@ -104,22 +103,6 @@ def real_frames(folder: Path | None, scratch: Path) -> list[Path]:
     return frames + upscaled
 
 
-def machine() -> str:
-    model = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if "model name" in line
-            ),
-            platform.processor() or platform.machine(),
-        )
-        if Path("/proc/cpuinfo").exists()
-        else platform.processor()
-    )
-    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, Pillow {Image.__version__}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=200)
@@ -187,9 +170,7 @@ def main() -> None:
             "detection, one state transaction per image and the hand-off to the workers.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        update_benchmarks("Resize stage (`bench/bench_resize.py`)", body)
+    publish("Resize stage (`bench/bench_resize.py`)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

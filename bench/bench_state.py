@@ -13,8 +13,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_resize import machine  # noqa: E402
-from bench.report import update_benchmarks  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.stages.scan import natural_sort_key  # noqa: E402
 from ghibli_async.state import SourceFile, StateStore  # noqa: E402
 
@@ -61,9 +60,7 @@ def main() -> None:
         f"| one image's resize result (own transaction), mean of {PER_IMAGE_SAMPLE:,} | {per_image * 1000:.2f} ms |"
     )
     body = "\n".join([f"{date.today().isoformat()}, {machine()}. {n:,} images.", "", *rows])
-    print(body)
-    if not args.no_write:
-        update_benchmarks("State store at 100,000 images (`bench/bench_state.py`)", body)
+    publish("State store at 100,000 images (`bench/bench_state.py`)", body, write=not args.no_write)
 
 
 def _register(store: StateStore, files: list[SourceFile]) -> None:

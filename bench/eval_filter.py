@@ -20,8 +20,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_resize import machine  # noqa: E402
-from bench.report import update_benchmarks  # noqa: E402
+from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import DetectorConfig, FilterConfig  # noqa: E402
 from ghibli_async.detect import Box  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
@@ -63,9 +62,7 @@ def main() -> None:
     lines += junk_checks(names, looks, labels)
     lines += ["", *detector_rows(args.weights, names, looks, labels)]
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        update_benchmarks("Filter accuracy on real frames (`bench/eval_filter.py`)", body)
+    publish("Filter accuracy on real frames (`bench/eval_filter.py`)", body, write=not args.no_write)
 
 
 def junk_checks(names: list[str], looks: dict, labels: dict[str, str]) -> list[str]:

@@ -84,9 +84,11 @@ class Pipeline:
             StateStore.open(config.state_path) as store,
             _process_pool(workers if config.stages.resize or config.stages.filter else 0) as pool,
         ):
+            images = inputs.images
             if config.stages.extract and inputs.videos:
                 report.extracted = await run_extract(store, config, inputs.videos)
-            images = list_inputs(config.paths.input_dir, config.extracted_dir).images
+                if report.extracted.frames:  # new frame files on disk: walk the folders once more
+                    images = list_inputs(config.paths.input_dir, config.extracted_dir).images
             report.scan = scan_inputs(images, store)
             log.info("scan_done", found=report.scan.found, new=report.scan.new, duplicates=report.scan.duplicates)
             if config.stages.filter:
