@@ -2,10 +2,12 @@
 writes BENCHMARKS.md.
 
     python bench/eval_filter.py [--frames ../shared/data/frames] [--weights yolo11n.pt]
+                                [--person-model NAME] [--head-model NAME]
 
-For each detector that loads: precision and recall of the `person` label at several confidence
-thresholds, alone and combined with the junk-frame checks, and frames/s. A detector whose weights
-are not here is reported as not measured: random weights are never reported as accuracy. The junk
+For each detector that loads (YOLO from `--weights`; the imgutils person and head models from the
+Hugging Face cache, or the hub when online): precision and recall of the `person` label at several
+confidence thresholds, alone and combined (`mode: any`), and frames/s. A detector whose model is
+not here is reported as not measured: random weights are never reported as accuracy. The junk
 checks (dark/flat, blur, near-duplicates) need no weights, so their effect is always measured:
 above all, how many person frames they would throw away.
 """
@@ -21,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.config import DetectorConfig, FilterConfig  # noqa: E402
-from ghibli_async.detect import Box  # noqa: E402
+from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig  # noqa: E402
+from ghibli_async.detect import Box, Detector, load_detectors  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
 from ghibli_async.filter_rules import FrameFacts, decide_all  # noqa: E402
 from ghibli_async.imaging import look_at_frame  # noqa: E402
@@ -47,6 +49,8 @@ def main() -> None:
     default = Path(__file__).resolve().parents[2] / "shared" / "data" / "frames"
     parser.add_argument("--frames", type=Path, default=default)
     parser.add_argument("--weights", default=None, help="YOLO weights file (e.g. yolo11n.pt)")
+    parser.add_argument("--person-model", default=None, help="imgutils person model (default: the config's)")
+    parser.add_argument("--head-model", default=None, help="imgutils head model (default: the config's)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not (args.frames / "labels.csv").exists():
@@ -60,7 +64,25 @@ def main() -> None:
         f"({sum(1 for v in labels.values() if v == 'person')} person)."
     ]
     lines += junk_checks(names, looks, labels)
-    lines += ["", *detector_rows(args.weights, names, looks, labels)]
+    configs = [
+        ImgutilsDetectorConfig(name="imgutils", target="person", model=args.person_model),
+        ImgutilsDetectorConfig(name="imgutils", target="head", model=args.head_model),
+    ]
+    if args.weights:
+        configs.insert(0, YoloDetectorConfig(weights=args.weights))
+    else:
+        lines += [
+            "",
+            "yolo: **not measured**: no weights given (none can be downloaded here); rerun with "
+            "`--weights yolo11n.pt` where the file is.",
+        ]
+    detectors = []
+    for config in configs:
+        try:
+            detectors.append(load_detectors(FilterConfig(detectors=[config]))[0])
+        except UserError as exc:
+            lines += ["", f"{config.key}: **not measured**: {exc}"]
+    lines += detector_rows(detectors, names, looks, labels)
     body = "\n".join(lines)
     publish("Filter accuracy on real frames (`bench/eval_filter.py`)", body, write=not args.no_write)
 
@@ -83,33 +105,37 @@ def junk_checks(names: list[str], looks: dict, labels: dict[str, str]) -> list[s
     ]
 
 
-def detector_rows(weights: str | None, names: list[str], looks: dict, labels: dict[str, str]) -> list[str]:
-    if weights is None:
-        return [
-            "YOLO: **not measured** — no weights on this machine (none can be downloaded here); "
-            "rerun with `--weights yolo11n.pt` where the file is. imgutils: not implemented yet."
+def detector_rows(detectors: list[Detector], names: list[str], looks: dict, labels: dict[str, str]) -> list[str]:
+    """A precision/recall table per detector, then one for them all together (`mode: any`)."""
+    found: dict[str, list[list[Box]]] = {}
+    rows = []
+    for detector in detectors:
+        started = time.perf_counter()
+        found[detector.key] = detector.detect([looks[n].pixels for n in names])
+        rate = len(names) / (time.perf_counter() - started)
+        rows += [
+            "",
+            f"`{detector.signature}`, {rate:.1f} frames/s:",
+            *threshold_table(found[detector.key], names, labels),
         ]
-    from ghibli_async.detect.yolo import YoloDetector
+    if len(found) > 1:
+        together = [[box for boxes in per_frame for box in boxes] for per_frame in zip(*found.values())]
+        rows += [
+            "",
+            f"Combined ({' + '.join(found)}, any fires at the threshold):",
+            *threshold_table(together, names, labels),
+        ]
+    if found:
+        rows += ["", "Target for the combination: recall ≥ 0.95 at precision ≥ 0.85."]
+    return rows
 
-    try:
-        detector = YoloDetector(DetectorConfig(weights=weights))
-    except UserError as exc:
-        return [f"YOLO: **not measured** — {exc}"]
-    started = time.perf_counter()
-    boxes = detector.detect([looks[n].pixels for n in names])
-    rate = len(names) / (time.perf_counter() - started)
-    rows = [
-        f"YOLO `{Path(weights).name}` at 640, {rate:.1f} frames/s:",
-        "",
-        "| confidence | precision | recall |",
-        "|---|---|---|",
-    ]
+
+def threshold_table(found: list[list[Box]], names: list[str], labels: dict[str, str]) -> list[str]:
+    rows = ["", "| confidence | precision | recall |", "|---|---|---|"]
     for threshold in THRESHOLDS:
-        predicted = {n: any(b.score >= threshold for b in found) for n, found in zip(names, boxes)}
+        predicted = {n: any(b.score >= threshold for b in boxes) for n, boxes in zip(names, found)}
         precision, recall = precision_recall(predicted, labels)
         rows.append(f"| {threshold} | {precision:.2f} | {recall:.2f} |")
-    rows.append("")
-    rows.append("Target for the combination: recall ≥ 0.95 at precision ≥ 0.85.")
     return rows
 
 

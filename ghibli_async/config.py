@@ -11,12 +11,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from dotenv import dotenv_values
 from PIL import ImageColor
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from ghibli_async.errors import ConfigError, UserError
 
@@ -86,15 +95,58 @@ class ResizeConfig(_Section):
         return value
 
 
-class DetectorConfig(_Section):
-    """One person detector. `yolo`: ultralytics, COCO class `person`."""
+class _DetectorSection(_Section):
+    confidence: float = Field(0.15, gt=0, lt=1)  # a box at or above this counts as a person
+    image_size: int = Field(640, ge=32)  # the shared downscaled copy this detector looks at
+    batch_size: int = Field(8, ge=1)  # frames handed to the detector at a time
+
+
+class YoloDetectorConfig(_DetectorSection):
+    """ultralytics YOLO, COCO class `person`."""
 
     name: Literal["yolo"] = "yolo"
     weights: str = "yolo11n.pt"  # a name ultralytics can fetch when online, or a file path
-    confidence: float = Field(0.15, gt=0, lt=1)  # a box at or above this counts as a person
-    image_size: int = Field(640, ge=32)
-    batch_size: int = Field(8, ge=1)
     device: str = "auto"  # auto (cuda, mps, cpu), or a torch device name
+
+    @property
+    def key(self) -> str:
+        """What this detector's boxes are stored under."""
+        return "yolo"
+
+
+class ImgutilsDetectorConfig(_DetectorSection):
+    """dghs-imgutils' YOLO models trained on anime: whole `person` bodies, or `head`s (the safety net
+    for figures seen small or from behind). ONNX files from the Hugging Face hub or its local cache."""
+
+    name: Literal["imgutils"]
+    target: Literal["person", "head"] = "head"
+    model: str | None = None  # a model of deepghs/anime_{target}_detection; None: the one below
+    confidence: float = Field(0.25, gt=0, lt=1)
+
+    @property
+    def key(self) -> str:
+        return f"imgutils-{self.target}"
+
+    @property
+    def model_name(self) -> str:
+        return self.model or {"person": "person_detect_v1.1_s", "head": "head_detect_v2.0_s"}[self.target]
+
+
+def _detector_kind(value: Any) -> str:
+    """`name` picks the detector's fields; it may be left out for the default, yolo."""
+    if isinstance(value, Mapping):
+        return str(value.get("name", "yolo"))
+    return getattr(value, "name", "yolo")
+
+
+DetectorConfig = Annotated[
+    Annotated[YoloDetectorConfig, Tag("yolo")] | Annotated[ImgutilsDetectorConfig, Tag("imgutils")],
+    Discriminator(
+        _detector_kind,
+        custom_error_type="detector_name",
+        custom_error_message="unknown detector name (use yolo or imgutils)",
+    ),
+]
 
 
 class DarkCheck(_Section):
@@ -116,19 +168,29 @@ class DuplicateCheck(_Section):
 class FilterConfig(_Section):
     mode: Literal["any", "all"] = "any"  # keep a frame when any (or all) detectors find a person
     min_box_fraction: float = Field(0.0, ge=0, lt=1)  # smallest box area counted, as a share of the frame
-    detectors: list[DetectorConfig] = Field(default_factory=lambda: [DetectorConfig()], min_length=1)
+    detectors: list[DetectorConfig] = Field(default_factory=lambda: [YoloDetectorConfig()], min_length=1)
     dark: DarkCheck = DarkCheck()
     blur: BlurCheck = BlurCheck()
     duplicates: DuplicateCheck = DuplicateCheck()
 
+    @field_validator("detectors")
+    @classmethod
+    def _one_of_each(cls, detectors: list[DetectorConfig]) -> list[DetectorConfig]:
+        keys = [detector.key for detector in detectors]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"each detector may be listed once, but {', '.join(repeated)} is listed twice")
+        return detectors
+
     def resolved_against(self, base_dir: Path) -> FilterConfig:
-        """Weights given as a path, or found next to the config, are read from the config's folder;
-        a bare name nobody has locally stays a name for ultralytics to fetch."""
+        """YOLO weights given as a path, or found next to the config, are read from the config's
+        folder; a bare name nobody has locally stays a name for ultralytics to fetch."""
         detectors = []
         for detector in self.detectors:
-            local = base_dir / Path(detector.weights).expanduser()
-            if "/" in detector.weights or local.exists():
-                detector = detector.model_copy(update={"weights": str(local)})
+            if isinstance(detector, YoloDetectorConfig):
+                local = base_dir / Path(detector.weights).expanduser()
+                if "/" in detector.weights or local.exists():
+                    detector = detector.model_copy(update={"weights": str(local)})
             detectors.append(detector)
         return self.model_copy(update={"detectors": detectors})
 

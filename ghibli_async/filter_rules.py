@@ -65,7 +65,7 @@ def person_found(boxes: dict[str, list[Box]], config: FilterConfig) -> bool:
     fired = [
         any(
             box.score >= detector.confidence and box.area >= config.min_box_fraction
-            for box in boxes.get(detector.name, [])
+            for box in boxes.get(detector.key, [])
         )
         for detector in config.detectors
     ]

@@ -31,6 +31,12 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
         ("stages: [resize]\n", "stages: Input should be a valid dictionary"),
         ("resize: {size: [\n", "not valid YAML (line 2"),
         ("- a\n- b\n", "the top level must be a mapping"),
+        ("filter:\n  detectors: [{name: haar}]\n", "filter.detectors.0: unknown detector name (use yolo or imgutils)"),
+        ("filter:\n  detectors: [{name: imgutils, weights: x.pt}]\n", "filter.detectors.0.imgutils.weights: unknown"),
+        (
+            "filter:\n  detectors: [{name: yolo}, {weights: b.pt}]\n",
+            "filter.detectors: each detector may be listed once",
+        ),
     ],
 )
 def test_bad_config_is_one_line_naming_file_and_field(
@@ -77,6 +83,18 @@ def test_example_config_documents_the_defaults() -> None:
     defaults = Config()
     for section in ("stages", "extract", "filter", "resize", "caption", "export"):
         assert getattr(example, section) == getattr(defaults, section), section
+
+
+def test_detectors_of_both_kinds(project: Project) -> None:
+    """`name` may be left out for yolo; imgutils picks its repo's default model per target."""
+    project.write_config(
+        "filter:\n  detectors:\n    - {weights: models/y.pt}\n    - {name: imgutils}\n"
+        "    - {name: imgutils, target: person, model: person_detect_v1.1_m}\n"
+    )
+    yolo, head, person = project.config.filter.detectors
+    assert (yolo.key, yolo.weights) == ("yolo", str(project.root / "models" / "y.pt"))
+    assert (head.key, head.model_name, head.confidence) == ("imgutils-head", "head_detect_v2.0_s", 0.25)
+    assert (person.key, person.model_name) == ("imgutils-person", "person_detect_v1.1_m")
 
 
 def test_keys_from_env_file_and_environment(tmp_path: Path) -> None:

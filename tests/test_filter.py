@@ -11,7 +11,7 @@ import pytest
 from conftest import PERSON_MARK, Project, scene_image
 from PIL import Image, ImageFilter
 
-from ghibli_async.config import DetectorConfig, FilterConfig, load_config
+from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig, load_config
 from ghibli_async.detect import Box
 from ghibli_async.filter_rules import near_duplicate_groups, person_found
 from ghibli_async.pipeline import Pipeline
@@ -20,7 +20,7 @@ from ghibli_async.pipeline import Pipeline
 class StubDetector:
     """Reports a person, with a chosen score, wherever the magenta block is; counts its calls."""
 
-    name = "yolo"
+    key = "yolo"
 
     def __init__(self, score: float = 0.3, signature: str = "stub:1") -> None:
         self.score, self.signature, self.calls, self.frames_seen = score, signature, 0, 0
@@ -155,8 +155,8 @@ def test_near_duplicate_grouping_finds_close_hashes_only() -> None:
 
 
 def test_all_mode_needs_every_detector() -> None:
-    found = {"yolo": [Box(0.1, 0.1, 0.5, 0.9, 0.6, "person")], "other": []}
-    two = [DetectorConfig(name="yolo"), DetectorConfig(name="yolo", confidence=0.9)]
+    found = {"yolo": [Box(0.1, 0.1, 0.5, 0.9, 0.6, "person")], "imgutils-head": [Box(0.2, 0.1, 0.3, 0.2, 0.2, "head")]}
+    two = [YoloDetectorConfig(), ImgutilsDetectorConfig(name="imgutils", target="head", confidence=0.3)]
     assert person_found(found, FilterConfig(detectors=two, mode="any"))
     assert not person_found(found, FilterConfig(detectors=two, mode="all"))
 

@@ -14,7 +14,7 @@ from conftest import Project, scene_image
 
 ultralytics = pytest.importorskip("ultralytics", reason="the yolo detector needs the [detect] extra")
 
-from ghibli_async.config import DetectorConfig, load_config  # noqa: E402
+from ghibli_async.config import YoloDetectorConfig, load_config  # noqa: E402
 from ghibli_async.detect import Box  # noqa: E402
 from ghibli_async.detect.yolo import YoloDetector  # noqa: E402
 from ghibli_async.pipeline import Pipeline  # noqa: E402
@@ -31,7 +31,7 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_detect_batches_and_parses_boxes(random_weights: Path) -> None:
-    detector = YoloDetector(DetectorConfig(weights=str(random_weights), image_size=320, batch_size=2))
+    detector = YoloDetector(YoloDetectorConfig(weights=str(random_weights), image_size=320, batch_size=2))
     images = [np.asarray(scene_image(i, (400, 300), person=True)) for i in range(5)]
 
     found = detector.detect(images)

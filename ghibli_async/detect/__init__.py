@@ -1,6 +1,6 @@
 """Person detectors behind one small protocol: images in, boxes with score and label out.
 
-A new backend is one class with `name`, `signature` and `detect`; `load_detectors` builds the
+A new backend is one class with `key`, `signature` and `detect`; `load_detectors` builds the
 configured ones once per run and fails before any work, with one clear line, when one cannot load.
 """
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ghibli_async.config import DetectorConfig, FilterConfig
+from ghibli_async.config import DetectorConfig, FilterConfig, YoloDetectorConfig
 
 # Boxes down to this score are stored, so a lower threshold later needs no second detector pass.
 SCORE_FLOOR = 0.05
@@ -35,7 +35,7 @@ class Box:
 
 
 class Detector(Protocol):
-    name: str
+    key: str  # what its boxes are stored under: the config's `key` (yolo, imgutils-head, ...)
     signature: str  # what stored boxes depend on (backend, weights, image size): a change reruns it
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
@@ -47,6 +47,10 @@ def load_detectors(config: FilterConfig) -> list[Detector]:
 
 
 def _load(config: DetectorConfig) -> Detector:
-    from ghibli_async.detect.yolo import YoloDetector
+    if isinstance(config, YoloDetectorConfig):
+        from ghibli_async.detect.yolo import YoloDetector
 
-    return YoloDetector(config)
+        return YoloDetector(config)
+    from ghibli_async.detect.anime import ImgutilsDetector
+
+    return ImgutilsDetector(config)

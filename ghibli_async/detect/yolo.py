@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ghibli_async.config import DetectorConfig
+from ghibli_async.config import YoloDetectorConfig
 from ghibli_async.detect import SCORE_FLOOR, Box
 from ghibli_async.errors import UserError
 
@@ -15,9 +15,9 @@ _PERSON = "person"
 
 
 class YoloDetector:
-    name = "yolo"
+    key = "yolo"
 
-    def __init__(self, config: DetectorConfig) -> None:
+    def __init__(self, config: YoloDetectorConfig) -> None:
         try:
             from ultralytics import YOLO
         except ImportError:

@@ -29,7 +29,7 @@ async def run_filter(
     store: StateStore, config: Config, pool: Executor, detectors: Sequence[Detector], *, limit: int | None
 ) -> Counter[str]:
     """Measure and detect what is new, then (re)decide every frame; returns kept/rejected counts."""
-    signatures = {detector.name: detector.signature for detector in detectors}
+    signatures = {detector.key: detector.signature for detector in detectors}
     jobs = store.filter_jobs(signatures, limit=limit)
     if jobs:
         await _measure(store, config, pool, detectors, jobs, signatures)
@@ -74,9 +74,9 @@ def _detect(detectors: Sequence[Detector], jobs: list[FilterJob], looks: list[Fr
     found: list[dict[str, list[Box]]] = [{} for _ in jobs]
     for detector in detectors:
         wanted = [
-            i for i, (job, look) in enumerate(zip(jobs, looks)) if look.error is None and detector.name in job.detectors
+            i for i, (job, look) in enumerate(zip(jobs, looks)) if look.error is None and detector.key in job.detectors
         ]
         if wanted:
             for i, boxes in zip(wanted, detector.detect([looks[i].pixels for i in wanted])):
-                found[i][detector.name] = boxes
+                found[i][detector.key] = boxes
     return found
