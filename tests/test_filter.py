@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -171,3 +172,16 @@ def test_changed_frame_is_measured_again(project: Project) -> None:
     run_sync(project, detector)
     assert detector.frames_seen == seen + 1
     assert decisions(project)["person3.png"] == ("rejected", "no_person")
+
+
+def test_missing_detector_package_is_one_clear_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "imgutils.detect", None)  # as if dghs-imgutils were not installed
+    scene_image(1).save(project.frames / "a.png")
+    project.write_config("filter:\n  detectors: [{name: imgutils}]\n", person_filter=True)
+
+    assert project.cli() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the imgutils detector needs dghs-imgutils") and '".[imgutils]"' in err
+    assert "\n" not in err and not (project.root / "work").exists()

@@ -30,7 +30,7 @@ class ImgutilsDetector:
             from imgutils.detect import detect_heads, detect_person
         except ImportError:
             raise UserError(
-                'the imgutils detector needs dghs-imgutils: pip install -e ".[imgutils]" '
+                'the imgutils detector needs dghs-imgutils (Python 3.12 or older): pip install -e ".[imgutils]" '
                 "(or remove it from filter.detectors)"
             ) from None
         self.config = config
