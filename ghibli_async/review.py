@@ -22,7 +22,8 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from ghibli_async.config import Config
-from ghibli_async.filter_rules import best_score
+from ghibli_async.detect import Box
+from ghibli_async.filter_rules import best_score, box_counts
 from ghibli_async.state import REVIEW_TABS, ReviewItem, StateStore
 
 THUMB_SIDE = 256
@@ -84,10 +85,11 @@ async def _list_images(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPBadRequest(text="offset and limit are whole numbers") from None
     total, items = request.app[STORE_KEY].review_page(tab, offset=offset, limit=limit)
-    return web.json_response({"total": total, "items": [item_json(item) for item in items]})
+    config = request.app[CONFIG_KEY]
+    return web.json_response({"total": total, "items": [item_json(item, config) for item in items]})
 
 
-def item_json(item: ReviewItem) -> dict[str, Any]:
+def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
     return {
         "id": item.image_id,
         "number": item.number,
@@ -95,10 +97,10 @@ def item_json(item: ReviewItem) -> dict[str, Any]:
         "filter": {"status": item.filter_status, "reason": item.filter_reason, "override": item.override},
         "scores": {name: round(best_score(boxes), 3) for name, boxes in item.boxes.items()},
         "boxes": [
-            {"x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "score": round(b.score, 3), "detector": name}
+            shown
             for name, boxes in item.boxes.items()
-            for b in boxes
-            if b.score >= 0.1
+            for shown in (_box_json(box, name, config) for box in boxes)
+            if shown["counts"] or shown["score"] >= 0.1  # not the faintest guesses stored for later
         ],
         "resize": item.resize_status,
         "caption": {
@@ -110,6 +112,19 @@ def item_json(item: ReviewItem) -> dict[str, Any]:
             "edited": item.edited,
             "needs_review": item.needs_review,
         },
+    }
+
+
+def _box_json(box: Box, detector: str, config: Config) -> dict[str, Any]:
+    return {
+        "x1": box.x1,
+        "y1": box.y1,
+        "x2": box.x2,
+        "y2": box.y2,
+        "score": round(box.score, 3),
+        "label": box.label,
+        "detector": detector,
+        "counts": box_counts(box, detector, config.filter),  # drawn green: a person under today's thresholds
     }
 
 
@@ -155,7 +170,7 @@ async def _set_decision(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text='decision must be "keep" or "reject"')
     store = request.app[STORE_KEY]
     store.set_filter_override([store.source_of(item.image_id)], decision)
-    return web.json_response(item_json(store.review_item(item.image_id)))
+    return web.json_response(item_json(store.review_item(item.image_id), request.app[CONFIG_KEY]))
 
 
 async def _set_caption(request: web.Request) -> web.Response:
@@ -166,7 +181,7 @@ async def _set_caption(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="a caption cannot be empty")
     store = request.app[STORE_KEY]
     store.edit_caption(item.image_id, caption)
-    return web.json_response(item_json(store.review_item(item.image_id)))
+    return web.json_response(item_json(store.review_item(item.image_id), request.app[CONFIG_KEY]))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -217,7 +232,9 @@ def write_report(config: Config, dest: Path) -> Path:
     """The review page as a read-only folder to share: index.html with the data embedded, and
     thumbs/ next to it (copied from the review cache, or made once)."""
     with StateStore.open(config.state_path, readonly=True) as store:
-        tabs = {tab: [item_json(i) for i in store.review_page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS}
+        tabs = {
+            tab: [item_json(i, config) for i in store.review_page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS
+        }
         stats = stats_payload(store, config)
         sources = {item["id"]: store.source_of(item["id"]) for items in tabs.values() for item in items}
     cache = config.paths.work_dir / "thumbs"

@@ -150,3 +150,17 @@ def test_report_is_a_read_only_folder_with_everything(reviewed: Project, capsys:
     readable = [item["id"] for items in data["tabs"].values() for item in items if item["name"] != "broken.png"]
     assert all((target / "thumbs" / f"{image_id}.jpg").exists() for image_id in readable)
     assert "read-only report" in html and TOKEN not in html
+
+
+def test_boxes_say_whether_they_count_under_the_current_threshold(reviewed: Project) -> None:
+    """The stub's boxes score 0.3: a person at confidence 0.15, a faint guess after raising it."""
+
+    async def boxes_of_kept() -> list[dict]:
+        async with TestClient(TestServer(make_app(load_config(reviewed.config_path), token=TOKEN))) as client:
+            kept = await (await client.get("/api/images?tab=kept")).json()
+        return [box for item in kept["items"] for box in item["boxes"]]
+
+    boxes = asyncio.run(boxes_of_kept())
+    assert boxes and all(box["counts"] and box["detector"] == "yolo" and box["label"] == "person" for box in boxes)
+    reviewed.config_path.write_text(reviewed.config_path.read_text() + "filter:\n  detectors: [{confidence: 0.5}]\n")
+    assert not any(box["counts"] for box in asyncio.run(boxes_of_kept()))
