@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Project, scene_image
+from test_filter import StubDetector
 
 pytest.importorskip("imgutils", reason="the imgutils detector needs the [imgutils] extra")
 onnx = pytest.importorskip("onnx", reason="building the test model needs onnx (the [dev] extra)")
@@ -113,24 +114,32 @@ def test_a_model_missing_from_the_cache_is_one_clear_line(cached: Path) -> None:
     assert "\n" not in message
 
 
-def test_pipeline_stores_imgutils_boxes_under_their_own_key(project: Project, cached: Path) -> None:
-    """Each detector's boxes are stored under its own key; thresholds apply per detector."""
+def test_yolo_and_imgutils_together_each_with_its_own_threshold(project: Project, cached: Path) -> None:
     for i in range(3):
         scene_image(i, person=True).save(project.frames / f"f{i}.png")
-    project.write_config(
-        "filter:\n  detectors:\n    - {name: imgutils, target: head, confidence: 0.5}\nresize:\n  size: 256\n",
-        person_filter=True,
-    )
 
-    asyncio.run(Pipeline(load_config(project.config_path), keys=[]).run())
+    def run(head_confidence: float) -> list[str]:
+        project.write_config(
+            "filter:\n  detectors:\n    - {name: yolo, confidence: 0.5}\n"
+            f"    - {{name: imgutils, target: head, confidence: {head_confidence}}}\nresize:\n  size: 256\n",
+            person_filter=True,
+        )
+        asyncio.run(Pipeline(load_config(project.config_path), keys=[], detectors=[yolo, head]).run())
+        with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+            return [status for (status,) in db.execute("SELECT filter_status FROM images ORDER BY id")]
+
+    yolo = StubDetector(score=0.3)  # under its 0.5
+    head = ImgutilsDetector(ImgutilsDetectorConfig(name="imgutils", target="head"))  # 0.9 and 0.2 boxes
+    assert run(head_confidence=0.95) == ["rejected"] * 3
+    assert run(head_confidence=0.85) == ["kept"] * 3  # re-decided from the stored boxes
+    assert yolo.calls == 1
 
     with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
-        rows = db.execute("SELECT filter_status, detections FROM images").fetchall()
-    assert [status for status, _ in rows] == ["kept"] * 3
-    for _, detections in rows:
-        stored = json.loads(detections)["imgutils-head"]
-        assert stored["signature"] == "imgutils:head_detect_v2.0_s:640"
-        assert [round(row[4], 2) for row in stored["boxes"]] == [0.9, 0.2]
+        (detections,) = db.execute("SELECT detections FROM images LIMIT 1").fetchone()
+    stored = json.loads(detections)
+    assert stored["imgutils-head"]["signature"] == "imgutils:head_detect_v2.0_s:640"
+    assert [round(row[4], 2) for row in stored["imgutils-head"]["boxes"]] == [0.9, 0.2]
+    assert [row[5] for row in stored["yolo"]["boxes"]] == ["person"]
 
 
 def test_cli_stops_before_any_work_when_the_model_is_missing(
