@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ghibli_async.config import FilterConfig
+from ghibli_async.config import DetectorConfig, FilterConfig
 from ghibli_async.detect import Box
 
 
@@ -63,16 +63,19 @@ def decide(frame: FrameFacts, config: FilterConfig) -> Decision:
 
 def person_found(boxes: dict[str, list[Box]], config: FilterConfig) -> bool:
     fired = [
-        any(box_counts(box, detector.key, config) for box in boxes.get(detector.key, []))
-        for detector in config.detectors
+        any(_counts(box, detector, config) for box in boxes.get(detector.key, [])) for detector in config.detectors
     ]
     return any(fired) if config.mode == "any" else all(fired)
 
 
 def box_counts(box: Box, detector_key: str, config: FilterConfig) -> bool:
-    """Whether this box is a person under the current thresholds (the detector's own confidence)."""
+    """Whether this box is a person under the current thresholds (its detector's own confidence)."""
     detector = next((d for d in config.detectors if d.key == detector_key), None)
-    return detector is not None and box.score >= detector.confidence and box.area >= config.min_box_fraction
+    return detector is not None and _counts(box, detector, config)
+
+
+def _counts(box: Box, detector: DetectorConfig, config: FilterConfig) -> bool:
+    return box.score >= detector.confidence and box.area >= config.min_box_fraction
 
 
 def best_score(boxes: list[Box]) -> float:
