@@ -25,7 +25,8 @@ from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.caption.gemini import Answer, GeminiClient  # noqa: E402
+from ghibli_async.caption.answers import Answer  # noqa: E402
+from ghibli_async.caption.gemini import GeminiClient  # noqa: E402
 from ghibli_async.caption.text import build_prompt  # noqa: E402
 from ghibli_async.clock import ScaledClock  # noqa: E402
 from ghibli_async.config import (  # noqa: E402

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ghibli_async.caption.gemini import KeyRejected, ModelUnavailable, RateLimited, TransientError, classify_api_error
+from ghibli_async.caption.answers import KeyRejected, ModelUnavailable, RateLimited, TransientError
+from ghibli_async.caption.gemini import classify_api_error
 from ghibli_async.caption.text import build_prompt, caption_problems, normalize_caption
 from ghibli_async.config import CaptionConfig
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from ghibli_async.caption.buckets import WINDOW_S, Bucket, Limits, build_buckets, next_quota_reset, quota_day
-from ghibli_async.caption.scheduler import Exhausted, Grant, Scheduler, Wait
-from ghibli_async.config import ApiKey, BackoffConfig, CaptionConfig, ModelQuota
+from ghibli_async.caption.buckets import WINDOW_S, Bucket, Grant, Limits, build_buckets, next_quota_reset, quota_day
+from ghibli_async.caption.reducer import CoolDown, LearnLimit, RetireKey, RetireModel, Served, SpendForToday
+from ghibli_async.caption.scheduler import Exhausted, Scheduler, Wait
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
 DAY = "2026-11-25"
 
@@ -18,7 +19,7 @@ def bucket(
 
 
 def scheduler(*buckets: Bucket) -> Scheduler:
-    policy = Scheduler(list(buckets), BackoffConfig())
+    policy = Scheduler(list(buckets))
     policy.proven.update({"key#1", "key#2", "key#3", *(b.model for b in buckets)})
     return policy
 
@@ -50,20 +51,6 @@ def test_never_more_than_rpm_in_any_sliding_minute() -> None:
     sent = drive(scheduler(bucket(rpm=10)), seconds=600)
     assert most_in_a_window(sent) == 10
     assert len(sent) >= 10 * 600 / 62 - 10  # and it still uses nearly all of it
-
-
-def test_aiolimiter_default_form_would_burst() -> None:
-    """Why the policy keeps its own sliding window: AsyncLimiter(rpm, 60) lets 2x rpm through."""
-    # A leaky bucket of capacity rpm that drains rpm/60 per second: full burst at t=0, then
-    # another rpm within the same minute as it drains.
-    rpm, level, sent = 10, 0.0, []
-    for tick in range(0, 600):
-        t = tick / 10
-        level = max(0.0, level - 0.1 * rpm / 60)
-        while level + 1 <= rpm:
-            level += 1
-            sent.append(t)
-    assert most_in_a_window(sent) > rpm
 
 
 def test_model_first_uses_the_best_model_of_every_project_first() -> None:
@@ -111,28 +98,41 @@ def test_daily_limit_and_pacific_midnight() -> None:
 def test_per_day_429_spends_the_bucket_whatever_the_delay() -> None:
     first, second = bucket("m1"), bucket("m2")
     policy = scheduler(first, second)
-    policy.spend_for_today(first, DAY)
+    policy.apply(SpendForToday(first.name), 0.0)
     grant = policy.acquire(0.0, DAY)
     assert grant.bucket.model == "m2"
 
 
-def test_rate_limit_cooldown_follows_the_server_else_backs_off() -> None:
+def test_cooldown_rests_the_bucket_and_counts_strikes_until_served() -> None:
     cooling = bucket()
     policy = scheduler(cooling)
-    assert policy.cool_down(cooling, 0.0, 37.0) == 37.0
-    assert [policy.cool_down(cooling, 0.0, None) for _ in range(6)] == [10.0, 20.0, 40.0, 80.0, 80.0, 80.0]
-    assert isinstance(policy.acquire(79.0, DAY), Wait)
+    policy.apply(CoolDown(cooling.name, 37.0, "minute"), 0.0)
+    policy.apply(CoolDown(cooling.name, 10.0, "minute"), 0.0)  # a shorter one does not cut the first short
+    assert cooling.strikes == 2
+    assert policy.acquire(36.0, DAY) == Wait(37.0)
+    grant = policy.acquire(37.0, DAY)
+    policy.answered(grant, 38.0, key_works=True, model_works=True)
+    policy.apply(Served(cooling.name, 700, grant.tokens_reserved), 38.0)
+    assert cooling.strikes == 0
+
+
+def test_learned_limit_replaces_the_table_value() -> None:
+    learning = bucket(rpm=10)
+    policy = scheduler(learning)
+    policy.apply(LearnLimit(learning.name, "rpm", 2, 10), 0.0)
+    grants = [policy.acquire(0.0, DAY) for _ in range(3)]
+    assert [isinstance(g, Grant) for g in grants] == [True, True, False]
 
 
 def test_unproven_key_gets_one_request_at_a_time() -> None:
-    policy = Scheduler([bucket(rpm=100, keys=("key#1", "key#2"))], BackoffConfig())
+    policy = Scheduler([bucket(rpm=100, keys=("key#1", "key#2"))])
     policy.proven.add("m")
     first = policy.acquire(0.0, DAY)
     second = policy.acquire(0.0, DAY)
     assert (first.key, second.key) == ("key#1", "key#2")
     assert policy.acquire(0.0, DAY) == Wait(None)  # both keys have a probe out
     policy.answered(first, 1.0, key_works=False, model_works=True)
-    policy.retire_key("key#1")
+    policy.apply(RetireKey("key#1", "invalid"), 1.0)
     assert policy.acquire(1.0, DAY) == Wait(None)
     policy.answered(second, 1.5, key_works=True, model_works=True)
     assert {policy.acquire(2.0, DAY).key for _ in range(3)} == {"key#2"}
@@ -140,9 +140,9 @@ def test_unproven_key_gets_one_request_at_a_time() -> None:
 
 def test_retired_model_and_keys_leave_nothing() -> None:
     policy = scheduler(bucket("m1"), bucket("m2"))
-    policy.retire_model("m1", "404")
+    policy.apply(RetireModel("m1", "404"), 0.0)
     assert policy.acquire(0.0, DAY).bucket.model == "m2"
-    policy.retire_key("key#1")
+    policy.apply(RetireKey("key#1", "invalid"), 0.0)
     assert isinstance(policy.acquire(0.0, DAY), Exhausted)
 
 

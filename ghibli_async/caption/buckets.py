@@ -33,7 +33,7 @@ def next_quota_reset(wall: datetime) -> datetime:
     return datetime.combine(today + timedelta(days=1), time(0), tzinfo=PACIFIC)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Limits:
     rpm: int
     rpd: int
@@ -64,13 +64,18 @@ class Bucket:
         return f"{self.project}/{self.model}"
 
     def start_day(self, day: str) -> None:
+        """A new quota day: today's count starts again (the scheduler calls this before choosing)."""
         if day != self.day:
             self.day, self.used_today = day, 0
 
+    def used_on(self, day: str) -> int:
+        return self.used_today if day == self.day else 0
+
     def usable(self, day: str) -> bool:
-        """Not retired, has a working key, and today's quota is not spent."""
-        self.start_day(day)
-        return self.retired is None and bool(self.keys) and self.spent_day != day and self.used_today < self.limits.rpd
+        """Not retired, has a working key, and the quota of `day` is not spent (reads only)."""
+        return (
+            self.retired is None and bool(self.keys) and self.spent_day != day and self.used_on(day) < self.limits.rpd
+        )
 
     def free_at(self, now: float, tokens_needed: int) -> float:
         """The earliest time (>= now) at which a request fits the RPM, TPM and cooldown."""
@@ -120,6 +125,15 @@ class Bucket:
             self._answered_at.popleft()
         while self._tokens and self._tokens[0][0] < horizon:
             self._tokens.popleft()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Send the request now through `bucket` with `key`; the slot is already counted."""
+
+    bucket: Bucket
+    key: str
+    tokens_reserved: int
 
 
 def build_buckets(

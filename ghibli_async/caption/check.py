@@ -5,15 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from ghibli_async.caption.gemini import (
-    Answer,
-    Blocked,
-    GeminiClient,
-    KeyRejected,
-    ModelUnavailable,
-    RateLimited,
-    Reply,
-)
+from ghibli_async.caption.answers import Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
+from ghibli_async.caption.gemini import GeminiClient
 from ghibli_async.config import ApiKey, CaptionConfig
 
 

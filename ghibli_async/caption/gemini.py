@@ -1,20 +1,28 @@
 """The Gemini client wrapper: one generateContent call in, one plain reply value out.
 
 Every way the service can answer (a caption, a safety block, a 429 per minute or per day, a bad
-key, a missing model, a server or network error) becomes one of the `Reply` types below, so the
-engine decides by what the service said, never by parsing exceptions itself.
+key, a missing model, a server or network error) becomes one of the provider-neutral `Reply`
+types of `caption.answers`, so the reducer decides by what the service said, never by exceptions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from google import genai
 from google.genai import errors, types
 
+from ghibli_async.caption.answers import (
+    Answer,
+    Blocked,
+    KeyRejected,
+    ModelUnavailable,
+    RateLimited,
+    Reply,
+    TransientError,
+)
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
 _BLOCK_FINISH_REASONS = {
@@ -28,49 +36,6 @@ _BLOCK_FINISH_REASONS = {
 }
 _TYPE_PREFIX = "type.googleapis.com/google.rpc."
 
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    tokens: int | None
-
-
-@dataclass(frozen=True)
-class Blocked:
-    reason: str
-    tokens: int | None
-
-
-@dataclass(frozen=True)
-class RateLimited:
-    """429. `scope` is `minute`, `day` or `tokens` (input tokens per minute)."""
-
-    scope: str
-    retry_after: float | None
-    quota_value: int | None
-    message: str
-
-
-@dataclass(frozen=True)
-class KeyRejected:
-    reason: str
-
-
-@dataclass(frozen=True)
-class ModelUnavailable:
-    """404 (retired or unknown model) or a 400 that says the request itself does not suit the model."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class TransientError:
-    """5xx, timeout or a lost connection: worth another try after a pause."""
-
-    reason: str
-
-
-Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | TransientError
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

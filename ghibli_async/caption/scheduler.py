@@ -5,21 +5,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ghibli_async.caption.buckets import Bucket
-from ghibli_async.config import BackoffConfig
+from ghibli_async.caption.buckets import Bucket, Grant
+from ghibli_async.caption.reducer import (
+    CoolDown,
+    Effect,
+    LearnLimit,
+    RetireKey,
+    RetireModel,
+    Served,
+    SpendForToday,
+)
 
 _INITIAL_TOKEN_ESTIMATE = 600  # a 512x512 image (258 tokens) + prompt + answer, before any reply says
-
-
-@dataclass(frozen=True)
-class Grant:
-    """Send the request now through `bucket` with `key`; the slot is already counted."""
-
-    bucket: Bucket
-    key: str
-    tokens_reserved: int
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,9 @@ class Scheduler:
     """Routes each request to the highest-priority bucket with capacity now (buckets come in
     priority order) and keeps the buckets' books as replies come back."""
 
-    def __init__(self, buckets: list[Bucket], backoff: BackoffConfig) -> None:
+    def __init__(self, buckets: list[Bucket]) -> None:
         self.buckets = buckets
-        self.backoff = backoff
+        self._by_name = {bucket.name: bucket for bucket in buckets}
         self.token_estimate = _INITIAL_TOKEN_ESTIMATE
         # A key or model that has not answered yet gets one request at a time: an invalid key or
         # a retired model then costs one request, not one per worker.
@@ -55,6 +54,8 @@ class Scheduler:
         self, now: float, day: str, *, avoid_buckets: Collection[str] = (), avoid_models: Collection[str] = ()
     ) -> Decision:
         """Take a slot in the best bucket free now (recording it in the same step), or say when to retry."""
+        for bucket in self.buckets:
+            bucket.start_day(day)
         allowed = [
             bucket
             for bucket in self.buckets
@@ -87,38 +88,48 @@ class Scheduler:
         if model_works:
             self.proven.add(grant.bucket.model)
 
+    def apply(self, effect: Effect, now: float) -> None:
+        """Carry out one of the reducer's effects on the buckets."""
+        if isinstance(effect, RetireKey):
+            for bucket in self.buckets:
+                if effect.key in bucket.keys:
+                    bucket.keys.remove(effect.key)
+            return
+        if isinstance(effect, RetireModel):
+            for bucket in self.buckets:
+                if bucket.model == effect.model:
+                    bucket.retired = effect.reason
+            return
+        bucket = self._by_name[effect.bucket]
+        if isinstance(effect, Served):
+            bucket.strikes = 0
+            if effect.tokens:
+                bucket.correct_tokens(now, effect.tokens - effect.reserved)
+                self.token_estimate = round(0.8 * self.token_estimate + 0.2 * effect.tokens)
+        elif isinstance(effect, CoolDown):
+            bucket.strikes += 1
+            bucket.cooldown_until = max(bucket.cooldown_until, now + effect.seconds)
+        elif isinstance(effect, SpendForToday):
+            bucket.spent_day = bucket.day
+        elif isinstance(effect, LearnLimit):
+            bucket.limits = replace(bucket.limits, **{effect.kind: effect.value})
+
+    # --- questions (read only) --------------------------------------------------------------
+
     def any_usable(self, day: str) -> bool:
         return any(bucket.usable(day) for bucket in self.buckets)
 
-    def succeeded(self, grant: Grant, now: float, tokens_used: int | None) -> None:
-        grant.bucket.strikes = 0
-        if tokens_used:
-            grant.bucket.correct_tokens(now, tokens_used - grant.tokens_reserved)
-            self.token_estimate = round(0.8 * self.token_estimate + 0.2 * tokens_used)
+    def any_key_or_model_left(self) -> bool:
+        """Some bucket still has a working key and a model not retired (spent or not)."""
+        return any(bucket.retired is None and bucket.keys for bucket in self.buckets)
 
-    def cool_down(self, bucket: Bucket, now: float, retry_after: float | None) -> float:
-        """A per-minute 429: rest the bucket for the server's delay, else 5 s, 10 s, 20 s … (capped)."""
-        bucket.strikes += 1
-        if retry_after is None:
-            retry_after = min(
-                self.backoff.initial_s * self.backoff.multiplier ** (bucket.strikes - 1), self.backoff.max_s
-            )
-        bucket.cooldown_until = max(bucket.cooldown_until, now + retry_after)
-        return retry_after
+    def other_bucket_free(self, day: str, grant: Grant, avoid_buckets: Collection[str]) -> bool:
+        return any(
+            b.usable(day) and b.name != grant.bucket.name and b.name not in avoid_buckets for b in self.buckets
+        )
 
-    def spend_for_today(self, bucket: Bucket, day: str) -> None:
-        """A per-day 429: nothing more from this bucket until the next quota day, whatever the delay says."""
-        bucket.spent_day = day
-
-    def retire_key(self, label: str) -> list[Bucket]:
-        """An invalid key: no bucket uses it again this run. Returns the buckets it served."""
-        served = [bucket for bucket in self.buckets if label in bucket.keys]
-        for bucket in served:
-            bucket.keys.remove(label)
-        return served
-
-    def retire_model(self, model: str, reason: str) -> None:
-        """A model that is gone (404) or refuses our requests: no bucket uses it again this run."""
-        for bucket in self.buckets:
-            if bucket.model == model:
-                bucket.retired = reason
+    def states(self, now: float, day: str) -> Counter[str]:
+        """How many buckets are active, cooling or spent, for the progress line."""
+        return Counter(
+            "spent" if not b.usable(day) else "cooling" if b.cooldown_until > now else "active" for b in self.buckets
+        )

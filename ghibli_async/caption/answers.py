@@ -1,0 +1,56 @@
+"""What a caption service answered, as plain values every provider's client returns.
+
+The reducer decides by these types alone, so the scheduler, the state and the reports never
+depend on which provider (or SDK exception) produced an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A safety refusal: the request was served (and counted), but no caption came back."""
+
+    reason: str
+    tokens: int | None
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """429. `scope` is `minute`, `day` or `tokens` (input tokens per minute); `quota_value` is the
+    limit the server named, when it named one."""
+
+    scope: str
+    retry_after: float | None
+    quota_value: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class KeyRejected:
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelUnavailable:
+    """404 (retired or unknown model) or a 400 that says the request itself does not suit the model."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransientError:
+    """5xx, timeout or a lost connection: worth another try after a pause."""
+
+    reason: str
+
+
+Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | TransientError

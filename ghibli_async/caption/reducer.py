@@ -1,0 +1,219 @@
+"""What an answer means, for the quota books and for the image: pure, no I/O, no clock.
+
+`reduce_reply(grant, reply, attempt, ...)` returns the effects on the books (cool a bucket down,
+spend it for today, retire a key or a model, learn a limit, count what was served) and a verdict
+for the image (accept, retry, give up, stop the run) as plain values. The engine acquires a
+grant, sends, reduces and applies; a new provider adds a client that returns the same answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ghibli_async.backoff import backoff_delay
+from ghibli_async.caption.answers import (
+    Answer,
+    Blocked,
+    KeyRejected,
+    ModelUnavailable,
+    RateLimited,
+    Reply,
+    TransientError,
+)
+from ghibli_async.caption.buckets import Grant
+from ghibli_async.caption.text import caption_problems, normalize_caption
+from ghibli_async.config import CaptionConfig
+
+# --- one image's way through the buckets ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one image has been through so far in this run."""
+
+    number: int
+    requests: int = 0
+    transient_errors: int = 0
+    blocks: int = 0
+    bad_answers: int = 0
+    avoid_buckets: frozenset[str] = field(default_factory=frozenset)
+    avoid_models: frozenset[str] = field(default_factory=frozenset)
+
+
+# --- effects on the books -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """The request was served (a caption or a safety block): the bucket works; count its tokens."""
+
+    bucket: str
+    tokens: int | None
+    reserved: int = 0  # the tokens the scheduler set aside for it, which `tokens` replaces
+
+
+@dataclass(frozen=True)
+class CoolDown:
+    """A per-minute (or per-token) 429: no request through `bucket` for `seconds`."""
+
+    bucket: str
+    seconds: float
+    scope: str
+
+
+@dataclass(frozen=True)
+class SpendForToday:
+    """A per-day 429: nothing more from `bucket` until the next quota day."""
+
+    bucket: str
+
+
+@dataclass(frozen=True)
+class LearnLimit:
+    """The server named a limit (`rpm`, `rpd`, `tpm`) other than ours: it wins from now on."""
+
+    bucket: str
+    kind: str
+    value: int
+    configured: int
+
+
+@dataclass(frozen=True)
+class RetireKey:
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetireModel:
+    model: str
+    reason: str
+
+
+Effect = Served | CoolDown | SpendForToday | LearnLimit | RetireKey | RetireModel
+
+
+# --- verdicts for the image -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accept:
+    text: str
+    tokens: int | None = None
+    problems: tuple[str, ...] = ()  # not empty: stored, but flagged for review and not exported
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Ask again (the scheduler picks the bucket) after `after_s` seconds."""
+
+    after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    status: str  # blocked | failed
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopRun:
+    """Stop taking images: the rest stay pending for the next run."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeavePending:
+    """No bucket may take this image now; a later run will."""
+
+
+Verdict = Accept | Retry | GiveUp | StopRun | LeavePending
+
+
+@dataclass(frozen=True)
+class Outcome:
+    effects: tuple[Effect, ...]
+    verdict: Verdict
+    attempt: Attempt
+    key_works: bool  # the answer proves the key (and below, the model) can be used
+    model_works: bool
+
+
+def reduce_reply(
+    grant: Grant,
+    reply: Reply,
+    attempt: Attempt,
+    rules: CaptionConfig,
+    *,
+    failing_streak: int,
+    other_bucket_free: bool,
+) -> Outcome:
+    """What `reply` to the request sent under `grant` means. `failing_streak` counts the transient
+    errors in a row across all workers (this one included); `other_bucket_free` says whether a
+    bucket other than this one could still take the image (for a second opinion on a bad caption)."""
+    attempt = replace(attempt, requests=attempt.requests + 1)
+    reached = not isinstance(reply, TransientError)
+    key_works = reached and not isinstance(reply, KeyRejected)
+    model_works = key_works and not isinstance(reply, ModelUnavailable)
+    effects, verdict, attempt = _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free)
+    return Outcome(tuple(effects), verdict, attempt, key_works, model_works)
+
+
+def _reduce(
+    grant: Grant, reply: Reply, attempt: Attempt, rules: CaptionConfig, streak: int, other_bucket_free: bool
+) -> tuple[list[Effect], Verdict, Attempt]:
+    bucket = grant.bucket
+    if isinstance(reply, Answer):
+        text = normalize_caption(reply.text, rules.trigger)
+        problems = tuple(caption_problems(text, rules))
+        served: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved)]
+        if problems and attempt.bad_answers == 0 and other_bucket_free:
+            retry = replace(
+                attempt, bad_answers=1, avoid_buckets=attempt.avoid_buckets | {bucket.name}
+            )  # a second opinion from another bucket, once
+            return served, Retry(), retry
+        return served, Accept(text, reply.tokens, problems), attempt
+    if isinstance(reply, Blocked):
+        attempt = replace(attempt, blocks=attempt.blocks + 1, avoid_models=attempt.avoid_models | {bucket.model})
+        verdict: Verdict = GiveUp("blocked", reply.reason) if attempt.blocks > rules.blocked_retries else Retry()
+        return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], verdict, attempt
+    if isinstance(reply, RateLimited):
+        return _rate_limited(grant, reply, rules), Retry(), attempt
+    if isinstance(reply, KeyRejected):
+        return [RetireKey(grant.key, reply.reason)], Retry(), attempt
+    if isinstance(reply, ModelUnavailable):
+        return [RetireModel(bucket.model, reply.reason)], Retry(), attempt
+    attempt = replace(attempt, transient_errors=attempt.transient_errors + 1)
+    if streak >= max(10, 2 * rules.concurrency):
+        return [], StopRun(f"the caption service keeps failing ({reply.reason}): rerun when it answers again"), attempt
+    if attempt.transient_errors >= rules.max_attempts:
+        return [], GiveUp("failed", reply.reason), attempt
+    return [], Retry(backoff_delay(rules.backoff, attempt.transient_errors)), attempt
+
+
+def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> list[Effect]:
+    bucket = grant.bucket
+    kind = {"day": "rpd", "tokens": "tpm"}.get(reply.scope, "rpm")
+    configured = getattr(bucket.limits, kind)
+    effects: list[Effect] = []
+    if reply.quota_value is not None and reply.quota_value != configured:
+        effects.append(LearnLimit(bucket.name, kind, reply.quota_value, configured))
+    if reply.scope == "day":
+        return [*effects, SpendForToday(bucket.name)]
+    seconds = reply.retry_after if reply.retry_after is not None else backoff_delay(rules.backoff, bucket.strikes + 1)
+    return [*effects, CoolDown(bucket.name, seconds, reply.scope)]
+
+
+def when_no_bucket(attempt: Attempt, *, any_usable: bool, any_key_or_model_left: bool, reset_at: str) -> Verdict:
+    """The scheduler has no bucket this image may use, now or later in this run."""
+    if not any_usable and not any_key_or_model_left:
+        return StopRun("no usable key or model is left: check the keys (`check-keys`) and the model list")
+    if not any_usable:
+        return StopRun(
+            f"every quota bucket is spent for today; quotas reset at midnight Pacific time ({reset_at}): "
+            "rerun then to continue"
+        )
+    if attempt.blocks:  # refused for safety, and no other model to ask
+        return GiveUp("blocked", "blocked, and no other model to try")
+    return LeavePending()

@@ -1,0 +1,273 @@
+"""The reply reducer on its own: one row per kind of answer, no HTTP, no clock, no database."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ghibli_async.caption.answers import Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, TransientError
+from ghibli_async.caption.buckets import Bucket, Grant, Limits
+from ghibli_async.caption.reducer import (
+    Accept,
+    Attempt,
+    CoolDown,
+    GiveUp,
+    LeavePending,
+    LearnLimit,
+    RetireKey,
+    RetireModel,
+    Retry,
+    Served,
+    SpendForToday,
+    StopRun,
+    reduce_reply,
+    when_no_bucket,
+)
+from ghibli_async.config import CaptionConfig
+
+RULES = CaptionConfig(min_words=4, max_words=30, banned_words=["Totoro"], blocked_retries=1, max_attempts=3)
+GOOD = "Ghibli style, a girl in a red coat walks past a bakery"
+B = "p/m1"
+
+
+def grant(*, strikes: int = 0, limits: Limits = Limits(rpm=10, rpd=250, tpm=250_000)) -> Grant:
+    bucket = Bucket("p", "m1", limits, ["key#1"], day="2026-11-26", strikes=strikes)
+    return Grant(bucket, "key#1", 600)
+
+
+def reduce(reply, attempt: Attempt = Attempt(7), *, streak: int = 0, other: bool = True, g: Grant | None = None):
+    return reduce_reply(g or grant(), reply, attempt, RULES, failing_streak=streak, other_bucket_free=other)
+
+
+# (name, reply, attempt so far, failing streak, another bucket free) -> (effects, verdict, proves key, proves model)
+CASES = [
+    (
+        "caption accepted, trigger kept once",
+        Answer(GOOD, 370),
+        Attempt(7),
+        0,
+        True,
+        [Served(B, 370, 600)],
+        Accept(GOOD.replace("style,", "style"), 370),
+        (True, True),
+    ),
+    (
+        "bad caption: one more opinion from another bucket",
+        Answer("Ghibli style, Totoro", 50),
+        Attempt(7),
+        0,
+        True,
+        [Served(B, 50, 600)],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "bad caption and no other bucket: kept for review",
+        Answer("Ghibli style, Totoro", 50),
+        Attempt(7),
+        0,
+        False,
+        [Served(B, 50, 600)],
+        Accept("Ghibli style Totoro", 50, ("3 words (allowed 4-30)", "banned word: Totoro")),
+        (True, True),
+    ),
+    (
+        "bad caption the second time: kept for review",
+        Answer("Ghibli style, Totoro", 50),
+        Attempt(7, bad_answers=1),
+        0,
+        True,
+        [Served(B, 50, 600)],
+        Accept("Ghibli style Totoro", 50, ("3 words (allowed 4-30)", "banned word: Totoro")),
+        (True, True),
+    ),
+    (
+        "safety block: try another model",
+        Blocked("prompt blocked: PROHIBITED_CONTENT", 330),
+        Attempt(7),
+        0,
+        True,
+        [Served(B, 330, 600)],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "safety block past blocked_retries: blocked",
+        Blocked("prompt blocked: PROHIBITED_CONTENT", None),
+        Attempt(7, blocks=1),
+        0,
+        True,
+        [Served(B, None, 600)],
+        GiveUp("blocked", "prompt blocked: PROHIBITED_CONTENT"),
+        (True, True),
+    ),
+    (
+        "429 per minute with a delay: cool down that long",
+        RateLimited("minute", 37.0, 10, "slow down"),
+        Attempt(7),
+        0,
+        True,
+        [CoolDown(B, 37.0, "minute")],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "429 per minute naming a lower limit: learn it",
+        RateLimited("minute", 12.0, 5, "slow down"),
+        Attempt(7),
+        0,
+        True,
+        [LearnLimit(B, "rpm", 5, 10), CoolDown(B, 12.0, "minute")],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "429 per minute with no delay: the backoff's first wait",
+        RateLimited("minute", None, None, "slow down"),
+        Attempt(7),
+        0,
+        True,
+        [CoolDown(B, 5.0, "minute")],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "429 per token-minute: learn tpm, cool down",
+        RateLimited("tokens", 3.0, 100_000, "tokens"),
+        Attempt(7),
+        0,
+        True,
+        [LearnLimit(B, "tpm", 100_000, 250_000), CoolDown(B, 3.0, "tokens")],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "429 per day: spend the bucket for today, learn rpd, retry elsewhere",
+        RateLimited("day", 37.0, 20, "daily quota"),
+        Attempt(7),
+        0,
+        True,
+        [LearnLimit(B, "rpd", 20, 250), SpendForToday(B)],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "429 per day at the known limit: spend, learn nothing",
+        RateLimited("day", None, 250, "daily quota"),
+        Attempt(7),
+        0,
+        True,
+        [SpendForToday(B)],
+        Retry(),
+        (True, True),
+    ),
+    (
+        "invalid key: retire the key, retry with another",
+        KeyRejected("400 INVALID_ARGUMENT: API key not valid"),
+        Attempt(7),
+        0,
+        True,
+        [RetireKey("key#1", "400 INVALID_ARGUMENT: API key not valid")],
+        Retry(),
+        (False, False),
+    ),
+    (
+        "unknown model: retire the model",
+        ModelUnavailable("404 not found: models/m1"),
+        Attempt(7),
+        0,
+        True,
+        [RetireModel("m1", "404 not found: models/m1")],
+        Retry(),
+        (True, False),
+    ),
+    (
+        "server error: wait the backoff, retry",
+        TransientError("503 UNAVAILABLE"),
+        Attempt(7, transient_errors=1),
+        2,
+        True,
+        [],
+        Retry(10.0),
+        (False, False),
+    ),
+    (
+        "server error for the max_attempts-th time: failed (a rerun tries again)",
+        TransientError("503 UNAVAILABLE"),
+        Attempt(7, transient_errors=2),
+        3,
+        True,
+        [],
+        GiveUp("failed", "503 UNAVAILABLE"),
+        (False, False),
+    ),
+    (
+        "the service keeps failing for every worker: stop the run",
+        TransientError("ClientConnectorError"),
+        Attempt(7),
+        16,
+        True,
+        [],
+        StopRun("the caption service keeps failing (ClientConnectorError): rerun when it answers again"),
+        (False, False),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("reply", "attempt", "streak", "other", "effects", "verdict", "proves"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_each_kind_of_answer(reply, attempt, streak, other, effects, verdict, proves) -> None:
+    outcome = reduce(reply, attempt, streak=streak, other=other)
+    assert list(outcome.effects) == effects
+    assert outcome.verdict == verdict
+    assert (outcome.key_works, outcome.model_works) == proves
+    assert outcome.attempt.requests == attempt.requests + 1
+
+
+def test_repeated_minute_limits_back_off_further() -> None:
+    """Two 429s in a row already (strikes 2): the third wait is 5 s x 2 x 2, capped at max_s."""
+    outcome = reduce(RateLimited("minute", None, None, "slow down"), g=grant(strikes=2))
+    assert outcome.effects == (CoolDown(B, 20.0, "minute"),)
+    outcome = reduce(RateLimited("minute", None, None, "slow down"), g=grant(strikes=10))
+    assert outcome.effects == (CoolDown(B, RULES.backoff.max_s, "minute"),)
+
+
+def test_the_attempt_remembers_what_to_avoid() -> None:
+    blocked = reduce(Blocked("SAFETY", None)).attempt
+    assert blocked.avoid_models == {"m1"} and blocked.blocks == 1
+    bad = reduce(Answer("Ghibli style, Totoro", None)).attempt
+    assert bad.avoid_buckets == {B} and bad.bad_answers == 1
+    waited = reduce(TransientError("503"), streak=1).attempt
+    assert waited.transient_errors == 1 and not waited.avoid_buckets
+
+
+def test_the_reducer_changes_nothing_it_is_given() -> None:
+    g = grant()
+    before = replace(g.bucket.limits)
+    reduce(RateLimited("day", None, 20, "daily"), g=g)
+    reduce(RateLimited("minute", 5.0, 3, "minute"), g=g)
+    assert g.bucket.limits == before and g.bucket.spent_day is None and g.bucket.strikes == 0
+    assert g.bucket.cooldown_until == float("-inf")
+
+
+@pytest.mark.parametrize(
+    ("attempt", "usable", "left", "verdict"),
+    [
+        (Attempt(1), False, False, StopRun("no usable key or model is left")),
+        (Attempt(1), False, True, StopRun("every quota bucket is spent for today")),
+        (Attempt(1, blocks=1), True, True, GiveUp("blocked", "blocked, and no other model to try")),
+        (Attempt(1), True, True, LeavePending()),
+    ],
+    ids=["all retired", "all spent", "blocked, no other model", "avoided every bucket"],
+)
+def test_no_bucket_left(attempt: Attempt, usable: bool, left: bool, verdict) -> None:
+    found = when_no_bucket(attempt, any_usable=usable, any_key_or_model_left=left, reset_at="2026-11-27 09:00 CET")
+    assert type(found) is type(verdict)
+    if isinstance(verdict, StopRun):
+        assert found.reason.startswith(verdict.reason)
+    else:
+        assert found == verdict
