@@ -1,4 +1,4 @@
-"""Run the whole pipeline against the fake Gemini server, both on one compressed clock."""
+"""Run the whole pipeline against the fake Gemini server, both on one virtual clock."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from conftest import Project
 from fake_gemini import FakeGemini
+from virtual_time import VirtualClock
 
-from ghibli_async.clock import ScaledClock
 from ghibli_async.config import load_config
 from ghibli_async.pipeline import Pipeline, RunReport
 
@@ -38,5 +38,5 @@ async def serving(fake: FakeGemini) -> AsyncIterator[FakeGemini]:
         await runner.cleanup()
 
 
-async def run_pipeline(project: Project, clock: ScaledClock, *, limit: int | None = None) -> RunReport:
+async def run_pipeline(project: Project, clock: VirtualClock, *, limit: int | None = None) -> RunReport:
     return await Pipeline(load_config(project.config_path), clock=clock).run(limit=limit)

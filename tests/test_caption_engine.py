@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import sqlite3
@@ -11,12 +10,10 @@ from collections import Counter, defaultdict
 from caption_harness import run_pipeline, serving, write_caption_config, write_env
 from conftest import Project, make_frames
 from fake_gemini import FakeGemini, ModelLimits
+from virtual_time import VirtualClock, run_virtual
 
-from ghibli_async.clock import ScaledClock
 from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
-
-SPEED = 20  # emulated seconds per real second
 
 
 def max_in_any_window(times: list[float], window: float = 60.0) -> int:
@@ -47,7 +44,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
         "m3": ModelLimits(rpm=20, rpd=60),
         "m4": ModelLimits(rpm=30, rpd=80),
     }
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"secret-a1": "a", "secret-a2": "a", "secret-b": "b"}, models=limits)
 
     async def scenario() -> None:
@@ -65,7 +62,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
             report = await run_pipeline(project, clock)
             assert report.caption.outcomes == {"done": 300}
 
-    asyncio.run(scenario())
+    run_virtual(scenario())
 
     rows = captions(project)
     assert len(rows) == 300 and all(status == "done" for status, *_ in rows.values())
@@ -85,7 +82,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
     assert len(exported) == 300 and all(json.loads(line)["text"] for line in exported)
 
 
-def one_key_run(project: Project, fake: FakeGemini, clock: ScaledClock, models: list[str], extra: str = ""):
+def one_key_run(project: Project, fake: FakeGemini, clock: VirtualClock, models: list[str], extra: str = ""):
     """Run once with GEMINI_API_KEY_1 = `k1` against `fake`; returns the run report."""
     write_env(project, GEMINI_API_KEY_1="k1")
 
@@ -94,12 +91,12 @@ def one_key_run(project: Project, fake: FakeGemini, clock: ScaledClock, models: 
             write_caption_config(project, fake.base_url, models, extra=extra)
             return await run_pipeline(project, clock)
 
-    return asyncio.run(scenario())
+    return run_virtual(scenario())
 
 
 def test_server_daily_limit_is_learned_and_remembered(project: Project) -> None:
     make_frames(project, 40)
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=30, rpd=20), "m2": ModelLimits(rpm=30)})
     table = ["{name: m1, rpm: 30, rpd: 250, tpm: 1000000}", "{name: m2, rpm: 30, rpd: 1000, tpm: 1000000}"]
 
@@ -108,7 +105,7 @@ def test_server_daily_limit_is_learned_and_remembered(project: Project) -> None:
     assert report.caption.outcomes == {"done": 40}
     day_429 = [s for s in fake.seen if s.kind == "day"]
     assert {s.model for s in day_429} == {"m1"} and len(day_429) <= 8  # only those already in flight
-    assert all(s.at <= day_429[0].at + 1.0 for s in fake.seen if s.model == "m1"), "m1 was asked again"
+    assert all(s.at <= day_429[0].at for s in fake.seen if s.model == "m1"), "m1 was asked again"
     assert len([s for s in fake.seen if s.model == "m1" and s.kind == "ok"]) == 20
     with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
         assert db.execute("SELECT value FROM learned_limits WHERE model = 'm1' AND kind = 'rpd'").fetchone() == (20,)
@@ -122,7 +119,7 @@ def test_server_daily_limit_is_learned_and_remembered(project: Project) -> None:
 def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None:
     make_frames(project, 30)
     write_env(project, GEMINI_API_KEY_1="k1", GEMINI_API_KEY_2="k2")
-    clock = ScaledClock(5)  # slow enough that a loaded CI machine's delays stay well under 1 emulated s
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p1", "k2": "p2"}, models={"m1": ModelLimits(rpm=60, rpd=5)})
 
     async def scenario():
@@ -130,16 +127,16 @@ def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None
             write_caption_config(project, fake.base_url, ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}"])
             return await run_pipeline(project, clock)
 
-    report = asyncio.run(scenario())
+    report = run_virtual(scenario())
     assert Counter(status for status, *_ in captions(project).values()) == {"done": 10, "pending": 20}
     assert "quotas reset at midnight Pacific" in report.caption.stopped
     for spent in (s for s in fake.seen if s.kind == "day"):
         following = [s for s in fake.seen if s.image == spent.image and s.at > spent.at]
         if following:
-            assert following[0].at - spent.at < 1.0, "the image waited after a per-day 429"
+            assert following[0].at == spent.at, "the image waited after a per-day 429"
     for spent_project in ("p1", "p2"):
         first = min(s.at for s in fake.seen if s.kind == "day" and s.project == spent_project)
-        assert all(s.at <= first + 1.0 for s in fake.seen if s.project == spent_project), (
+        assert all(s.at <= first for s in fake.seen if s.project == spent_project), (
             "a spent bucket was asked again"
         )
 
@@ -147,7 +144,7 @@ def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None
 def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Project) -> None:
     make_frames(project, 20)
     write_env(project, GEMINI_API_KEY_1="wrong", GEMINI_API_KEY_2="k2")
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k2": "p2"}, models={"m2": ModelLimits(rpm=60)})
 
     async def scenario():
@@ -159,7 +156,7 @@ def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Pr
             )
             return await run_pipeline(project, clock)
 
-    report = asyncio.run(scenario())
+    report = run_virtual(scenario())
     assert report.caption.outcomes == {"done": 20}
     assert len([s for s in fake.seen if s.key == "wrong"]) == 1
     assert len([s for s in fake.seen if s.model == "gone-model" and s.key == "k2"]) == 1
@@ -167,7 +164,7 @@ def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Pr
 
 def test_blocked_image_tries_another_model_then_ends_blocked_and_unexported(project: Project) -> None:
     make_frames(project, 5)
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)})
 
     async def scenario():
@@ -182,7 +179,7 @@ def test_blocked_image_tries_another_model_then_ends_blocked_and_unexported(proj
             return await run_pipeline(project, clock)
 
     write_env(project, GEMINI_API_KEY_1="k1")
-    report = asyncio.run(scenario())
+    report = run_virtual(scenario())
     assert report.caption.outcomes == {"done": 4, "blocked": 1}
     blocked = [s for s in fake.seen if s.kind == "blocked"]
     assert [s.model for s in blocked] == ["m1", "m2"]  # one other model tried, once
@@ -200,7 +197,7 @@ async def resize_only(project: Project) -> None:
 
 def test_server_errors_are_retried(project: Project) -> None:
     make_frames(project, 6)
-    clock = ScaledClock(200)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60)}, unavailable_first=4)
 
     report = one_key_run(project, fake, clock, ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}"])
@@ -212,7 +209,7 @@ def test_server_errors_are_retried(project: Project) -> None:
 
 def test_persistent_server_errors_mark_the_image_failed_and_rerun_retries(project: Project) -> None:
     make_frames(project, 1)
-    clock = ScaledClock(1000)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=600)}, unavailable_first=5)
     model = ["{name: m1, rpm: 600, rpd: 100, tpm: 1000000}"]
 
@@ -226,7 +223,7 @@ def test_persistent_server_errors_mark_the_image_failed_and_rerun_retries(projec
 
 def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project) -> None:
     make_frames(project, 2)
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     fake = FakeGemini(
         clock, keys={"k1": "p"}, models={"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}, caption_words=5
     )

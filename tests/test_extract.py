@@ -12,8 +12,8 @@ from conftest import Project
 from fake_gemini import FakeGemini, ModelLimits
 from PIL import Image
 from video_builder import THREE_SHOTS, make_video
+from virtual_time import VirtualClock, run_virtual
 
-from ghibli_async.clock import ScaledClock
 from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
 from ghibli_async.video import seconds_of
@@ -98,7 +98,7 @@ def test_video_frames_reach_the_dataset_through_captioning(
 ) -> None:
     make_video(project.frames / "film.mp4", THREE_SHOTS)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
-    clock = ScaledClock(20)
+    clock = VirtualClock()
     fake = FakeGemini(clock, keys={"k1": "p"}, models={"m": ModelLimits(rpm=100)})
 
     async def scenario():
@@ -111,7 +111,7 @@ def test_video_frames_reach_the_dataset_through_captioning(
             )
             return await run_pipeline(project, clock)
 
-    report = asyncio.run(scenario())
+    report = run_virtual(scenario())
     assert report.extracted.frames == 6 and report.caption.outcomes == {"done": 6}  # 0,2,6,8,10,12 s
     lines = (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()
     assert len(lines) == 6
