@@ -43,7 +43,7 @@ from ghibli_async.config import (  # noqa: E402
 )
 from ghibli_async.pipeline import Pipeline  # noqa: E402
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
-from ghibli_async.state import StateStore  # noqa: E402
+from ghibli_async.state import State  # noqa: E402
 
 LATENCY_S = 2.0
 STEADY_AFTER_S = 60.0  # the first quota window, when every bucket starts with an empty minute
@@ -68,9 +68,9 @@ async def engine_rate(work: Path, images: int, concurrency: int) -> tuple[float,
     runner = await fake.start()
     try:
         config = config_for(work, fake.base_url, concurrency)
-        with StateStore.open(config.state_path) as store:
+        with State.open(config.state_path) as state:
             started = clock.now()
-            report = await CaptionEngine(store, config, KEYS, clock).run(limit=images)
+            report = await CaptionEngine(state, config, KEYS, clock).run(limit=images)
             minutes = (clock.now() - started) / 60
     finally:
         await runner.cleanup()
@@ -150,8 +150,8 @@ def main() -> None:
     ]
     for concurrency, rate, steady, bound, over in rows:
         lines.append(
-            f"| concurrency {concurrency} | {rate:.1f} | {steady:.1f} | {bound:.1f} | **{100 * steady / bound:.0f}%** | "
-            f"{'+' if over > 0 else ''}{over} |"
+            f"| concurrency {concurrency} | {rate:.1f} | {steady:.1f} | {bound:.1f} "
+            f"| **{100 * steady / bound:.0f}%** | {'+' if over > 0 else ''}{over} |"
         )
     lines.append(f"| sequential loop (original scripts' way) | {sequential:.1f} | | | | |")
     lines += [
@@ -161,8 +161,9 @@ def main() -> None:
         "The whole-run rate is above the steady one because a run starts with every bucket's minute "
         "empty, so its first minute takes a full window at once; the steady rate (whole minutes only) "
         "is what a long run gets. A request holds its RPM slot from its send until 60 s after its "
-        "answer, so the server never sees rpm + 1 in a minute whatever the network delay. Not shown: the engine's own CPU cost per request (virtual time hides "
-        "it; a few ms against 2 s answers) and real network jitter.",
+        "answer, so the server never sees rpm + 1 in a minute whatever the network delay. "
+        "Not shown: the engine's own CPU cost per request (virtual time hides it; a few ms against "
+        "2 s answers) and real network jitter.",
     ]
     body = "\n".join(lines)
     publish("Caption engine (`bench/bench_caption.py`)", body, write=not args.no_write)

@@ -83,7 +83,7 @@ def stage_rate(frames: int, detectors: list[DetectorConfig], scratch: Path) -> f
     started = time.perf_counter()
     report = asyncio.run(pipeline.run())
     elapsed = time.perf_counter() - started
-    assert report.filtered.total() == frames, report.filtered
+    assert report.outcomes("filter").total() == frames, report.stages
     return frames / elapsed
 
 

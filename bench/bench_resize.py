@@ -72,7 +72,7 @@ def stage_run(input_dir: Path, work: Path) -> float:
     started = time.perf_counter()
     report = asyncio.run(Pipeline(config, keys=[]).run())
     elapsed = time.perf_counter() - started
-    assert report.resized["done"] == len(list(input_dir.iterdir())), report.resized
+    assert report.outcomes("resize")["done"] == len(list(input_dir.iterdir())), report.stages
     return elapsed
 
 

@@ -24,9 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig  # noqa: E402
-from ghibli_async.detect import Box, Detector, load_detectors  # noqa: E402
+from ghibli_async.detect import Detector, load_detectors  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
-from ghibli_async.filter_rules import FrameFacts, decide_all  # noqa: E402
+from ghibli_async.facts import (
+    Box,  # noqa: E402
+    FrameFacts,  # noqa: E402
+)
+from ghibli_async.filter_rules import decide_all  # noqa: E402
 from ghibli_async.imaging import look_at_frame  # noqa: E402
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25, 0.4)

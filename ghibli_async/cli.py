@@ -23,7 +23,7 @@ from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
 from ghibli_async.review import serve, write_report
 from ghibli_async.stages.export import METADATA_FILE
-from ghibli_async.state import StateStore
+from ghibli_async.state import State
 
 COMMANDS = {
     "run": "scan, resize, caption and export the frames (the default command)",
@@ -163,8 +163,8 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     metadata = config.paths.output_dir / METADATA_FILE
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
     keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
-    with StateStore.open(config.state_path, readonly=True) as store:
-        print(format_status(store, config, keys, exported, SystemClock().wall()))
+    with State.open(config.state_path, readonly=True) as state:
+        print(format_status(state, config, keys, exported, SystemClock().wall()))
     return 0
 
 
@@ -182,8 +182,8 @@ def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
 def _cmd_filter_report(config: Config, args: argparse.Namespace) -> int:
     if not config.state_path.exists():
         raise UserError(f"no filter decisions yet: no state at {config.state_path} (run the pipeline first)")
-    with StateStore.open(config.state_path, readonly=True) as store:
-        rows = store.filter_report()
+    with State.open(config.state_path, readonly=True) as state:
+        rows = state.filter.report()
     if args.json:
         for row in rows:
             print(json.dumps(filter_row_json(row), ensure_ascii=False))

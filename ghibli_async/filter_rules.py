@@ -7,58 +7,40 @@ without decoding or detecting again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ghibli_async.config import DetectorConfig, FilterConfig
-from ghibli_async.detect import Box
-
-
-@dataclass(frozen=True)
-class FrameFacts:
-    image_id: int
-    brightness: float
-    contrast: float
-    sharpness: float
-    phash: str
-    boxes: dict[str, list[Box]]  # detector name -> every box down to the score floor
-    override: str | None  # keep | reject (the user's word wins)
-    numbered: bool  # already has an output number: prefer it when near-duplicates compete
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: str  # kept | rejected
-    reason: str | None
+from ghibli_async.facts import Box, Decision, FrameFacts
+from ghibli_async.statuses import Override, Status
 
 
 def decide_all(frames: Sequence[FrameFacts], config: FilterConfig) -> dict[int, Decision]:
     """Every frame's decision; near-duplicates among the otherwise kept ones keep only the best."""
     decisions = {frame.image_id: decide(frame, config) for frame in frames}
     if config.duplicates.enabled:
-        candidates = [f for f in frames if decisions[f.image_id].status == "kept" and f.override != "keep"]
+        candidates = [f for f in frames if decisions[f.image_id].status == Status.KEPT and f.override != Override.KEEP]
         for group in near_duplicate_groups([f.phash for f in candidates], config.duplicates.max_distance):
             members = [candidates[i] for i in group]
             best = max(members, key=lambda f: (f.numbered, f.sharpness, -f.image_id))
             for frame in members:
                 if frame is not best:
-                    decisions[frame.image_id] = Decision("rejected", f"duplicate_of:{best.image_id}")
+                    decisions[frame.image_id] = Decision(Status.REJECTED, f"duplicate_of:{best.image_id}")
     return decisions
 
 
 def decide(frame: FrameFacts, config: FilterConfig) -> Decision:
     """One frame on its own: the user's override, then dark/flat, blur, and the person detectors."""
     if frame.override:
-        return Decision("kept" if frame.override == "keep" else "rejected", "override")
+        return Decision(Status.KEPT if frame.override == Override.KEEP else Status.REJECTED, "override")
     dark = config.dark
     if dark.enabled and (frame.brightness <= dark.max_brightness or frame.contrast < dark.min_contrast):
-        return Decision("rejected", "dark")
+        return Decision(Status.REJECTED, "dark")
     if config.blur.enabled and frame.sharpness < config.blur.min_sharpness:
-        return Decision("rejected", "blurry")
+        return Decision(Status.REJECTED, "blurry")
     if not person_found(frame.boxes, config):
-        return Decision("rejected", "no_person")
-    return Decision("kept", None)
+        return Decision(Status.REJECTED, "no_person")
+    return Decision(Status.KEPT, None)
 
 
 def person_found(boxes: dict[str, list[Box]], config: FilterConfig) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from ghibli_async.config import ResizeConfig
+from ghibli_async.facts import Measurements
 
 # Decode JPEGs at a reduced DCT scale, and box-reduce other formats, only while the result stays
 # at least this many times the target size: measured at >= 40 dB PSNR against plain LANCZOS
@@ -124,6 +125,10 @@ class FrameLook:
     sharpness: float = 0.0
     phash: str = ""
     error: str | None = None
+
+    @property
+    def measurements(self) -> Measurements:
+        return Measurements(self.brightness, self.contrast, self.sharpness, self.phash)
 
 
 _GREY_SIDE = 256  # sharpness is measured at this size, so it does not depend on the frame's size

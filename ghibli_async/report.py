@@ -9,34 +9,22 @@ from pathlib import Path
 from ghibli_async.caption.buckets import build_buckets, next_quota_reset, quota_day
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
-from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, RunReport
-from ghibli_async.state import Counts, FilterRow, Problem, StateStore
+from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
+from ghibli_async.state import State
+from ghibli_async.state.filtering import FilterRow
+from ghibli_async.state.progress import Counts, Problem
+from ghibli_async.state.sources import Video
+from ghibli_async.statuses import Status
+
+STAGE_LABELS = {stage.name: stage.label for stage in STAGES}
 
 
 def format_summary(report: RunReport, config: Config) -> str:
-    """The end-of-run table: this run's work, then the dataset's totals, failures and notes."""
+    """The end-of-run table: this run's work stage by stage, then the dataset's totals, failures and notes."""
     lines = [f"Summary ({_duration(report.elapsed_s)})", "This run:"]
-    if report.scan:
-        scan = report.scan
-        lines.append(
-            f"  {'scanned':<12}{scan.found:>8}  files: {scan.new} new, {scan.duplicates} exact duplicate(s), "
-            f"{scan.changed} changed"
-        )
-    if report.extracted:
-        extracted = report.extracted
-        failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""
-        lines.append(f"  {'extracted':<12}{extracted.frames:>8}  frames from {extracted.videos_done} video(s){failed}")
-    if report.filtered:
-        filtered = ", ".join(f"{status} {n}" for status, n in sorted(report.filtered.items()))
-        lines.append(f"  {'filter':<12}{report.filtered.total():>8}  frames decided: {filtered}")
-    resized = ", ".join(f"{status} {n}" for status, n in sorted(report.resized.items())) or "nothing to do"
-    lines.append(f"  {'resized':<12}{report.resized.total():>8}  {resized}")
-    if report.caption:
-        outcomes = report.caption.outcomes
-        shown = ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items())) or "nothing to do"
-        lines.append(f"  {'captioned':<12}{outcomes['done']:>8}  {shown}; {report.caption.requests} requests")
-    if report.export:
-        lines.append(f"  {'exported':<12}{report.export.images:>8}  images in {report.export.output_dir}")
+    for name, stage in report.stages.items():
+        if stage.line is not None:
+            lines.append(f"  {STAGE_LABELS[name]:<12}{stage.shown:>8}  {stage.line}")
     if report.counts:
         lines.append("Dataset so far:")
         lines += _totals(report.counts, config)
@@ -45,69 +33,72 @@ def format_summary(report: RunReport, config: Config) -> str:
     return "\n".join(lines)
 
 
-def format_status(store: StateStore, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
-    counts, problems = store.counts(), store.problems(limit=MAX_PROBLEMS_SHOWN + 1)
+def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
+    counts, problems = state.progress.counts(), state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
     lines = [f"State: {config.state_path}"]
     lines += _totals(counts, config)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
     left = _left_to_do(counts, config)
     lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
     lines += _problems(problems, config.paths.input_dir)
-    lines += _videos(store.videos())
-    lines += _quota_today(store, config, keys, wall)
+    lines += _videos(state.sources.videos())
+    lines += _quota_today(state, config, keys, wall)
     return "\n".join(lines)
 
 
-def _videos(videos: list[tuple[str, str, int, str | None]]) -> list[str]:
+def _videos(videos: list[Video]) -> list[str]:
     if not videos:
         return []
     lines = ["Videos:"]
-    for path, status, frames, reason in videos:
-        lines.append(f"  {Path(path).name:<40} {status:<7} {frames:>6} frames" + (f"  ({reason})" if reason else ""))
+    for video in videos:
+        reason = f"  ({video.reason})" if video.reason else ""
+        lines.append(f"  {Path(video.path).name:<40} {video.status.value:<7} {video.frames:>6} frames{reason}")
     return lines
 
 
-def _quota_today(store: StateStore, config: Config, keys: list[ApiKey], wall: datetime) -> list[str]:
+def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetime) -> list[str]:
     """Per bucket: requests today against the daily limit (the server's, once learned)."""
     if not keys:
         return ["Quota: no API keys configured (GEMINI_API_KEY_1, … in the environment or .env)."]
     day = quota_day(wall)
-    usage = store.quota_usage(day)
-    learned = store.learned_limits()
+    usage = state.quota.usage(day)
+    learned = state.quota.learned_limits()
     used = {bucket: requests for bucket, (requests, _) in usage.items()}
     buckets = build_buckets(config.caption, keys, day=day, used_today=used, learned=learned)
     reset = next_quota_reset(wall).astimezone()
     lines = [f"Quota day {day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
     for bucket in buckets:
         source = "server" if "rpd" in learned.get((bucket.project, bucket.model), {}) else "table"
-        state = "spent" if bucket.used_today >= bucket.limits.rpd else "open"
+        condition = "spent" if bucket.used_today >= bucket.limits.rpd else "open"
         tokens = usage.get((bucket.project, bucket.model), (0, 0))[1]
         lines.append(
             f"  {bucket.name:<40} {bucket.used_today:>6}/{bucket.limits.rpd:<6} requests ({source} limit), "
-            f"{tokens} tokens  {state}"
+            f"{tokens} tokens  {condition}"
         )
     left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in buckets)
     lines.append(f"  about {left} more captions today from the remaining daily quota")
-    return lines + _bucket_events(store, wall)
+    return lines + _bucket_events(state, wall)
 
 
-def _bucket_events(store: StateStore, wall: datetime) -> list[str]:
+def _bucket_events(state: State, wall: datetime) -> list[str]:
     """Cooldowns still running, and the models and keys the last runs retired."""
     lines = []
-    for project, model, kind, until, reason, at in store.bucket_events():
-        if kind == "cooldown" and until and datetime.fromisoformat(until) > wall:
-            local = datetime.fromisoformat(until).astimezone()
-            lines.append(f"  {project}/{model}: cooling down until {local:%H:%M:%S} ({reason} limit)")
-        elif kind == "model_retired":
-            lines.append(f"  model {model}: retired on {at[:10]} ({reason}); take it out of caption.models")
-        elif kind == "key_retired":
-            lines.append(f"  {project}: retired on {at[:10]} ({reason}); see `check-keys`")
+    for event in state.quota.events():
+        if event.kind == "cooldown" and event.until and datetime.fromisoformat(event.until) > wall:
+            local = datetime.fromisoformat(event.until).astimezone()
+            lines.append(f"  {event.project}/{event.model}: cooling down until {local:%H:%M:%S} ({event.reason} limit)")
+        elif event.kind == "model_retired":
+            lines.append(
+                f"  model {event.model}: retired on {event.at[:10]} ({event.reason}); take it out of caption.models"
+            )
+        elif event.kind == "key_retired":
+            lines.append(f"  {event.project}: retired on {event.at[:10]} ({event.reason}); see `check-keys`")
     return lines
 
 
 def _totals(counts: Counts, config: Config) -> list[str]:
     def row(stage: str, statuses: dict[str, int], enabled: bool) -> str:
-        if not enabled and set(statuses) <= {"pending"}:
+        if not enabled and set(statuses) <= {Status.PENDING.value}:
             return f"  {stage:<12}{'':>8}  off"
         shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
         return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}{'' if enabled else '  (stage off)'}"
@@ -127,9 +118,9 @@ def _totals(counts: Counts, config: Config) -> list[str]:
 
 def _left_to_do(counts: Counts, config: Config) -> dict[str, int]:
     left = {
-        "filter": counts.filter.get("pending", 0) if config.stages.filter else 0,
-        "resize": counts.resize.get("pending", 0),
-        "caption": counts.caption.get("pending", 0),
+        "filter": counts.filter.get(Status.PENDING.value, 0) if config.stages.filter else 0,
+        "resize": counts.resize.get(Status.PENDING.value, 0),
+        "caption": counts.caption.get(Status.PENDING.value, 0),
     }
     return {stage: n for stage, n in left.items() if n}
 

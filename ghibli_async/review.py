@@ -22,9 +22,11 @@ from aiohttp import web
 from PIL import Image, ImageOps
 
 from ghibli_async.config import Config
-from ghibli_async.detect import Box
+from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
-from ghibli_async.state import REVIEW_TABS, ReviewItem, StateStore
+from ghibli_async.state import State
+from ghibli_async.state.review import REVIEW_TABS, ReviewItem
+from ghibli_async.statuses import Override, Status
 
 THUMB_SIDE = 256
 MAX_PAGE = 200
@@ -34,7 +36,7 @@ _STOPWORDS = frozenset(
 )
 
 CONFIG_KEY = web.AppKey("config", Config)
-STORE_KEY = web.AppKey("store", StateStore)
+STATE_KEY = web.AppKey("state", State)
 TOKEN_KEY = web.AppKey("token", str)
 
 
@@ -43,8 +45,8 @@ def make_app(config: Config, *, token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[_require_token_for_writes])
     app[CONFIG_KEY] = config
     app[TOKEN_KEY] = token or secrets.token_urlsafe(24)
-    app[STORE_KEY] = StateStore.open(config.state_path)
-    app.on_cleanup.append(_close_store)
+    app[STATE_KEY] = State.open(config.state_path)
+    app.on_cleanup.append(_close_state)
     app.router.add_get("/", _page)
     app.router.add_get("/api/images", _list_images)
     app.router.add_get(r"/api/thumbs/{image_id:\d+}", _thumbnail)
@@ -54,8 +56,8 @@ def make_app(config: Config, *, token: str | None = None) -> web.Application:
     return app
 
 
-async def _close_store(app: web.Application) -> None:
-    app[STORE_KEY].close()
+async def _close_state(app: web.Application) -> None:
+    app[STATE_KEY].close()
 
 
 @web.middleware
@@ -67,12 +69,17 @@ async def _require_token_for_writes(request: web.Request, handler: Any) -> web.S
     return await handler(request)
 
 
-def _page_html() -> str:
-    return resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
+def _page_html(token: str) -> str:
+    """The page with its write token and the server's status and override values filled in."""
+    html = resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
+    enums = {"{{STATUS}}": Status, "{{OVERRIDE}}": Override}
+    for placeholder, enum in enums.items():
+        html = html.replace(placeholder, json.dumps({member.name: member.value for member in enum}))
+    return html.replace("{{TOKEN}}", token)
 
 
 async def _page(request: web.Request) -> web.Response:
-    return web.Response(text=_page_html().replace("{{TOKEN}}", request.app[TOKEN_KEY]), content_type="text/html")
+    return web.Response(text=_page_html(request.app[TOKEN_KEY]), content_type="text/html")
 
 
 async def _list_images(request: web.Request) -> web.Response:
@@ -84,7 +91,7 @@ async def _list_images(request: web.Request) -> web.Response:
         limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "60"))))
     except ValueError:
         raise web.HTTPBadRequest(text="offset and limit are whole numbers") from None
-    total, items = request.app[STORE_KEY].review_page(tab, offset=offset, limit=limit)
+    total, items = request.app[STATE_KEY].review.page(tab, offset=offset, limit=limit)
     config = request.app[CONFIG_KEY]
     return web.json_response({"total": total, "items": [item_json(item, config) for item in items]})
 
@@ -129,7 +136,7 @@ def _box_json(box: Box, detector: str, config: Config) -> dict[str, Any]:
 
 
 def _known_item(request: web.Request) -> ReviewItem:
-    item = request.app[STORE_KEY].review_item(int(request.match_info["image_id"]))
+    item = request.app[STATE_KEY].review.item(int(request.match_info["image_id"]))
     if item is None:
         raise web.HTTPNotFound(text="no such image")
     return item
@@ -140,7 +147,7 @@ async def _thumbnail(request: web.Request) -> web.FileResponse:
     config = request.app[CONFIG_KEY]
     cached = config.paths.work_dir / "thumbs" / f"{item.image_id}.jpg"
     if not cached.exists():
-        source = request.app[STORE_KEY].source_of(item.image_id)
+        source = request.app[STATE_KEY].sources.path_of(item.image_id)
         if source is None or not await asyncio.to_thread(make_thumbnail, Path(source), cached):
             raise web.HTTPNotFound(text="the source frame cannot be read")
     return web.FileResponse(cached, headers={"Cache-Control": "max-age=3600"})
@@ -166,11 +173,11 @@ async def _set_decision(request: web.Request) -> web.Response:
     item = _known_item(request)
     body = await _json_body(request)
     decision = body.get("decision")
-    if decision not in ("keep", "reject"):
-        raise web.HTTPBadRequest(text='decision must be "keep" or "reject"')
-    store = request.app[STORE_KEY]
-    store.set_filter_override([store.source_of(item.image_id)], decision)
-    return web.json_response(item_json(store.review_item(item.image_id), request.app[CONFIG_KEY]))
+    if decision not in tuple(Override):
+        raise web.HTTPBadRequest(text=f"decision must be one of {', '.join(map(str, Override))}")
+    state = request.app[STATE_KEY]
+    state.filter.set_override([state.sources.path_of(item.image_id)], Override(decision))
+    return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
 
 
 async def _set_caption(request: web.Request) -> web.Response:
@@ -179,9 +186,9 @@ async def _set_caption(request: web.Request) -> web.Response:
     caption = " ".join(str(body.get("caption", "")).split())
     if not caption:
         raise web.HTTPBadRequest(text="a caption cannot be empty")
-    store = request.app[STORE_KEY]
-    store.edit_caption(item.image_id, caption)
-    return web.json_response(item_json(store.review_item(item.image_id), request.app[CONFIG_KEY]))
+    state = request.app[STATE_KEY]
+    state.review.edit_caption(item.image_id, caption)
+    return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -195,16 +202,16 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(stats_payload(request.app[STORE_KEY], request.app[CONFIG_KEY]))
+    return web.json_response(stats_payload(request.app[STATE_KEY], request.app[CONFIG_KEY]))
 
 
-def stats_payload(store: StateStore, config: Config) -> dict[str, Any]:
-    counts = store.counts()
+def stats_payload(state: State, config: Config) -> dict[str, Any]:
+    counts = state.progress.counts()
     return {
-        "tabs": {tab: store.review_page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
+        "tabs": {tab: state.review.page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
         "filter": counts.filter,
         "caption": counts.caption,
-        **caption_stats(store.captions_with_models(), config.caption.trigger),
+        **caption_stats(state.review.captions_with_models(), config.caption.trigger),
     }
 
 
@@ -231,12 +238,12 @@ def caption_stats(captions: list[tuple[str, str | None]], trigger: str) -> dict[
 def write_report(config: Config, dest: Path) -> Path:
     """The review page as a read-only folder to share: index.html with the data embedded, and
     thumbs/ next to it (copied from the review cache, or made once)."""
-    with StateStore.open(config.state_path, readonly=True) as store:
+    with State.open(config.state_path, readonly=True) as state:
         tabs = {
-            tab: [item_json(i, config) for i in store.review_page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS
+            tab: [item_json(i, config) for i in state.review.page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS
         }
-        stats = stats_payload(store, config)
-        sources = {item["id"]: store.source_of(item["id"]) for items in tabs.values() for item in items}
+        stats = stats_payload(state, config)
+        sources = {item["id"]: state.sources.path_of(item["id"]) for items in tabs.values() for item in items}
     cache = config.paths.work_dir / "thumbs"
     for image_id, source in sources.items():
         target = dest / "thumbs" / f"{image_id}.jpg"
@@ -247,7 +254,7 @@ def write_report(config: Config, dest: Path) -> Path:
             make_thumbnail(Path(source), target)
     data = json.dumps({"tabs": tabs, "stats": stats}, ensure_ascii=False).replace("</", "<\\/")
     banner = '<span class="help"><b>read-only report</b></span>'
-    html = _page_html().replace("{{TOKEN}}", "").replace("<!--REPORT-->", banner)
+    html = _page_html("").replace("<!--REPORT-->", banner)
     html = html.replace("<script>", f"<script>window.REPORT = {data};</script>\n<script>", 1)
     index = dest / "index.html"
     index.write_text(html, encoding="utf-8")

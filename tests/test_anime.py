@@ -21,9 +21,9 @@ from huggingface_hub import constants as hub  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from ghibli_async.config import ImgutilsDetectorConfig, load_config  # noqa: E402
-from ghibli_async.detect import Box  # noqa: E402
 from ghibli_async.detect.anime import ImgutilsDetector  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
+from ghibli_async.facts import Box  # noqa: E402
 from ghibli_async.pipeline import Pipeline  # noqa: E402
 
 INPUT = 640

@@ -60,7 +60,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
                 ],
             )
             report = await run_pipeline(project, clock)
-            assert report.caption.outcomes == {"done": 300}
+            assert report.outcomes("caption") == {"done": 300}
 
     run_virtual(scenario())
 
@@ -102,7 +102,7 @@ def test_server_daily_limit_is_learned_and_remembered(project: Project) -> None:
 
     report = one_key_run(project, fake, clock, table)
 
-    assert report.caption.outcomes == {"done": 40}
+    assert report.outcomes("caption") == {"done": 40}
     day_429 = [s for s in fake.seen if s.kind == "day"]
     assert {s.model for s in day_429} == {"m1"} and len(day_429) <= 8  # only those already in flight
     assert all(s.at <= day_429[0].at for s in fake.seen if s.model == "m1"), "m1 was asked again"
@@ -129,16 +129,14 @@ def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None
 
     report = run_virtual(scenario())
     assert Counter(status for status, *_ in captions(project).values()) == {"done": 10, "pending": 20}
-    assert "quotas reset at midnight Pacific" in report.caption.stopped
+    assert "quotas reset at midnight Pacific" in report.stages["caption"].note
     for spent in (s for s in fake.seen if s.kind == "day"):
         following = [s for s in fake.seen if s.image == spent.image and s.at > spent.at]
         if following:
             assert following[0].at == spent.at, "the image waited after a per-day 429"
     for spent_project in ("p1", "p2"):
         first = min(s.at for s in fake.seen if s.kind == "day" and s.project == spent_project)
-        assert all(s.at <= first for s in fake.seen if s.project == spent_project), (
-            "a spent bucket was asked again"
-        )
+        assert all(s.at <= first for s in fake.seen if s.project == spent_project), "a spent bucket was asked again"
 
 
 def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Project) -> None:
@@ -157,7 +155,7 @@ def test_invalid_key_and_missing_model_are_retired_after_one_request(project: Pr
             return await run_pipeline(project, clock)
 
     report = run_virtual(scenario())
-    assert report.caption.outcomes == {"done": 20}
+    assert report.outcomes("caption") == {"done": 20}
     assert len([s for s in fake.seen if s.key == "wrong"]) == 1
     assert len([s for s in fake.seen if s.model == "gone-model" and s.key == "k2"]) == 1
 
@@ -180,7 +178,7 @@ def test_blocked_image_tries_another_model_then_ends_blocked_and_unexported(proj
 
     write_env(project, GEMINI_API_KEY_1="k1")
     report = run_virtual(scenario())
-    assert report.caption.outcomes == {"done": 4, "blocked": 1}
+    assert report.outcomes("caption") == {"done": 4, "blocked": 1}
     blocked = [s for s in fake.seen if s.kind == "blocked"]
     assert [s.model for s in blocked] == ["m1", "m2"]  # one other model tried, once
     assert captions(project)[3][0] == "blocked"
@@ -202,7 +200,7 @@ def test_server_errors_are_retried(project: Project) -> None:
 
     report = one_key_run(project, fake, clock, ["{name: m1, rpm: 60, rpd: 100, tpm: 1000000}"])
 
-    assert report.caption.outcomes == {"done": 6}
+    assert report.outcomes("caption") == {"done": 6}
     assert len([s for s in fake.seen if s.kind == "unavailable"]) == 4
     assert len(fake.successes()) == 6
 
@@ -214,11 +212,11 @@ def test_persistent_server_errors_mark_the_image_failed_and_rerun_retries(projec
     model = ["{name: m1, rpm: 600, rpd: 100, tpm: 1000000}"]
 
     report = one_key_run(project, fake, clock, model, extra="  max_attempts: 5\n")
-    assert report.caption.outcomes == {"failed": 1}
+    assert report.outcomes("caption") == {"failed": 1}
     assert captions(project)[1][0] == "failed"
 
     report = one_key_run(project, fake, clock, model, extra="  max_attempts: 5\n")
-    assert report.caption.outcomes == {"done": 1}
+    assert report.outcomes("caption") == {"done": 1}
 
 
 def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project) -> None:
@@ -231,7 +229,7 @@ def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project
 
     report = one_key_run(project, fake, clock, models, extra="  min_words: 8\n")
 
-    assert report.caption.outcomes == {"review": 2}
+    assert report.outcomes("caption") == {"review": 2}
     assert sorted(s.model for s in fake.seen) == ["m1", "m1", "m2", "m2"]
     assert all(review == 1 for *_, review in captions(project).values())
     assert not (project.root / "out/train/metadata.jsonl").exists()

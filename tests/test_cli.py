@@ -80,7 +80,7 @@ def test_library_run_inside_a_running_event_loop(project: Project) -> None:
         return ghibli_async.run(project.config_path)
 
     report = asyncio.run(notebook_cell())
-    assert report.resized["done"] == 1
+    assert report.outcomes("resize")["done"] == 1
 
 
 def test_pipeline_in_async_code(project: Project) -> None:
@@ -90,16 +90,15 @@ def test_pipeline_in_async_code(project: Project) -> None:
         return await ghibli_async.Pipeline(ghibli_async.load_config(project.config_path)).run()
 
     report = asyncio.run(app())
-    assert report.resized["done"] == 1 and report.counts.resize == {"done": 1}
+    assert report.outcomes("resize")["done"] == 1 and report.counts.resize == {"done": 1}
 
 
 def test_second_run_on_the_same_work_dir_is_refused(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
-    import fcntl
+    from filelock import FileLock
 
     save_frame(project.frames / "a.jpg", (600, 600))
     (project.root / "work").mkdir()
-    with open(project.root / "work" / ".lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
+    with FileLock(project.root / "work" / ".lock"):
         assert project.cli() == 2
     assert "another ghibli_async run" in capsys.readouterr().err
 

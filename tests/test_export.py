@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, save_frame
 
-from ghibli_async.state import StateStore
+from ghibli_async.state import State
 
 CAPTIONS = {
     1: "Ghibli style, a girl in a straw hat runs through tall summer grass",
@@ -23,9 +23,9 @@ def captioned(project: Project) -> Project:
     for i in range(1, 6):
         save_frame(project.frames / f"f{i}.jpg", (640, 640), seed=i)
     project.cli("--skip-caption")
-    with StateStore.open(project.config.state_path) as store:
+    with State.open(project.config.state_path) as state:
         for number, text in CAPTIONS.items():
-            store.record_caption(number, text, model="gemini-flash-latest", key_label="key#1")
+            state.results.record_caption(number, text, model="gemini-flash-latest", key_label="key#1")
     return project
 
 

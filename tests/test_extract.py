@@ -36,7 +36,7 @@ def test_interval_takes_one_frame_every_n_seconds_and_skips_black(project: Proje
 
     times = [seconds_of(p.name) for p in extracted(project)]
     assert times == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]  # 4 s and 9 s are black
-    assert report.extracted.frames == 12 and report.scan.new == 12
+    assert report.outcomes("extract")["frames"] == 12 and report.outcomes("scan")["new"] == 12
     assert extracted(project)[0].name == "clip_00-00-00.000.png"
 
 
@@ -65,7 +65,7 @@ def test_rerun_extracts_nothing_and_interrupted_video_resumes(project: Project) 
     extract_only(project, "extract:\n  every_s: 1.0\n")
     first = {p.name: p.stat().st_mtime_ns for p in extracted(project)}
 
-    assert extract_only(project, "extract:\n  every_s: 1.0\n").extracted.frames == 0
+    assert extract_only(project, "extract:\n  every_s: 1.0\n").outcomes("extract")["frames"] == 0
 
     # As if killed after the frame at 7 s: the video is not done, the later frames are missing.
     with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
@@ -86,7 +86,7 @@ def test_damaged_video_is_reported_and_the_rest_goes_on(project: Project, capsys
 
     report = extract_only(project, "extract:\n  every_s: 1.0\n")
 
-    assert report.extracted.failed == ["broken.mp4"]
+    assert report.outcomes("extract")["failed"] == 1 and report.stages["extract"].line.endswith("failed: broken.mp4")
     assert {p.name.split("_")[0] for p in extracted(project)} == {"good"}
     with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
         status, reason = db.execute("SELECT status, reason FROM videos WHERE path LIKE '%broken.mp4'").fetchone()
@@ -112,7 +112,7 @@ def test_video_frames_reach_the_dataset_through_captioning(
             return await run_pipeline(project, clock)
 
     report = run_virtual(scenario())
-    assert report.extracted.frames == 6 and report.caption.outcomes == {"done": 6}  # 0,2,6,8,10,12 s
+    assert report.outcomes("extract")["frames"] == 6 and report.outcomes("caption") == {"done": 6}  # 0,2,6,8,10,12 s
     lines = (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()
     assert len(lines) == 6
     assert project.cli("status") == 0

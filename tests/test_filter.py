@@ -13,7 +13,7 @@ from conftest import PERSON_MARK, Project, scene_image
 from PIL import Image, ImageFilter
 
 from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig, load_config
-from ghibli_async.detect import Box
+from ghibli_async.facts import Box
 from ghibli_async.filter_rules import near_duplicate_groups, person_found
 from ghibli_async.pipeline import Pipeline
 

@@ -13,8 +13,8 @@ from ghibli_async.caption.reducer import (
     Attempt,
     CoolDown,
     GiveUp,
-    LeavePending,
     LearnLimit,
+    LeavePending,
     RetireKey,
     RetireModel,
     Retry,
@@ -31,12 +31,16 @@ GOOD = "Ghibli style, a girl in a red coat walks past a bakery"
 B = "p/m1"
 
 
-def grant(*, strikes: int = 0, limits: Limits = Limits(rpm=10, rpd=250, tpm=250_000)) -> Grant:
-    bucket = Bucket("p", "m1", limits, ["key#1"], day="2026-11-26", strikes=strikes)
+LIMITS = Limits(rpm=10, rpd=250, tpm=250_000)
+FIRST_TRY = Attempt(7)
+
+
+def grant(*, strikes: int = 0) -> Grant:
+    bucket = Bucket("p", "m1", LIMITS, ["key#1"], day="2026-11-26", strikes=strikes)
     return Grant(bucket, "key#1", 600)
 
 
-def reduce(reply, attempt: Attempt = Attempt(7), *, streak: int = 0, other: bool = True, g: Grant | None = None):
+def reduce(reply, attempt: Attempt = FIRST_TRY, *, streak: int = 0, other: bool = True, g: Grant | None = None):
     return reduce_reply(g or grant(), reply, attempt, RULES, failing_streak=streak, other_bucket_free=other)
 
 

@@ -14,7 +14,7 @@ from test_filter import StubDetector, filtered_project, run_sync
 
 from ghibli_async.config import load_config
 from ghibli_async.review import TOKEN_HEADER, make_app
-from ghibli_async.state import StateStore
+from ghibli_async.state import State
 
 TOKEN = "test-token"
 
@@ -31,9 +31,11 @@ def with_client(project: Project, scenario: Callable[[TestClient], Awaitable[Non
 def reviewed(project: Project) -> Project:
     filtered_project(project)
     run_sync(project, StubDetector())
-    with StateStore.open(project.config.state_path) as store:
-        store.record_caption(1, "Ghibli style a girl in a red coat", model="m1", key_label="key#1")
-        store.record_caption(2, "Ghibli style a girl by a well", model="m2", key_label="key#2", needs_review=True)
+    with State.open(project.config.state_path) as state:
+        state.results.record_caption(1, "Ghibli style a girl in a red coat", model="m1", key_label="key#1")
+        state.results.record_caption(
+            2, "Ghibli style a girl by a well", model="m2", key_label="key#2", needs_review=True
+        )
     return project
 
 

@@ -18,7 +18,7 @@ from thread_server import serving_in_thread
 
 from ghibli_async.config import load_config
 from ghibli_async.review import make_app
-from ghibli_async.state import StateStore
+from ghibli_async.state import State
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
@@ -44,10 +44,10 @@ def thirty_frames(project: Project) -> None:
         scene_image(100 + i).save(project.frames / f"empty{i}.png")
     project.write_config("resize:\n  size: 256\n", person_filter=True)
     run_sync(project, StubDetector())
-    with StateStore.open(project.config.state_path) as store:
+    with State.open(project.config.state_path) as state:
         for number in range(1, 25):
             text = f"Ghibli style a girl in a straw hat walks along a quiet country road at dusk, frame {number}"
-            store.record_caption(number, text, model="gemini-flash-latest", key_label=f"key#{number % 3 + 1}")
+            state.results.record_caption(number, text, model="gemini-flash-latest", key_label=f"key#{number % 3 + 1}")
 
 
 def test_flip_and_edit_in_the_browser(project: Project) -> None:

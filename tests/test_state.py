@@ -9,20 +9,21 @@ import pytest
 
 from ghibli_async.errors import UserError
 from ghibli_async.stages.scan import natural_sort_key
-from ghibli_async.state import SCHEMA_VERSION, SourceFile, StateStore
+from ghibli_async.state import SCHEMA_VERSION, State
+from ghibli_async.state.sources import SourceFile
 
 
 def source(name: str, content: str | None = None) -> SourceFile:
     return SourceFile(f"/in/{name}", natural_sort_key(f"/in/{name}"), 10, 1, content or f"hash-{name}")
 
 
-def numbers(store: StateStore) -> dict[str, int]:
-    return {job.source_path.removeprefix("/in/"): job.number for job in store.resize_jobs()}
+def numbers(store: State) -> dict[str, int]:
+    return {job.source_path.removeprefix("/in/"): job.number for job in store.results.resize_jobs()}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    with StateStore.open(tmp_path / "state.sqlite") as opened:
+def store(tmp_path: Path) -> State:
+    with State.open(tmp_path / "state.sqlite") as opened:
         yield opened
 
 
@@ -38,58 +39,58 @@ def test_natural_sort_key_orders_numbers_by_value() -> None:
     ]
 
 
-def test_numbers_are_natural_order_and_stable(store: StateStore) -> None:
-    store.register_sources([source("img10.png"), source("img2.png"), source("img1.png")])
-    store.assign_output_numbers(require_kept=False)
+def test_numbers_are_natural_order_and_stable(store: State) -> None:
+    store.sources.register([source("img10.png"), source("img2.png"), source("img1.png")])
+    store.results.assign_output_numbers(require_kept=False)
     assert numbers(store) == {"img1.png": 1, "img2.png": 2, "img10.png": 3}
 
-    store.register_sources([source("img0.png")])
-    store.assign_output_numbers(require_kept=False)
+    store.sources.register([source("img0.png")])
+    store.results.assign_output_numbers(require_kept=False)
     assert numbers(store) == {"img1.png": 1, "img2.png": 2, "img10.png": 3, "img0.png": 4}
 
 
-def test_same_content_under_two_names_is_one_image(store: StateStore) -> None:
-    duplicates = store.register_sources([source("b.png", "same"), source("a.png", "same")])
-    store.register_sources([source("c.png", "same")])
-    store.assign_output_numbers(require_kept=False)
+def test_same_content_under_two_names_is_one_image(store: State) -> None:
+    duplicates = store.sources.register([source("b.png", "same"), source("a.png", "same")])
+    store.sources.register([source("c.png", "same")])
+    store.results.assign_output_numbers(require_kept=False)
 
     assert duplicates == 1
     assert numbers(store) == {"a.png": 1}
-    counts = store.counts()
+    counts = store.progress.counts()
     assert (counts.sources, counts.duplicates) == (3, 2)
 
 
-def test_only_kept_frames_are_numbered_when_the_filter_runs(store: StateStore) -> None:
-    store.register_sources([source("a.png"), source("b.png")])
-    assert store.assign_output_numbers(require_kept=True) == 0
+def test_only_kept_frames_are_numbered_when_the_filter_runs(store: State) -> None:
+    store.sources.register([source("a.png"), source("b.png")])
+    assert store.results.assign_output_numbers(require_kept=True) == 0
 
 
-def test_bulk_registration_of_many_frames(store: StateStore) -> None:
-    store.register_sources([source(f"frame{i}.png") for i in range(20_000)])
-    assert store.assign_output_numbers(require_kept=False) == 20_000
-    assert store.resize_jobs(limit=2)[1].source_path == "/in/frame1.png"
+def test_bulk_registration_of_many_frames(store: State) -> None:
+    store.sources.register([source(f"frame{i}.png") for i in range(20_000)])
+    assert store.results.assign_output_numbers(require_kept=False) == 20_000
+    assert store.results.resize_jobs(limit=2)[1].source_path == "/in/frame1.png"
 
 
 def test_schema_is_versioned_and_reopening_keeps_data(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
-    with StateStore.open(path) as store:
-        store.register_sources([source("a.png")])
-        assert store.schema_version == SCHEMA_VERSION
-    with StateStore.open(path) as store:
-        assert store.counts().sources == 1
+    with State.open(path) as store:
+        store.sources.register([source("a.png")])
+        assert store.db.schema_version == SCHEMA_VERSION
+    with State.open(path) as store:
+        assert store.progress.counts().sources == 1
 
 
 def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
-    StateStore.open(path).close()
+    State.open(path).close()
     with sqlite3.connect(path) as db:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(UserError, match="newer than this ghibli_async"):
-        StateStore.open(path)
+        State.open(path)
 
 
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="cannot open the state database"):
-        StateStore.open(path)
+        State.open(path)

@@ -15,8 +15,8 @@ from conftest import Project, scene_image
 ultralytics = pytest.importorskip("ultralytics", reason="the yolo detector needs the [detect] extra")
 
 from ghibli_async.config import YoloDetectorConfig, load_config  # noqa: E402
-from ghibli_async.detect import Box  # noqa: E402
 from ghibli_async.detect.yolo import YoloDetector  # noqa: E402
+from ghibli_async.facts import Box  # noqa: E402
 from ghibli_async.pipeline import Pipeline  # noqa: E402
 
 

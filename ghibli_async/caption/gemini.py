@@ -37,7 +37,6 @@ _BLOCK_FINISH_REASONS = {
 _TYPE_PREFIX = "type.googleapis.com/google.rpc."
 
 
-
 def _transport_errors() -> tuple[type[BaseException], ...]:
     found: list[type[BaseException]] = [OSError, asyncio.TimeoutError]
     for module, name in (("aiohttp", "ClientError"), ("httpx", "HTTPError"), ("httpx2", "HTTPError")):

@@ -23,6 +23,7 @@ from ghibli_async.caption.answers import (
 from ghibli_async.caption.buckets import Grant
 from ghibli_async.caption.text import caption_problems, normalize_caption
 from ghibli_async.config import CaptionConfig
+from ghibli_async.statuses import Status
 
 # --- one image's way through the buckets ------------------------------------------------------
 
@@ -112,7 +113,7 @@ class Retry:
 
 @dataclass(frozen=True)
 class GiveUp:
-    status: str  # blocked | failed
+    status: Status  # BLOCKED | FAILED
     reason: str
 
 
@@ -176,7 +177,7 @@ def _reduce(
         return served, Accept(text, reply.tokens, problems), attempt
     if isinstance(reply, Blocked):
         attempt = replace(attempt, blocks=attempt.blocks + 1, avoid_models=attempt.avoid_models | {bucket.model})
-        verdict: Verdict = GiveUp("blocked", reply.reason) if attempt.blocks > rules.blocked_retries else Retry()
+        verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if attempt.blocks > rules.blocked_retries else Retry()
         return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], verdict, attempt
     if isinstance(reply, RateLimited):
         return _rate_limited(grant, reply, rules), Retry(), attempt
@@ -188,7 +189,7 @@ def _reduce(
     if streak >= max(10, 2 * rules.concurrency):
         return [], StopRun(f"the caption service keeps failing ({reply.reason}): rerun when it answers again"), attempt
     if attempt.transient_errors >= rules.max_attempts:
-        return [], GiveUp("failed", reply.reason), attempt
+        return [], GiveUp(Status.FAILED, reply.reason), attempt
     return [], Retry(backoff_delay(rules.backoff, attempt.transient_errors)), attempt
 
 
@@ -215,5 +216,5 @@ def when_no_bucket(attempt: Attempt, *, any_usable: bool, any_key_or_model_left:
             "rerun then to continue"
         )
     if attempt.blocks:  # refused for safety, and no other model to ask
-        return GiveUp("blocked", "blocked, and no other model to try")
+        return GiveUp(Status.BLOCKED, "blocked, and no other model to try")
     return LeavePending()

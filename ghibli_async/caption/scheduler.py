@@ -124,9 +124,7 @@ class Scheduler:
         return any(bucket.retired is None and bucket.keys for bucket in self.buckets)
 
     def other_bucket_free(self, day: str, grant: Grant, avoid_buckets: Collection[str]) -> bool:
-        return any(
-            b.usable(day) and b.name != grant.bucket.name and b.name not in avoid_buckets for b in self.buckets
-        )
+        return any(b.usable(day) and b.name != grant.bucket.name and b.name not in avoid_buckets for b in self.buckets)
 
     def states(self, now: float, day: str) -> Counter[str]:
         """How many buckets are active, cooling or spent, for the progress line."""

@@ -7,31 +7,15 @@ configured ones once per run and fails before any work, with one clear line, whe
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from ghibli_async.config import DetectorConfig, FilterConfig, YoloDetectorConfig
+from ghibli_async.facts import Box
 
 # Boxes down to this score are stored, so a lower threshold later needs no second detector pass.
 SCORE_FLOOR = 0.05
-
-
-@dataclass(frozen=True)
-class Box:
-    """A detection; corners as fractions (0-1) of the frame's width and height."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    label: str
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
 
 
 class Detector(Protocol):

@@ -16,8 +16,9 @@ import structlog
 from PIL import Image
 
 from ghibli_async.config import ImgutilsDetectorConfig
-from ghibli_async.detect import SCORE_FLOOR, Box
+from ghibli_async.detect import SCORE_FLOOR
 from ghibli_async.errors import UserError
+from ghibli_async.facts import Box
 
 log = structlog.get_logger(__name__)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ghibli_async.config import YoloDetectorConfig
-from ghibli_async.detect import SCORE_FLOOR, Box
+from ghibli_async.detect import SCORE_FLOOR
 from ghibli_async.errors import UserError
+from ghibli_async.facts import Box
 
 _PERSON = "person"
 

@@ -28,11 +28,11 @@ from ghibli_async.caption.reducer import (
     CoolDown,
     Effect,
     GiveUp,
-    LeavePending,
     LearnLimit,
-    Retry,
+    LeavePending,
     RetireKey,
     RetireModel,
+    Retry,
     Served,
     SpendForToday,
     StopRun,
@@ -44,10 +44,42 @@ from ghibli_async.caption.scheduler import Scheduler, Wait
 from ghibli_async.caption.text import build_prompt
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
+from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.stages.resize import output_name
-from ghibli_async.state import CaptionJob, StateStore
+from ghibli_async.state import State
+from ghibli_async.state.results import CaptionJob
+from ghibli_async.statuses import Status
 
 log = structlog.get_logger(__name__)
+
+
+class CaptionStage:
+    name = "caption"
+    label = "captioned"
+    uses_pool = False
+
+    def enabled(self, config: Config) -> bool:
+        return config.stages.caption
+
+    async def run(self, context: RunContext) -> StageReport:
+        if not context.keys:
+            return StageReport(note=_no_keys_note(context.state.results.caption_pending_count()))
+        engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
+        caption = await engine.run(limit=context.limit)
+        outcomes = caption.outcomes
+        return StageReport(
+            outcomes,
+            shown=outcomes["done"],
+            line=f"{counts_line(outcomes)}; {caption.requests} requests",
+            note=caption.stopped,
+        )
+
+
+def _no_keys_note(waiting: int) -> str:
+    return (
+        f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "
+        f"or in a .env file next to the config; {waiting} image(s) wait for a caption"
+    )
 
 
 @dataclass
@@ -60,16 +92,15 @@ class CaptionReport:
 
 
 class CaptionEngine:
-    def __init__(self, store: StateStore, config: Config, keys: list[ApiKey], clock: Clock) -> None:
-        self.store = store
-        self.books = store
-        self.results = store
+    def __init__(self, state: State, config: Config, keys: list[ApiKey], clock: Clock) -> None:
+        self.books = state.quota
+        self.results = state.results
         self.caption = config.caption
         self.clock = clock
         self.images_dir = config.resized_dir
         day = quota_day(clock.wall())
-        used = {bucket: requests for bucket, (requests, _) in store.quota_usage(day).items()}
-        buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=store.learned_limits())
+        used = {bucket: requests for bucket, (requests, _) in self.books.usage(day).items()}
+        buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=self.books.learned_limits())
         self.scheduler = Scheduler(buckets)
         self.client = GeminiClient(self.caption, keys)
         self.prompt = build_prompt(self.caption)
@@ -79,7 +110,7 @@ class CaptionEngine:
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
 
     async def run(self, *, limit: int | None = None) -> CaptionReport:
-        jobs = self.store.caption_jobs(limit=limit)
+        jobs = self.results.caption_jobs(limit=limit)
         if not jobs:
             return self.report
         workers = min(self.caption.concurrency, len(jobs))
@@ -121,7 +152,7 @@ class CaptionEngine:
             async with aiofiles.open(path, "rb") as stream:
                 image = await stream.read()
         except OSError as exc:
-            return self._finish(attempt, GiveUp("failed", f"cannot read {path.name}: {exc.strerror}"), None)
+            return self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None)
         while True:
             grant = await self._acquire(attempt)
             if grant is None:
@@ -196,7 +227,7 @@ class CaptionEngine:
             self._say_once("bucket_spent_for_today", bucket.name, bucket=bucket.name, used=bucket.used_today)
         elif isinstance(effect, CoolDown):
             until = (self.clock.wall() + timedelta(seconds=effect.seconds)).isoformat(timespec="seconds")
-            self.books.note_bucket_event(bucket.project, bucket.model, "cooldown", until=until, reason=effect.scope)
+            self.books.note_event(bucket.project, bucket.model, "cooldown", until=until, reason=effect.scope)
             log.info("bucket_cooldown", bucket=bucket.name, seconds=round(effect.seconds, 1), scope=effect.scope)
         elif isinstance(effect, LearnLimit):
             self.books.save_learned_limit(bucket.project, bucket.model, effect.kind, effect.value)
@@ -210,10 +241,10 @@ class CaptionEngine:
             )
         elif isinstance(effect, RetireKey):
             if self._say_once("key_retired", effect.key, key=effect.key, reason=effect.reason):
-                self.books.note_bucket_event(effect.key, "*", "key_retired", reason=effect.reason)
+                self.books.note_event(effect.key, "*", "key_retired", reason=effect.reason)
         elif isinstance(effect, RetireModel):
             if self._say_once("model_retired", effect.model, model=effect.model, reason=effect.reason):
-                self.books.note_bucket_event("*", effect.model, "model_retired", reason=effect.reason)
+                self.books.note_event("*", effect.model, "model_retired", reason=effect.reason)
 
     def _note_retry(self, attempt: Attempt, grant: Grant, reply: Reply) -> None:
         if isinstance(reply, Blocked):
@@ -235,9 +266,11 @@ class CaptionEngine:
             )
             return "review" if verdict.problems else "done"
         if isinstance(verdict, GiveUp):
-            self.results.record_caption_failure(attempt.number, verdict.status, verdict.reason, attempts=attempt.requests)
+            self.results.record_caption_failure(
+                attempt.number, verdict.status, verdict.reason, attempts=attempt.requests
+            )
             log.warning(f"caption_{verdict.status}", image=output_name(attempt.number), reason=verdict.reason)
-            return verdict.status
+            return verdict.status.value
         if isinstance(verdict, StopRun) and not self.report.stopped:
             self.report.stopped = verdict.reason  # images not captioned stay pending for the next run
             log.warning("caption_stopped", reason=verdict.reason)

@@ -11,20 +11,40 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
 from ghibli_async.config import Config
+from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.stages.resize import output_name
-from ghibli_async.state import CaptionedImage, StateStore
+from ghibli_async.state import State
+from ghibli_async.state.results import CaptionedImage
 
 log = structlog.get_logger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
 _MANAGED = re.compile(r"\d+\.(jpg|txt)")
 _PARTIAL = re.compile(r"\..+\.\d+\.tmp")  # what write_text_atomic/_place_image leave if killed
+
+
+class ExportStage:
+    name = "export"
+    label = "exported"
+    uses_pool = False
+
+    def enabled(self, config: Config) -> bool:
+        return True  # the output folder always matches the state
+
+    async def run(self, context: RunContext) -> StageReport:
+        result = export_dataset(context.state, context.config)
+        return StageReport(
+            Counter(images=result.images, removed=result.removed),
+            shown=result.images,
+            line=f"images in {result.output_dir}",
+        )
 
 
 @dataclass(frozen=True)
@@ -34,10 +54,10 @@ class ExportResult:
     output_dir: Path
 
 
-def export_dataset(store: StateStore, config: Config) -> ExportResult:
+def export_dataset(state: State, config: Config) -> ExportResult:
     """Make `output_dir` match the captioned images in the state (incrementally, atomically per file)."""
     output_dir = config.paths.output_dir
-    items = store.captioned_images()
+    items = state.results.captioned_images()
     if not items and not output_dir.exists():
         return ExportResult(0, 0, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,12 +18,37 @@ import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
-from ghibli_async.state import StateStore
+from ghibli_async.stages.base import RunContext, StageReport
+from ghibli_async.stages.scan import list_inputs
+from ghibli_async.state import State
+from ghibli_async.statuses import VideoStatus
 from ghibli_async.video import frame_name, sample_frames, seconds_of, video_duration
 
 log = structlog.get_logger(__name__)
 
 _VIDEOS_AT_ONCE = 2
+
+
+class ExtractStage:
+    name = "extract"
+    label = "extracted"
+    uses_pool = False
+
+    def enabled(self, config: Config) -> bool:
+        return config.stages.extract
+
+    async def run(self, context: RunContext) -> StageReport:
+        if not context.inputs.videos:
+            return StageReport()
+        extracted = await run_extract(context.state, context.config, context.inputs.videos)
+        if extracted.frames:  # new frame files on disk: walk the folders once more
+            context.inputs = list_inputs(context.config.paths.input_dir, context.config.extracted_dir)
+        failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""
+        return StageReport(
+            Counter(frames=extracted.frames, videos=extracted.videos_done, failed=len(extracted.failed)),
+            shown=extracted.frames,
+            line=f"frames from {extracted.videos_done} video(s){failed}",
+        )
 
 
 @dataclass
@@ -32,15 +58,16 @@ class ExtractReport:
     failed: list[str] = field(default_factory=list)
 
 
-async def run_extract(store: StateStore, config: Config, videos: list[Path]) -> ExtractReport:
+async def run_extract(state: State, config: Config, videos: list[Path]) -> ExtractReport:
     report = ExtractReport()
-    todo = [video for video in videos if store.video_status(str(video)) != "done"]
+    todo = [video for video in videos if state.sources.video_status(str(video)) != VideoStatus.DONE]
     gate = asyncio.Semaphore(_VIDEOS_AT_ONCE)
 
     async def one(position: int, video: Path) -> None:
         async with gate:
             frames, error = await asyncio.to_thread(extract_video, video, frames_dir(config, video), config, position)
-        store.record_video(str(video), "failed" if error else "done", frames=frames, reason=error)
+        status = VideoStatus.FAILED if error else VideoStatus.DONE
+        state.sources.record_video(str(video), status, frames=frames, reason=error)
         report.frames += frames
         if error:
             report.failed.append(video.name)

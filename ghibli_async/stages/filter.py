@@ -17,30 +17,46 @@ import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
-from ghibli_async.detect import Box, Detector
+from ghibli_async.detect import Detector
+from ghibli_async.facts import Box
 from ghibli_async.filter_rules import decide_all
 from ghibli_async.imaging import FrameLook, look_at_frame
-from ghibli_async.state import FilterJob, StateStore
+from ghibli_async.stages.base import RunContext, StageReport, counts_line
+from ghibli_async.state import State
+from ghibli_async.state.filtering import FilterJob
 
 log = structlog.get_logger(__name__)
 
 
-async def run_filter(
-    store: StateStore, config: Config, pool: Executor, detectors: Sequence[Detector], *, limit: int | None
-) -> Counter[str]:
+class FilterStage:
+    name = "filter"
+    label = "filter"
+    uses_pool = True
+
+    def enabled(self, config: Config) -> bool:
+        return config.stages.filter
+
+    async def run(self, context: RunContext) -> StageReport:
+        counts = await run_filter(context, context.detectors)
+        line = f"frames decided: {counts_line(counts)}" if counts else None
+        return StageReport(counts, shown=counts.total(), line=line)
+
+
+async def run_filter(context: RunContext, detectors: Sequence[Detector]) -> Counter[str]:
     """Measure and detect what is new, then (re)decide every frame; returns kept/rejected counts."""
+    state, config = context.state, context.config
     signatures = {detector.key: detector.signature for detector in detectors}
-    jobs = store.filter_jobs(signatures, limit=limit)
+    jobs = state.filter.jobs(signatures, limit=context.limit)
     if jobs:
-        await _measure(store, config, pool, detectors, jobs, signatures)
-    changed = store.apply_filter_decisions(decide_all(store.filter_facts(), config.filter))
-    counts = store.counts()
+        await _measure(state, config, context.pool.executor(), detectors, jobs, signatures)
+    changed = state.filter.apply_decisions(decide_all(state.filter.facts(), config.filter))
+    counts = state.progress.counts()
     log.info("filter_done", measured=len(jobs), decisions_changed=changed, **counts.filter)
     return Counter(counts.filter)
 
 
 async def _measure(
-    store: StateStore,
+    state: State,
     config: Config,
     pool: Executor,
     detectors: Sequence[Detector],
@@ -62,10 +78,10 @@ async def _measure(
             boxes = await asyncio.to_thread(_detect, detectors, chunk, looks)
             for job, look, found in zip(chunk, looks, boxes):
                 if look.error:
-                    store.record_filter_failure(job.image_id, look.error)
+                    state.filter.record_failure(job.image_id, look.error)
                     log.warning("filter_failed", path=job.source_path, reason=look.error)
                 else:
-                    store.record_look(job.image_id, look, found, signatures)
+                    state.filter.record_look(job.image_id, look.measurements, found, signatures)
             bar.update(len(chunk))
 
 

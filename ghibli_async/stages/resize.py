@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Executor
 from pathlib import Path
 
 import structlog
@@ -17,7 +16,10 @@ from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
 from ghibli_async.imaging import TEMP_SUFFIX, ResizeOutcome, resize_file
-from ghibli_async.state import ResizeJob, StateStore
+from ghibli_async.stages.base import RunContext, StageReport, counts_line
+from ghibli_async.state import State
+from ghibli_async.state.results import ResizeJob
+from ghibli_async.statuses import Status
 
 log = structlog.get_logger(__name__)
 
@@ -26,21 +28,34 @@ def output_name(number: int) -> str:
     return f"{number}.jpg"
 
 
-async def run_resize(
-    store: StateStore, config: Config, pool: Executor, *, workers: int, limit: int | None
-) -> Counter[str]:
+class ResizeStage:
+    name = "resize"
+    label = "resized"
+    uses_pool = True
+
+    def enabled(self, config: Config) -> bool:
+        return config.stages.resize
+
+    async def run(self, context: RunContext) -> StageReport:
+        counts = await run_resize(context)
+        return StageReport(counts, shown=counts.total(), line=counts_line(counts))
+
+
+async def run_resize(context: RunContext) -> Counter[str]:
     """Resize every numbered image still pending; returns how many ended in each status."""
+    state, config, workers = context.state, context.config, context.pool.workers
     resized_dir = config.resized_dir
     resized_dir.mkdir(parents=True, exist_ok=True)
     _remove_partial_files(resized_dir)
-    _requeue_vanished(store, resized_dir)
-    store.assign_output_numbers(require_kept=config.stages.filter)
-    jobs = store.resize_jobs(limit=limit)
+    _requeue_vanished(state, resized_dir)
+    state.results.assign_output_numbers(require_kept=config.stages.filter)
+    jobs = state.results.resize_jobs(limit=context.limit)
     tally: Counter[str] = Counter()
     if not jobs:
         return tally
     log.info("resize_start", images=len(jobs), workers=workers, size=config.resize.size)
     loop = asyncio.get_running_loop()
+    pool = context.pool.executor()
 
     def submit(job: ResizeJob) -> asyncio.Future[ResizeOutcome]:
         dest = str(resized_dir / output_name(job.number))
@@ -48,7 +63,7 @@ async def run_resize(
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
         async for job, outcome in _bounded(jobs, submit, window=workers * 4):
-            _record(store, job, outcome)
+            _record(state, job, outcome)
             tally[outcome.status] += 1
             bar.update()
     return tally
@@ -74,9 +89,9 @@ async def _bounded(
             future.cancel()
 
 
-def _record(store: StateStore, job: ResizeJob, outcome: ResizeOutcome) -> None:
-    store.record_resize(job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size)
-    if outcome.status == "failed":
+def _record(state: State, job: ResizeJob, outcome: ResizeOutcome) -> None:
+    state.results.record_resize(job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size)
+    if outcome.status == Status.FAILED:
         log.warning("resize_failed", path=job.source_path, reason=outcome.reason)
 
 
@@ -86,10 +101,10 @@ def _remove_partial_files(resized_dir: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _requeue_vanished(store: StateStore, resized_dir: Path) -> None:
+def _requeue_vanished(state: State, resized_dir: Path) -> None:
     """Images marked resized whose file someone deleted go back to the queue."""
     present = {entry.name for entry in resized_dir.iterdir()}
-    missing = [number for number in store.resized_numbers() if output_name(number) not in present]
+    missing = [number for number in state.results.resized_numbers() if output_name(number) not in present]
     if missing:
         log.warning("resized_files_missing", count=len(missing), effect="resizing them again")
-        store.forget_resized(missing)
+        state.results.forget_resized(missing)

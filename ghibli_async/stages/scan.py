@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +18,11 @@ from pathlib import Path
 import structlog
 from tqdm.auto import tqdm
 
+from ghibli_async.config import Config
 from ghibli_async.errors import UserError
-from ghibli_async.state import KnownSource, SourceFile, StateStore
+from ghibli_async.stages.base import RunContext, StageReport
+from ghibli_async.state import State
+from ghibli_async.state.sources import KnownSource, SourceFile
 from ghibli_async.video import VIDEO_SUFFIXES
 
 log = structlog.get_logger(__name__)
@@ -27,6 +31,24 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".
 _HASH_THREADS = 8  # hashing is disk-bound and hashlib releases the GIL
 _REGISTER_BATCH = 2000  # rows per transaction: short enough to lose little on a crash
 _DIGITS = re.compile(r"(\d+)")
+
+
+class ScanStage:
+    name = "scan"
+    label = "scanned"
+    uses_pool = False
+
+    def enabled(self, config: Config) -> bool:
+        return True  # every other stage works on what the scan registered
+
+    async def run(self, context: RunContext) -> StageReport:
+        scan = scan_inputs(context.inputs.images, context.state)
+        log.info("scan_done", found=scan.found, new=scan.new, duplicates=scan.duplicates)
+        return StageReport(
+            Counter(found=scan.found, new=scan.new, duplicates=scan.duplicates, changed=scan.changed),
+            shown=scan.found,
+            line=f"files: {scan.new} new, {scan.duplicates} exact duplicate(s), {scan.changed} changed",
+        )
 
 
 @dataclass(frozen=True)
@@ -84,9 +106,10 @@ def hash_file(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def scan_inputs(files: list[Path], store: StateStore) -> ScanResult:
+def scan_inputs(files: list[Path], state: State) -> ScanResult:
     """Register every new image file; re-register files whose content changed."""
-    known = store.known_sources()
+    sources = state.sources
+    known = sources.known()
     to_hash: list[tuple[Path, os.stat_result, KnownSource | None]] = []
     for path in files:
         stat = path.stat()
@@ -100,15 +123,15 @@ def scan_inputs(files: list[Path], store: StateStore) -> ScanResult:
         if previous is None:
             new.append(source)
             if len(new) >= _REGISTER_BATCH:
-                duplicates += store.register_sources(new)
+                duplicates += sources.register(new)
                 new.clear()
-        elif content_hash == store.content_hash_of(previous.image_id):
-            store.touch_source(previous.image_id, stat.st_size, stat.st_mtime_ns)
+        elif content_hash == sources.content_hash_of(previous.image_id):
+            sources.touch(previous.image_id, stat.st_size, stat.st_mtime_ns)
         else:
             log.warning("source_changed", path=str(path), effect="its stages run again")
-            store.replace_changed_source(previous.image_id, source)
+            sources.replace_changed(previous.image_id, source)
             changed += 1
-    duplicates += store.register_sources(new) if new else 0
+    duplicates += sources.register(new) if new else 0
     registered = sum(1 for *_, previous in to_hash if previous is None)
     return ScanResult(found=len(files), new=registered, duplicates=duplicates, changed=changed)
 

@@ -1,0 +1,58 @@
+"""The one shape every stage has: a name, whether it is on, and `run(context) -> StageReport`.
+
+Stages talk to each other only through the state; the pipeline runs the enabled ones in order and
+builds the summary from their reports, so a new stage is one module plus its config section.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ghibli_async.clock import Clock
+    from ghibli_async.config import ApiKey, Config
+    from ghibli_async.detect import Detector
+    from ghibli_async.pool import LazyPool
+    from ghibli_async.stages.scan import InputFiles
+    from ghibli_async.state import State
+
+
+@dataclass
+class RunContext:
+    """What a stage may use during one run."""
+
+    state: State
+    config: Config
+    pool: LazyPool
+    clock: Clock
+    keys: list[ApiKey]
+    detectors: list[Detector]
+    inputs: InputFiles  # the input folder as last walked (the extract stage walks it again)
+    limit: int | None = None  # at most this many images per stage
+
+
+@dataclass
+class StageReport:
+    """What one stage did in this run: counts by outcome, and its line of the summary."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    shown: int = 0  # the number in the summary's column
+    line: str | None = None  # the rest of its summary line; None: nothing to say
+    note: str | None = None  # something the user should know (why it stopped early, what is missing)
+
+
+class Stage(Protocol):
+    name: str  # as in `stages:` of the config and in the summary
+    label: str  # the summary's word for what it did
+    uses_pool: bool  # needs the worker processes (the pipeline closes them after the last such stage)
+
+    def enabled(self, config: Config) -> bool: ...
+
+    async def run(self, context: RunContext) -> StageReport: ...
+
+
+def counts_line(counts: Counter[str], *, empty: str = "nothing to do") -> str:
+    """`done 3, failed 1` in a stable order."""
+    return ", ".join(f"{outcome} {n}" for outcome, n in sorted(counts.items())) or empty

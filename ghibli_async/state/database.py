@@ -1,0 +1,166 @@
+"""The one SQLite database behind every store: opening, schema migrations, short transactions.
+
+Every image is one row of `images`; each stage reads the rows that need it and writes its result
+back in one short transaction, so a crash at any moment loses at most the work in flight (WAL).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ghibli_async.errors import UserError
+
+NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE images (
+        id              INTEGER PRIMARY KEY,
+        source_path     TEXT NOT NULL UNIQUE,
+        sort_key        TEXT NOT NULL,
+        content_hash    TEXT,
+        file_size       INTEGER NOT NULL,
+        mtime_ns        INTEGER NOT NULL,
+        duplicate_of    INTEGER REFERENCES images(id),
+        number          INTEGER UNIQUE,
+        width           INTEGER,
+        height          INTEGER,
+        filter_status   TEXT NOT NULL DEFAULT 'pending',
+        filter_reason   TEXT,
+        filter_override TEXT,
+        brightness      REAL,
+        contrast        REAL,
+        sharpness       REAL,
+        phash           TEXT,
+        detections      TEXT,
+        resize_status   TEXT NOT NULL DEFAULT 'pending',
+        resize_reason   TEXT,
+        caption_status  TEXT NOT NULL DEFAULT 'pending',
+        caption_reason  TEXT,
+        caption         TEXT,
+        caption_model   TEXT,
+        caption_key     TEXT,
+        caption_edited  INTEGER NOT NULL DEFAULT 0,
+        caption_attempts INTEGER NOT NULL DEFAULT 0,
+        caption_tokens  INTEGER,
+        needs_review    INTEGER NOT NULL DEFAULT 0,
+        created_at      TEXT NOT NULL DEFAULT ({NOW}),
+        updated_at      TEXT NOT NULL DEFAULT ({NOW})
+    );
+    CREATE UNIQUE INDEX images_original_content ON images(content_hash)
+        WHERE duplicate_of IS NULL AND content_hash IS NOT NULL;
+    CREATE INDEX images_sort_key ON images(sort_key);
+    CREATE INDEX images_resize_status ON images(resize_status, number);
+    CREATE INDEX images_caption_status ON images(caption_status, number);
+
+    -- Requests and tokens spent per quota bucket and quota day (Pacific time), for the caption engine.
+    CREATE TABLE quota_usage (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        quota_day   TEXT NOT NULL,
+        requests    INTEGER NOT NULL DEFAULT 0,
+        tokens      INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (project, model, quota_day)
+    );
+
+    -- Videos in the input folder: extracted completely (done), or failed with a reason.
+    CREATE TABLE videos (
+        path        TEXT PRIMARY KEY,
+        status      TEXT NOT NULL,
+        frames      INTEGER NOT NULL DEFAULT 0,
+        reason      TEXT,
+        updated_at  TEXT NOT NULL DEFAULT ({NOW})
+    );
+
+    -- What the last run learned about buckets and keys that `status` should show: a cooldown
+    -- (until, UTC), a retired model (project '*'), a retired key (model '*', project = key#N).
+    CREATE TABLE bucket_events (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        until       TEXT,
+        reason      TEXT,
+        at          TEXT NOT NULL DEFAULT ({NOW}),
+        PRIMARY KEY (project, model, kind)
+    );
+
+    -- Limits the server reported in 429 answers (kind: rpm, rpd, tpm); they win over the config.
+    CREATE TABLE learned_limits (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        value       INTEGER NOT NULL,
+        learned_at  TEXT NOT NULL DEFAULT ({NOW}),
+        PRIMARY KEY (project, model, kind)
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Database:
+    """One connection; stores share it and write through `transaction()`."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Database:
+        """Open (and create or migrate, unless read-only) the state database at `path`."""
+        try:
+            if readonly:
+                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(path, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA foreign_keys=ON")
+            database = cls(db)
+            database._migrate(readonly=readonly)
+        except sqlite3.DatabaseError as exc:
+            raise UserError(f"{path}: cannot open the state database ({exc}); is it a ghibli_async work dir?") from None
+        return database
+
+    def execute(self, sql: str, parameters: tuple | list = ()) -> sqlite3.Cursor:
+        """A read outside any transaction (each statement sees one consistent snapshot)."""
+        return self.connection.execute(sql, parameters)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.connection
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
+        self.connection.execute("COMMIT")
+
+    def close(self) -> None:
+        self.connection.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self.connection.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self, *, readonly: bool) -> None:
+        version = self.schema_version
+        if version > SCHEMA_VERSION:
+            raise UserError(
+                f"the state database is schema v{version}, newer than this ghibli_async (v{SCHEMA_VERSION}): upgrade it"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if readonly:
+            raise UserError(
+                f"the state database is schema v{version}, older than this ghibli_async (v{SCHEMA_VERSION}): "
+                "run the pipeline once to upgrade it"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            # executescript commits on its own, so the version bump goes inside the script.
+            self.connection.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")

@@ -1,0 +1,78 @@
+"""How far the dataset is: counts per stage and status, and the images a stage could not use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ghibli_async.state.database import Database
+from ghibli_async.statuses import Status
+
+_R, _F, _B, _D = Status.REJECTED.sql, Status.FAILED.sql, Status.BLOCKED.sql, Status.DONE.sql
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An image a stage could not use, for the summary and `status`."""
+
+    source_path: str
+    stage: str
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many images are in each status, per stage (duplicates not included)."""
+
+    sources: int
+    duplicates: int
+    filter: dict[str, int]
+    resize: dict[str, int]
+    caption: dict[str, int]
+    rejected_by_reason: dict[str, int]
+
+
+class ProgressStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def counts(self) -> Counts:
+        def by_status(column: str, where: str = "") -> dict[str, int]:
+            rows = self._db.execute(
+                f"SELECT {column}, COUNT(*) FROM images WHERE duplicate_of IS NULL {where} GROUP BY {column}"
+            )
+            return dict(rows.fetchall())
+
+        total, duplicates = self._db.execute("SELECT COUNT(*), COUNT(duplicate_of) FROM images").fetchone()
+        rejected = self._db.execute(
+            f"""SELECT CASE WHEN filter_reason LIKE 'duplicate_of:%' THEN 'duplicate'
+                           ELSE COALESCE(filter_reason, resize_reason, 'unknown') END, COUNT(*) FROM images
+               WHERE duplicate_of IS NULL AND (filter_status = {_R} OR resize_status = {_R})
+               GROUP BY 1"""
+        )
+        return Counts(
+            sources=total,
+            duplicates=duplicates,
+            filter=by_status("filter_status"),
+            resize=by_status("resize_status", f"AND filter_status NOT IN ({_R}, {_F})"),
+            caption=by_status(
+                "CASE WHEN needs_review = 1 THEN 'needs_review' ELSE caption_status END", f"AND resize_status = {_D}"
+            ),
+            rejected_by_reason=dict(rejected.fetchall()),
+        )
+
+    def problems(self, *, limit: int = 50) -> list[Problem]:
+        """Images that failed or were blocked, in natural order."""
+        rows = self._db.execute(
+            f"""SELECT source_path, 'filter', filter_status, COALESCE(filter_reason, '') FROM images
+               WHERE filter_status = {_F}
+               UNION ALL
+               SELECT source_path, 'resize', resize_status, COALESCE(resize_reason, '') FROM images
+               WHERE resize_status = {_F}
+               UNION ALL
+               SELECT source_path, 'caption', caption_status, COALESCE(caption_reason, '') FROM images
+               WHERE caption_status IN ({_F}, {_B})
+               ORDER BY 1 LIMIT ?""",
+            (limit,),
+        )
+        return [Problem(*row) for row in rows]

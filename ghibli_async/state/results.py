@@ -1,0 +1,148 @@
+"""Results of the resize and caption stages per image: output numbers, resize and caption status
+with a reason, the caption with the model and key#N that wrote it, and what export reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ghibli_async.state.database import NOW, Database
+from ghibli_async.statuses import Status
+
+_PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
+_FAILED = Status.FAILED.sql
+
+
+@dataclass(frozen=True)
+class ResizeJob:
+    image_id: int
+    number: int
+    source_path: str
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    image_id: int
+    number: int
+
+
+@dataclass(frozen=True)
+class CaptionedImage:
+    number: int
+    caption: str
+
+
+class ResultStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- resize -----------------------------------------------------------------------------
+
+    def assign_output_numbers(self, *, require_kept: bool) -> int:
+        """Give every image that may enter the resize stage its output number, once: the next free
+        numbers, in natural order of the source paths. Returns how many were numbered."""
+        eligible = f"filter_status = {_KEPT}" if require_kept else f"filter_status IN ({_PENDING}, {_KEPT})"
+        with self._db.transaction() as db:
+            first = db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM images").fetchone()[0]
+            ids = db.execute(
+                f"""SELECT id FROM images WHERE number IS NULL AND duplicate_of IS NULL
+                      AND resize_status = {_PENDING} AND {eligible}
+                    ORDER BY sort_key, source_path"""
+            ).fetchall()
+            db.executemany(
+                "UPDATE images SET number = ? WHERE id = ?",
+                ((first + offset, image_id) for offset, (image_id,) in enumerate(ids)),
+            )
+        return len(ids)
+
+    def resize_jobs(self, *, limit: int | None = None) -> list[ResizeJob]:
+        rows = self._db.execute(
+            f"""SELECT id, number, source_path FROM images
+               WHERE resize_status = {_PENDING} AND number IS NOT NULL AND duplicate_of IS NULL
+                 AND filter_status != {_REJECTED}
+               ORDER BY number LIMIT ?""",
+            (-1 if limit is None else limit,),
+        )
+        return [ResizeJob(*row) for row in rows]
+
+    def record_resize(
+        self, image_id: int, status: Status, *, reason: str | None = None, size: tuple[int, int] | None = None
+    ) -> None:
+        width, height = size or (None, None)
+        with self._db.transaction() as db:
+            db.execute(
+                f"""UPDATE images SET resize_status = ?, resize_reason = ?, width = ?, height = ?,
+                       updated_at = {NOW} WHERE id = ?""",
+                (Status(status).value, reason, width, height, image_id),
+            )
+
+    def resized_numbers(self) -> set[int]:
+        rows = self._db.execute(f"SELECT number FROM images WHERE resize_status = {_DONE}")
+        return {number for (number,) in rows}
+
+    def forget_resized(self, numbers: Sequence[int]) -> None:
+        """Send images whose resized file has vanished from the work dir back to the resize stage."""
+        with self._db.transaction() as db:
+            db.executemany(
+                f"UPDATE images SET resize_status = {_PENDING}, updated_at = {NOW} WHERE number = ?",
+                ((number,) for number in numbers),
+            )
+
+    # --- caption ----------------------------------------------------------------------------
+
+    def caption_jobs(self, *, limit: int | None = None) -> list[CaptionJob]:
+        """Resized images without a caption; failed ones are tried again, blocked ones are not."""
+        rows = self._db.execute(
+            f"""SELECT id, number FROM images
+               WHERE resize_status = {_DONE} AND caption_status IN ({_PENDING}, {_FAILED})
+                 AND duplicate_of IS NULL AND filter_status != {_REJECTED}
+               ORDER BY number LIMIT ?""",
+            (-1 if limit is None else limit,),
+        )
+        return [CaptionJob(*row) for row in rows]
+
+    def record_caption(
+        self,
+        number: int,
+        caption: str,
+        *,
+        model: str,
+        key_label: str,
+        attempts: int = 1,
+        tokens: int | None = None,
+        needs_review: bool = False,
+    ) -> None:
+        with self._db.transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_status = {_DONE}, caption_reason = NULL, caption = ?,
+                       caption_model = ?, caption_key = ?, caption_attempts = ?, caption_tokens = ?,
+                       needs_review = ?, updated_at = {NOW} WHERE number = ?""",
+                (caption, model, key_label, attempts, tokens, int(needs_review), number),
+            )
+
+    def record_caption_failure(self, number: int, status: Status, reason: str, *, attempts: int) -> None:
+        """BLOCKED (safety) or FAILED (errors; a rerun tries again)."""
+        with self._db.transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_status = ?, caption_reason = ?, caption_attempts = ?,
+                       updated_at = {NOW} WHERE number = ?""",
+                (Status(status).value, reason, attempts, number),
+            )
+
+    def caption_pending_count(self) -> int:
+        return self._db.execute(
+            f"""SELECT COUNT(*) FROM images WHERE resize_status = {_DONE} AND duplicate_of IS NULL
+               AND caption_status IN ({_PENDING}, {_FAILED})"""
+        ).fetchone()[0]
+
+    # --- export -----------------------------------------------------------------------------
+
+    def captioned_images(self) -> list[CaptionedImage]:
+        """Images ready for the dataset: resized and captioned, in output order."""
+        rows = self._db.execute(
+            f"""SELECT number, caption FROM images
+               WHERE resize_status = {_DONE} AND caption_status = {_DONE} AND duplicate_of IS NULL
+                 AND needs_review = 0 AND filter_status != {_REJECTED}
+               ORDER BY number"""
+        )
+        return [CaptionedImage(*row) for row in rows]
