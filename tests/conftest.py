@@ -47,7 +47,7 @@ def save_frame(path: Path, size: tuple[int, int] = (1000, 1000), *, seed: int = 
     elif mode != "RGB":
         img = img.convert(mode)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    img.save(path, **({"compress_level": 1} if path.suffix == ".png" else {}))  # fast to write, same pixels
     return path
 
 

@@ -116,7 +116,7 @@ def test_a_model_missing_from_the_cache_is_one_clear_line(cached: Path) -> None:
 
 def test_yolo_and_imgutils_together_each_with_its_own_threshold(project: Project, cached: Path) -> None:
     for i in range(3):
-        scene_image(i, person=True).save(project.frames / f"f{i}.png")
+        scene_image(i, person=True).save(project.frames / f"f{i}.png", compress_level=1)
 
     def run(head_confidence: float) -> list[str]:
         project.write_config(
@@ -145,7 +145,7 @@ def test_yolo_and_imgutils_together_each_with_its_own_threshold(project: Project
 def test_cli_stops_before_any_work_when_the_model_is_missing(
     project: Project, cached: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    scene_image(1).save(project.frames / "a.png")
+    scene_image(1).save(project.frames / "a.png", compress_level=1)
     project.write_config("filter:\n  detectors: [{name: imgutils, target: person}]\n", person_filter=True)
 
     assert project.cli() == 2

@@ -43,12 +43,14 @@ class StubDetector:
 def filtered_project(project: Project, extra: str = "") -> Project:
     frames = project.frames
     for i in range(1, 7):
-        scene_image(i, person=True).save(frames / f"person{i}.png")
+        scene_image(i, person=True).save(frames / f"person{i}.png", compress_level=1)
     for i in range(1, 4):
-        scene_image(100 + i).save(frames / f"empty{i}.png")
-    scene_image(1, person=True).resize((470, 470)).resize((480, 480)).save(frames / "person1_again.png")
-    Image.new("RGB", (480, 480), (4, 4, 6)).save(frames / "black.png")
-    scene_image(200, person=True).filter(ImageFilter.GaussianBlur(8)).save(frames / "blurred.png")
+        scene_image(100 + i).save(frames / f"empty{i}.png", compress_level=1)
+    scene_image(1, person=True).resize((470, 470)).resize((480, 480)).save(
+        frames / "person1_again.png", compress_level=1
+    )
+    Image.new("RGB", (480, 480), (4, 4, 6)).save(frames / "black.png", compress_level=1)
+    scene_image(200, person=True).filter(ImageFilter.GaussianBlur(8)).save(frames / "blurred.png", compress_level=1)
     (frames / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     project.write_config("resize:\n  size: 256\n" + extra, person_filter=True)
     return project
@@ -167,7 +169,7 @@ def test_changed_frame_is_measured_again(project: Project) -> None:
     detector = StubDetector()
     run_sync(project, detector)
     seen = detector.frames_seen
-    scene_image(300).save(project.frames / "person3.png")  # the person is gone from this file now
+    scene_image(300).save(project.frames / "person3.png", compress_level=1)  # the person is gone from this file now
 
     run_sync(project, detector)
     assert detector.frames_seen == seen + 1
@@ -178,7 +180,7 @@ def test_missing_detector_package_is_one_clear_line(
     project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "imgutils.detect", None)  # as if dghs-imgutils were not installed
-    scene_image(1).save(project.frames / "a.png")
+    scene_image(1).save(project.frames / "a.png", compress_level=1)
     project.write_config("filter:\n  detectors: [{name: imgutils}]\n", person_filter=True)
 
     assert project.cli() == 2

@@ -39,9 +39,9 @@ def review_server(project: Project) -> Iterator[str]:
 
 def thirty_frames(project: Project) -> None:
     for i in range(1, 25):
-        scene_image(i, person=True).save(project.frames / f"scene{i:02d}.png")
+        scene_image(i, person=True).save(project.frames / f"scene{i:02d}.png", compress_level=1)
     for i in range(1, 7):
-        scene_image(100 + i).save(project.frames / f"empty{i}.png")
+        scene_image(100 + i).save(project.frames / f"empty{i}.png", compress_level=1)
     project.write_config("resize:\n  size: 256\n", person_filter=True)
     run_sync(project, StubDetector())
     with State.open(project.config.state_path) as state:

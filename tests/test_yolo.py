@@ -46,7 +46,7 @@ def test_detect_batches_and_parses_boxes(random_weights: Path) -> None:
 
 def test_pipeline_with_yolo_stores_a_decision_for_every_frame(project: Project, random_weights: Path) -> None:
     for i in range(4):
-        scene_image(i, person=True).save(project.frames / f"f{i}.png")
+        scene_image(i, person=True).save(project.frames / f"f{i}.png", compress_level=1)
     project.write_config(
         f"filter:\n  detectors: [{{weights: '{random_weights}', image_size: 320, batch_size: 3}}]\n"
         "resize:\n  size: 256\n",
@@ -64,7 +64,7 @@ def test_pipeline_with_yolo_stores_a_decision_for_every_frame(project: Project, 
 
 
 def test_missing_weights_file_is_one_clear_line(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
-    scene_image(1).save(project.frames / "a.png")
+    scene_image(1).save(project.frames / "a.png", compress_level=1)
     project.write_config("filter:\n  detectors: [{weights: models/yolo11n.pt}]\n", person_filter=True)
 
     assert project.cli() == 2
