@@ -7,13 +7,13 @@ errors are returned as values: one bad file never stops the run.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from ghibli_async.atomic import atomic_path
 from ghibli_async.config import ResizeConfig
 from ghibli_async.facts import Measurements
 
@@ -22,7 +22,6 @@ from ghibli_async.facts import Measurements
 # (bench/bench_resize.py). A gap of 1.0 fell to 39.1 dB on a real 2000x1080 frame.
 _REDUCING_GAP = 2.0
 
-TEMP_SUFFIX = ".part"
 # EXIF orientations that turn the picture by 90 degrees (width and height trade places).
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -105,13 +104,9 @@ def fit_square(img: Image.Image, settings: ResizeConfig) -> Image.Image:
 
 
 def write_jpeg_atomic(img: Image.Image, dest: Path, settings: ResizeConfig) -> None:
-    """Write to a temporary name, then rename: a reader (or a rerun after a kill) never sees half a file."""
-    temp = dest.with_name(f"{dest.name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
+    """A reader (or a rerun after a kill) never sees half a file."""
+    with atomic_path(dest) as temp:
         img.save(temp, "JPEG", quality=settings.quality, subsampling=settings.subsampling)
-        os.replace(temp, dest)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)

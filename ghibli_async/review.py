@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageOps
 
+from ghibli_async.atomic import atomic_path
 from ghibli_async.config import Config
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
@@ -163,9 +164,8 @@ def make_thumbnail(source: Path, dest: Path) -> bool:
     except Exception:  # noqa: BLE001 - unreadable frames show as "no preview"
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    temp = dest.with_suffix(".part")
-    thumb.save(temp, "JPEG", quality=85)
-    temp.replace(dest)
+    with atomic_path(dest) as temp:
+        thumb.save(temp, "JPEG", quality=85)
     return True
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from ghibli_async.atomic import atomic_path, is_partial, write_text_atomic
 from ghibli_async.config import Config
 from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.stages.resize import output_name
@@ -27,7 +28,6 @@ log = structlog.get_logger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
 _MANAGED = re.compile(r"\d+\.(jpg|txt)")
-_PARTIAL = re.compile(r"\..+\.\d+\.tmp")  # what write_text_atomic/_place_image leave if killed
 
 
 class ExportStage:
@@ -88,15 +88,6 @@ def metadata_jsonl(items: list[CaptionedImage]) -> str:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _write_if_changed(path: Path, text: str) -> None:
     try:
         if path.read_text(encoding="utf-8") == text:
@@ -110,16 +101,12 @@ def _place_image(source: Path, dest: Path) -> None:
     """Hard-link the resized image into the output (a copy across file systems); skip if current."""
     if dest.exists() and _is_current(source, dest):
         return
-    temp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    temp.unlink(missing_ok=True)
-    try:
+    with atomic_path(dest) as temp:
+        temp.unlink(missing_ok=True)
         try:
             os.link(source, temp)
         except OSError:
             shutil.copy2(source, temp)
-        os.replace(temp, dest)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _is_current(source: Path, dest: Path) -> bool:
@@ -134,7 +121,7 @@ def _remove_unwanted(output_dir: Path, wanted: set[str]) -> int:
     stale = [
         entry
         for entry in output_dir.iterdir()
-        if _PARTIAL.fullmatch(entry.name) or (_MANAGED.fullmatch(entry.name) and entry.name not in wanted)
+        if is_partial(entry.name) or (_MANAGED.fullmatch(entry.name) and entry.name not in wanted)
     ]
     for entry in stale:
         entry.unlink(missing_ok=True)

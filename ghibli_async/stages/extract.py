@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 from tqdm.auto import tqdm
 
+from ghibli_async.atomic import atomic_path, remove_partials
 from ghibli_async.config import Config
 from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.stages.scan import list_inputs
@@ -90,8 +91,7 @@ def frames_dir(config: Config, video: Path) -> Path:
 def extract_video(video: Path, out_dir: Path, config: Config, position: int) -> tuple[int, str | None]:
     """Write the video's frames (resuming after the last one on disk); returns (frames, error)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for partial in out_dir.glob("*.part"):
-        partial.unlink()
+    remove_partials(out_dir)
     done = [t for t in (seconds_of(p.name) for p in out_dir.glob("*.png")) if t is not None]
     extract = config.extract
     start = max(done) + (extract.every_s if extract.mode == "interval" else extract.min_shot_s) if done else 0.0
@@ -104,9 +104,8 @@ def extract_video(video: Path, out_dir: Path, config: Config, position: int) -> 
                 video, extract, start_s=start, black_luma=config.filter.dark.max_brightness
             ):
                 target = out_dir / frame_name(video, seconds)
-                temp = target.with_suffix(".part")
-                picture.save(temp, "PNG", compress_level=1)
-                temp.replace(target)
+                with atomic_path(target) as temp:
+                    picture.save(temp, "PNG", compress_level=1)
                 written += 1
                 bar.update(max(0, round(seconds) - bar.n))
     except Exception as exc:  # noqa: BLE001 - a damaged video is this file's problem, not the run's

@@ -14,8 +14,9 @@ from pathlib import Path
 import structlog
 from tqdm.auto import tqdm
 
+from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
-from ghibli_async.imaging import TEMP_SUFFIX, ResizeOutcome, resize_file
+from ghibli_async.imaging import ResizeOutcome, resize_file
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
@@ -46,7 +47,7 @@ async def run_resize(context: RunContext) -> Counter[str]:
     state, config, workers = context.state, context.config, context.pool.workers
     resized_dir = config.resized_dir
     resized_dir.mkdir(parents=True, exist_ok=True)
-    _remove_partial_files(resized_dir)
+    remove_partials(resized_dir)  # left by a killed run; their images are still pending
     _requeue_vanished(state, resized_dir)
     state.results.assign_output_numbers(require_kept=config.stages.filter)
     jobs = state.results.resize_jobs(limit=context.limit)
@@ -93,12 +94,6 @@ def _record(state: State, job: ResizeJob, outcome: ResizeOutcome) -> None:
     state.results.record_resize(job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size)
     if outcome.status == Status.FAILED:
         log.warning("resize_failed", path=job.source_path, reason=outcome.reason)
-
-
-def _remove_partial_files(resized_dir: Path) -> None:
-    """Temporary files left by a killed run; their images are still pending in the state."""
-    for partial in resized_dir.glob(f"*{TEMP_SUFFIX}"):
-        partial.unlink(missing_ok=True)
 
 
 def _requeue_vanished(state: State, resized_dir: Path) -> None:
