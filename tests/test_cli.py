@@ -8,11 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from caption_harness import serving
 from conftest import Project, clean_env, save_frame
 from fake_gemini import FakeGemini, ModelLimits
+from virtual_time import VirtualClock, run_virtual
 
 import ghibli_async
+from ghibli_async.caption.check import check_keys
 from ghibli_async.clock import SystemClock
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
 
 def test_help_lists_every_command_with_one_line() -> None:
@@ -180,3 +184,19 @@ def test_status_shows_cooldowns_and_retired_keys(project: Project, capsys: pytes
     out = capsys.readouterr().out
     assert "key#1: retired" in out and "check-keys" in out
     assert "key#2/m1: cooling down until" in out
+
+
+def test_check_keys_spaces_the_pings_of_one_project_under_its_rpm(project: Project) -> None:
+    """Three keys of one project share a 2-per-minute bucket: the check itself must not trip it."""
+    clock = VirtualClock()
+    fake = FakeGemini(clock, keys={"s1": "p", "s2": "p", "s3": "p"}, models={"m": ModelLimits(rpm=2)})
+    keys = [ApiKey(f"key#{n}", f"GEMINI_API_KEY_{n}", f"s{n}", "p") for n in (1, 2, 3)]
+
+    async def check() -> list:
+        async with serving(fake):
+            caption = CaptionConfig(base_url=fake.base_url, models=[ModelQuota(name="m", rpm=2, rpd=100, tpm=10**6)])
+            return await check_keys(caption, keys)
+
+    checks = run_virtual(check())
+    assert [check.verdict for check in checks] == ["ok", "ok", "ok"]
+    assert [seen.at for seen in fake.seen] == [0.0, 30.0, 60.0]

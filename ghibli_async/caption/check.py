@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from aiolimiter import AsyncLimiter
+
 from ghibli_async.caption.answers import Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
+from ghibli_async.caption.buckets import build_buckets
 from ghibli_async.caption.gemini import GeminiClient
 from ghibli_async.config import ApiKey, CaptionConfig
 
@@ -24,10 +27,22 @@ class KeyCheck:
 
 
 async def check_keys(caption: CaptionConfig, keys: list[ApiKey]) -> list[KeyCheck]:
+    """One ping per key and model, all at once except that the pings sharing a quota bucket (the
+    keys of one project) are spaced 60/rpm seconds apart, so the check never trips the RPM limit
+    it is checking. Even spacing is exactly what aiolimiter's AsyncLimiter(1, 60/rpm) gives."""
     client = GeminiClient(caption, keys)
+    pacers = {
+        (bucket.project, bucket.model): AsyncLimiter(1, 60 / bucket.limits.rpm)
+        for bucket in build_buckets(caption, keys, day="", used_today={}, learned={})
+    }
+
+    async def ping(key: ApiKey, model: str) -> Reply:
+        async with pacers[(key.project, model)]:
+            return await client.ping(key.label, model)
+
     pairs = [(key, model.name) for key in keys for model in caption.models]
     try:
-        replies = await asyncio.gather(*(client.ping(key.label, model) for key, model in pairs))
+        replies = await asyncio.gather(*(ping(key, model) for key, model in pairs))
     finally:
         await client.aclose()
     return [KeyCheck(key.label, key.project, model, *_verdict(reply)) for (key, model), reply in zip(pairs, replies)]
