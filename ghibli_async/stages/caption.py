@@ -92,6 +92,9 @@ class CaptionReport:
 
 
 class CaptionEngine:
+    """Acquire a grant, send, reduce the answer, apply the effects: the policy itself lives in
+    the scheduler (which bucket, when) and the reducer (what an answer means)."""
+
     def __init__(self, state: State, config: Config, keys: list[ApiKey], clock: Clock) -> None:
         self.books = state.quota
         self.results = state.results
