@@ -19,6 +19,7 @@ from typing import Any
 _EXPORTS = {
     "Config": "ghibli_async.config",
     "load_api_keys": "ghibli_async.config",
+    "load_caption_keys": "ghibli_async.config",
     "load_config": "ghibli_async.config",
     "ConfigError": "ghibli_async.errors",
     "UserError": "ghibli_async.errors",

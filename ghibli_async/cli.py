@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.clock import SystemClock
-from ghibli_async.config import Config, load_api_keys, load_config, with_overrides, with_stages
+from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
 from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
@@ -162,14 +162,14 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
         return 0
     metadata = config.paths.output_dir / METADATA_FILE
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
-    keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
+    keys = load_caption_keys(config)
     with State.open(config.state_path, readonly=True) as state:
         print(format_status(state, config, keys, exported, SystemClock().wall()))
     return 0
 
 
 def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
-    keys = load_api_keys(config.base_dir, assignments=config.caption.keys)
+    keys = load_caption_keys(config)
     if not keys:
         raise UserError(
             "no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config"

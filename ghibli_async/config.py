@@ -25,6 +25,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from ghibli_async.errors import ConfigError, UserError
@@ -36,6 +37,9 @@ DEFAULT_PROMPT = (
     "posture; then the background, the light and the mood. Never name a character, a film or a "
     "studio. 20 to 30 words. No full stop at the end, no line breaks, no quotes, no markdown."
 )
+
+
+GEMINI = "gemini"  # the built-in provider: Google's Gemini API, keys from GEMINI_API_KEY_N
 
 
 class _Section(BaseModel):
@@ -196,14 +200,29 @@ class FilterConfig(_Section):
 
 
 class ModelQuota(_Section):
-    """One model and its limits per Google Cloud project (requests/minute, requests/day, tokens/minute)."""
+    """One model, its provider and its limits per project or key (requests/minute, requests/day,
+    tokens/minute; left out: no such limit), plus settings of its own."""
 
     name: str = Field(min_length=1)
-    rpm: int = Field(ge=1)
-    rpd: int = Field(ge=1)
-    tpm: int = Field(ge=1)
+    provider: str = Field(GEMINI, min_length=1)  # `gemini`, or a name under caption.providers
+    rpm: int | None = Field(None, ge=1)
+    rpd: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_in_flight: int | None = Field(None, ge=1)  # a local server: at most this many requests at once
+    prompt: str | None = Field(None, min_length=1)  # this model only; overrides caption.prompt
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_output_tokens: int | None = Field(None, ge=16)
     thinking_budget: int | None = Field(None, ge=-1)  # this model only; overrides caption.thinking_budget
     thinking_level: Literal["minimal", "low", "medium", "high"] | None = None
+
+
+class ProviderConfig(_Section):
+    """An OpenAI-compatible chat-completions endpoint (vLLM, Ollama, LM Studio, llama.cpp's server,
+    OpenRouter, OpenAI) and the environment variables that hold its keys (none: a local server)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(min_length=1)
+    api_key_env: list[str] = Field(default_factory=list)
 
 
 class KeyAssignment(_Section):
@@ -243,6 +262,7 @@ class CaptionConfig(_Section):
         min_length=1,
     )
     keys: list[KeyAssignment] | None = None
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     project_limits: dict[str, list[ModelQuota]] = Field(default_factory=dict)
     route: Literal["model_first", "key_first"] = "model_first"
     concurrency: int = Field(8, ge=1, le=256)
@@ -266,7 +286,28 @@ class CaptionConfig(_Section):
         names = [model.name for model in models]
         if len(set(names)) != len(names):
             raise ValueError(f"a model is listed twice: {names}")
+        for model in models:
+            missing = [limit for limit in ("rpm", "rpd", "tpm") if getattr(model, limit) is None]
+            if model.provider == GEMINI and missing:
+                raise ValueError(f"{model.name}: a Gemini model needs its {', '.join(missing)} (see AI Studio)")
         return models
+
+    @field_validator("providers")
+    @classmethod
+    def _gemini_is_built_in(cls, providers: dict[str, ProviderConfig]) -> dict[str, ProviderConfig]:
+        if GEMINI in providers:
+            raise ValueError("`gemini` is the built-in provider: set caption.base_url and caption.keys instead")
+        return providers
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> CaptionConfig:
+        unknown = sorted({m.provider for m in self.models if m.provider != GEMINI and m.provider not in self.providers})
+        if unknown:
+            raise ValueError(f"models name providers not under caption.providers: {', '.join(unknown)}")
+        return self
+
+    def model(self, name: str) -> ModelQuota:
+        return next(model for model in self.models if model.name == name)
 
 
 class ExportConfig(_Section):
@@ -367,12 +408,14 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A Gemini API key. Only `label` (`key#N`) and `fingerprint` may ever be shown or stored."""
+    """An API key (empty for a local server). Only `label` (`key#N`, `<provider>:key#N` or the
+    provider's name) and `fingerprint` may ever be shown or stored."""
 
     label: str
     env_name: str
     secret: str = field(repr=False)
-    project: str = ""
+    project: str = ""  # who the limits are counted for: keys of one project share its buckets
+    provider: str = GEMINI
 
     @property
     def fingerprint(self) -> str:
@@ -383,6 +426,33 @@ class ApiKey:
 _NUMBERED_KEY = re.compile(r"GEMINI_API_KEY_(\d+)")
 
 
+def load_caption_keys(config: Config, environ: Mapping[str, str] | None = None) -> list[ApiKey]:
+    """Every key of every provider: Gemini's (`load_api_keys`), then each OpenAI-compatible
+    provider's `api_key_env` entries as `<provider>:key#N` (each its own project), or, for a
+    provider without keys (a local server), one empty key named after the provider."""
+    keys = load_api_keys(config.base_dir, environ, assignments=config.caption.keys)
+    merged = _environment(config.base_dir, environ)
+    for name, provider in config.caption.providers.items():
+        if not provider.api_key_env:
+            keys.append(ApiKey(label=name, env_name="", secret="", project=name, provider=name))
+        for n, env_name in enumerate(provider.api_key_env, start=1):
+            secret = merged.get(env_name, "").strip()
+            if secret:
+                label = f"{name}:key#{n}"
+                keys.append(ApiKey(label=label, env_name=env_name, secret=secret, project=label, provider=name))
+    return keys
+
+
+def _environment(env_dir: Path, environ: Mapping[str, str] | None) -> dict[str, str]:
+    """The `.env` file in `env_dir` under the environment (which wins)."""
+    env_file = env_dir / ".env"
+    try:
+        from_file = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.is_file() else {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{env_file}: cannot read the .env file ({exc})") from None
+    return {**from_file, **(os.environ if environ is None else environ)}
+
+
 def load_api_keys(
     env_dir: Path, environ: Mapping[str, str] | None = None, assignments: list[KeyAssignment] | None = None
 ) -> list[ApiKey]:
@@ -390,12 +460,7 @@ def load_api_keys(
     wins). Without `assignments`: every `GEMINI_API_KEY_N` as `key#N` (and a plain `GEMINI_API_KEY`
     as `key#0`), each its own project. With them: the N-th entry is `key#N`, in its named project.
     The same key twice counts once."""
-    env_file = env_dir / ".env"
-    try:
-        from_file = {k: v for k, v in dotenv_values(env_file).items() if v} if env_file.is_file() else {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{env_file}: cannot read the .env file ({exc})") from None
-    merged = {**from_file, **(os.environ if environ is None else environ)}
+    merged = _environment(env_dir, environ)
     if assignments is None:
         numbered = sorted((int(m.group(1)), name) for name in merged if (m := _NUMBERED_KEY.fullmatch(name)))
         candidates = [(f"key#{n}", name, None) for n, name in numbered] + [("key#0", "GEMINI_API_KEY", None)]

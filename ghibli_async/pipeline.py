@@ -17,7 +17,7 @@ import structlog
 from filelock import FileLock, Timeout
 
 from ghibli_async.clock import Clock, SystemClock
-from ghibli_async.config import ApiKey, Config, load_api_keys, load_config
+from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError
 from ghibli_async.pool import LazyPool
@@ -72,7 +72,7 @@ class Pipeline:
         detectors: list[Detector] | None = None,
     ) -> None:
         self.config = config
-        self.keys = load_api_keys(config.base_dir, assignments=config.caption.keys) if keys is None else keys
+        self.keys = load_caption_keys(config) if keys is None else keys
         self.clock = clock or SystemClock()
         self.detectors = detectors
 

@@ -69,14 +69,15 @@ def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetim
     lines = [f"Quota day {day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
     for bucket in buckets:
         source = "server" if "rpd" in learned.get((bucket.project, bucket.model), {}) else "table"
-        condition = "spent" if bucket.used_today >= bucket.limits.rpd else "open"
+        rpd = bucket.limits.rpd
+        condition = "spent" if rpd is not None and bucket.used_today >= rpd else "open"
         tokens = usage.get((bucket.project, bucket.model), (0, 0))[1]
-        lines.append(
-            f"  {bucket.name:<40} {bucket.used_today:>6}/{bucket.limits.rpd:<6} requests ({source} limit), "
-            f"{tokens} tokens  {condition}"
-        )
-    left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in buckets)
-    lines.append(f"  about {left} more captions today from the remaining daily quota")
+        limit = f"{rpd:<6} requests ({source} limit)" if rpd is not None else f"{'-':<6} requests (no daily limit)"
+        lines.append(f"  {bucket.name:<40} {bucket.used_today:>6}/{limit}, {tokens} tokens  {condition}")
+    capped = [bucket for bucket in buckets if bucket.limits.rpd is not None]
+    left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in capped)
+    unlimited = " (plus whatever the endpoints without a daily limit do)" if len(capped) < len(buckets) else ""
+    lines.append(f"  about {left} more captions today from the remaining daily quota{unlimited}")
     return lines + _bucket_events(state, wall)
 
 

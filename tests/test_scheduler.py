@@ -162,3 +162,24 @@ def test_project_limits_and_learned_limits_override_the_table() -> None:
     paid, free = buckets
     assert (paid.limits.rpm, paid.limits.rpd) == (1000, 10_000)
     assert (free.limits.rpm, free.limits.rpd, free.used_today) == (10, 20, 7)
+
+
+def test_a_better_bucket_being_probed_is_waited_for_not_skipped() -> None:
+    """Short runs used the weaker model: the second worker must wait for the probe's answer."""
+    best, worse = bucket("best", rpm=100), bucket("worse", rpm=100)
+    policy = Scheduler([best, worse])
+    probe = policy.acquire(0.0, DAY)
+    assert probe.bucket is best
+    assert policy.acquire(0.0, DAY) == Wait(None)  # not `worse`
+    policy.answered(probe, 2.0, key_works=True, model_works=True)
+    assert [policy.acquire(2.0, DAY).bucket.model for _ in range(3)] == ["best"] * 3
+
+
+def test_a_full_local_server_is_waited_for_until_an_answer() -> None:
+    local = Bucket("p", "vl", Limits(None, None, None, max_in_flight=2), ["local"], day=DAY)
+    policy = scheduler(local)
+    policy.proven.add("local")
+    grants = [policy.acquire(0.0, DAY) for _ in range(2)]
+    assert policy.acquire(0.0, DAY) == Wait(None)  # no timer: only an answer frees a place
+    policy.answered(grants[0], 0.5, key_works=True, model_works=True)
+    assert isinstance(policy.acquire(0.5, DAY), Grant)

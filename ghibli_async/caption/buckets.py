@@ -1,10 +1,12 @@
-"""Quota buckets: one per (project, model), since Google counts limits per project, not per key.
+"""Quota buckets: one per (project, model), since Google counts limits per project, not per key
+(an OpenAI-compatible key, or a keyless local server, is a project of its own).
 
 Pure bookkeeping on times handed in by the caller; no I/O, no clock reads.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -35,9 +37,12 @@ def next_quota_reset(wall: datetime) -> datetime:
 
 @dataclass(frozen=True)
 class Limits:
-    rpm: int
-    rpd: int
-    tpm: int
+    """None: the endpoint has no such limit."""
+
+    rpm: int | None
+    rpd: int | None
+    tpm: int | None
+    max_in_flight: int | None = None  # a local server's batching width, not a quota
 
 
 @dataclass
@@ -73,13 +78,17 @@ class Bucket:
 
     def usable(self, day: str) -> bool:
         """Not retired, has a working key, and the quota of `day` is not spent (reads only)."""
-        return (
-            self.retired is None and bool(self.keys) and self.spent_day != day and self.used_on(day) < self.limits.rpd
-        )
+        under_rpd = self.limits.rpd is None or self.used_on(day) < self.limits.rpd
+        return self.retired is None and bool(self.keys) and self.spent_day != day and under_rpd
 
     def free_at(self, now: float, tokens_needed: int) -> float:
-        """The earliest time (>= now) at which a request fits the RPM, TPM and cooldown."""
+        """The earliest time (>= now) at which a request fits the RPM, TPM and cooldown; infinity
+        while the bucket has its most requests in flight (an answer frees one)."""
         self._forget_before(now - WINDOW_S - WINDOW_MARGIN_S)
+        if self.limits.max_in_flight is not None and self._in_flight >= self.limits.max_in_flight:
+            return math.inf
+        if self.limits.rpm is None:
+            return max(now, self.cooldown_until, self._tpm_free_at(now, tokens_needed))
         rpm_free = now
         room = self.limits.rpm - self._in_flight  # requests in flight may arrive any moment: count them as now
         if room <= 0:
@@ -89,6 +98,8 @@ class Bucket:
         return max(now, self.cooldown_until, rpm_free, self._tpm_free_at(now, tokens_needed))
 
     def _tpm_free_at(self, now: float, tokens_needed: int) -> float:
+        if self.limits.tpm is None:
+            return now
         budget = self.limits.tpm - min(tokens_needed, self.limits.tpm)
         used = sum(amount for _, amount in self._tokens)
         if used <= budget:
@@ -148,13 +159,15 @@ def build_buckets(
 
     `model_first`: the best model in every project before any worse model; `key_first`: all
     models of the first project, then the next (the original scripts' order)."""
-    projects: dict[str, list[str]] = {}
+    projects: dict[tuple[str, str], list[str]] = {}
     for key in keys:
-        projects.setdefault(key.project, []).append(key.label)
+        projects.setdefault((key.project, key.provider), []).append(key.label)
     buckets = []
-    for p_index, (project, labels) in enumerate(projects.items()):
+    for p_index, ((project, provider), labels) in enumerate(projects.items()):
         overrides = {quota.name: quota for quota in caption.project_limits.get(project, [])}
         for m_index, quota in enumerate(caption.models):
+            if quota.provider != provider:
+                continue
             limits = _limits(overrides.get(quota.name, quota), learned.get((project, quota.name), {}))
             bucket = Bucket(project, quota.name, limits, list(labels), day=day)
             bucket.used_today = used_today.get((project, quota.name), 0)
@@ -165,5 +178,8 @@ def build_buckets(
 
 def _limits(quota: ModelQuota, learned: dict[str, int]) -> Limits:
     return Limits(
-        rpm=learned.get("rpm", quota.rpm), rpd=learned.get("rpd", quota.rpd), tpm=learned.get("tpm", quota.tpm)
+        rpm=learned.get("rpm", quota.rpm),
+        rpd=learned.get("rpd", quota.rpd),
+        tpm=learned.get("tpm", quota.tpm),
+        max_in_flight=quota.max_in_flight,
     )

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from ghibli_async.caption.answers import Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
 from ghibli_async.caption.buckets import build_buckets
-from ghibli_async.caption.gemini import GeminiClient
+from ghibli_async.caption.clients import CaptionClients
+from ghibli_async.caption.openai_chat import NO_IMAGES
 from ghibli_async.config import ApiKey, CaptionConfig
 
 
@@ -29,23 +31,39 @@ class KeyCheck:
 async def check_keys(caption: CaptionConfig, keys: list[ApiKey]) -> list[KeyCheck]:
     """One ping per key and model, all at once except that the pings sharing a quota bucket (the
     keys of one project) are spaced 60/rpm seconds apart, so the check never trips the RPM limit
-    it is checking. Even spacing is exactly what aiolimiter's AsyncLimiter(1, 60/rpm) gives."""
-    client = GeminiClient(caption, keys)
+    it is checking. Even spacing is exactly what aiolimiter's AsyncLimiter(1, 60/rpm) gives.
+    An OpenAI-compatible endpoint is first asked which models it serves: a model it does not
+    list, or a key it refuses, costs no ping."""
+    clients = CaptionClients(caption, keys)
     pacers = {
         (bucket.project, bucket.model): AsyncLimiter(1, 60 / bucket.limits.rpm)
         for bucket in build_buckets(caption, keys, day="", used_today={}, learned={})
+        if bucket.limits.rpm is not None
     }
-
-    async def ping(key: ApiKey, model: str) -> Reply:
-        async with pacers[(key.project, model)]:
-            return await client.ping(key.label, model)
-
-    pairs = [(key, model.name) for key in keys for model in caption.models]
     try:
+        listed = await _listed_models(clients, keys)
+
+        async def ping(key: ApiKey, model: str) -> Reply:
+            served = listed.get(key.label)
+            if isinstance(served, KeyRejected):
+                return served
+            if isinstance(served, list) and served and model not in served:
+                return ModelUnavailable(f"not among the {len(served)} models the endpoint lists")
+            async with pacers.get((key.project, model)) or nullcontext():
+                return await clients.ping(key.label, model)
+
+        pairs = [(key, model.name) for key in keys for model in caption.models if model.provider == key.provider]
         replies = await asyncio.gather(*(ping(key, model) for key, model in pairs))
     finally:
-        await client.aclose()
+        await clients.aclose()
     return [KeyCheck(key.label, key.project, model, *_verdict(reply)) for (key, model), reply in zip(pairs, replies)]
+
+
+async def _listed_models(clients: CaptionClients, keys: list[ApiKey]) -> dict[str, list[str] | Reply]:
+    """key label -> the models its OpenAI-compatible endpoint lists (or why it would not list them)."""
+    compatible = [(key.label, client) for key in keys if (client := clients.openai(key.label)) is not None]
+    answers = await asyncio.gather(*(client.list_models(label) for label, client in compatible))
+    return {label: answer for (label, _), answer in zip(compatible, answers)}
 
 
 def _verdict(reply: Reply) -> tuple[str, str]:
@@ -56,16 +74,20 @@ def _verdict(reply: Reply) -> tuple[str, str]:
     if isinstance(reply, KeyRejected):
         return "invalid key", reply.reason[:120]
     if isinstance(reply, ModelUnavailable):
-        return "model not found", reply.reason[:120]
+        return ("no image input" if reply.reason.startswith(NO_IMAGES) else "model not found"), reply.reason[:120]
     return "unreachable", reply.reason[:120]
 
 
 def format_checks(checks: list[KeyCheck]) -> str:
     width = max(len(check.model) for check in checks)
-    lines = [f"{'key':<8} {'project':<10} {'model':<{width}}  result"]
+    key_width = max(8, *(len(check.key) for check in checks))
+    project_width = max(10, *(len(check.project) for check in checks))
+    lines = [f"{'key':<{key_width}} {'project':<{project_width}} {'model':<{width}}  result"]
     for check in checks:
         detail = f"  ({check.detail})" if check.detail and not check.works else ""
-        lines.append(f"{check.key:<8} {check.project:<10} {check.model:<{width}}  {check.verdict}{detail}")
+        lines.append(
+            f"{check.key:<{key_width}} {check.project:<{project_width}} {check.model:<{width}}  {check.verdict}{detail}"
+        )
     working = sum(check.works for check in checks)
     lines.append(f"{working} of {len(checks)} key/model pairs work.")
     return "\n".join(lines)

@@ -96,8 +96,8 @@ class GeminiClient:
         if budget is not None or level is not None:
             thinking = types.ThinkingConfig(thinking_budget=budget, thinking_level=level.upper() if level else None)
         return types.GenerateContentConfig(
-            temperature=caption.temperature,
-            max_output_tokens=caption.max_output_tokens,
+            temperature=model.temperature if model.temperature is not None else caption.temperature,
+            max_output_tokens=model.max_output_tokens or caption.max_output_tokens,
             thinking_config=thinking,
             safety_settings=[
                 types.SafetySetting(category=rule.category, threshold=rule.threshold) for rule in caption.safety

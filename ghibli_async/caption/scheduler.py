@@ -3,6 +3,7 @@ the time come in; a decision comes out. The engine does the waiting and the I/O.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, replace
@@ -67,13 +68,17 @@ class Scheduler:
         for bucket in allowed:
             at = bucket.free_at(now, self.token_estimate)
             if at > now:
-                next_free.append(at)
+                if at != math.inf:  # infinity: full of requests in flight; an answer wakes the caller
+                    next_free.append(at)
                 continue
             key = next((k for k in bucket.keys_in_turn() if self._may_send(k, bucket.model)), None)
-            if key is not None:
-                bucket.take(now, key, self.token_estimate)
-                self._in_flight.update((key, bucket.model))
-                return Grant(bucket, key, self.token_estimate)
+            if key is None:
+                # The bucket has room but its key or model is still being probed: wait one round
+                # trip for that answer rather than hand the image to a worse bucket.
+                break
+            bucket.take(now, key, self.token_estimate)
+            self._in_flight.update((key, bucket.model))
+            return Grant(bucket, key, self.token_estimate)
         return Wait(min(next_free) if next_free else None)
 
     def _may_send(self, key: str, model: str) -> bool:

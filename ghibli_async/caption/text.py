@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import re
 
-from ghibli_async.config import CaptionConfig
+from ghibli_async.config import CaptionConfig, ModelQuota
 
 _MARKDOWN = re.compile(r"(\*\*|__|`+|^#+\s*|^\s*[-*•]\s+)", re.MULTILINE)
 _LABEL = re.compile(r"^\s*(caption|description)\s*:\s*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’«»"
 
 
-def build_prompt(caption: CaptionConfig) -> str:
-    return caption.prompt.replace("{trigger}", caption.trigger)
+def build_prompt(caption: CaptionConfig, model: ModelQuota | None = None) -> str:
+    """The model's own prompt if it has one (a local captioning model often wants its own), else
+    the shared one; `{trigger}` is replaced either way."""
+    prompt = model.prompt if model is not None and model.prompt else caption.prompt
+    return prompt.replace("{trigger}", caption.trigger)
 
 
 def normalize_caption(raw: str, trigger: str) -> str:

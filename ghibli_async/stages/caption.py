@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ghibli_async.caption.answers import Answer, Blocked, Reply, TransientError
 from ghibli_async.caption.buckets import Grant, build_buckets, next_quota_reset, quota_day
-from ghibli_async.caption.gemini import GeminiClient
+from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.reducer import (
     Accept,
     Attempt,
@@ -41,7 +41,6 @@ from ghibli_async.caption.reducer import (
     when_no_bucket,
 )
 from ghibli_async.caption.scheduler import Scheduler, Wait
-from ghibli_async.caption.text import build_prompt
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
@@ -105,8 +104,7 @@ class CaptionEngine:
         used = {bucket: requests for bucket, (requests, _) in self.books.usage(day).items()}
         buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=self.books.learned_limits())
         self.scheduler = Scheduler(buckets)
-        self.client = GeminiClient(self.caption, keys)
-        self.prompt = build_prompt(self.caption)
+        self.client = CaptionClients(self.caption, keys)
         self.report = CaptionReport()
         self._said: set[tuple[str, str]] = set()
         self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
@@ -160,7 +158,7 @@ class CaptionEngine:
             grant = await self._acquire(attempt)
             if grant is None:
                 return self._finish(attempt, self._no_bucket_verdict(attempt), None)
-            reply = await self.client.generate(grant.key, grant.bucket.model, image, self.prompt)
+            reply = await self.client.generate(grant.key, grant.bucket.model, image)
             now = self.clock.now()
             self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
             outcome = reduce_reply(
@@ -226,7 +224,7 @@ class CaptionEngine:
         if isinstance(effect, Served) and effect.tokens:
             self.books.count_request(bucket.project, bucket.model, bucket.day, tokens=effect.tokens, requests=0)
         elif isinstance(effect, SpendForToday):
-            self.books.mark_day_spent(bucket.project, bucket.model, bucket.day, bucket.limits.rpd)
+            self.books.mark_day_spent(bucket.project, bucket.model, bucket.day, bucket.limits.rpd or bucket.used_today)
             self._say_once("bucket_spent_for_today", bucket.name, bucket=bucket.name, used=bucket.used_today)
         elif isinstance(effect, CoolDown):
             until = (self.clock.wall() + timedelta(seconds=effect.seconds)).isoformat(timespec="seconds")

@@ -1,0 +1,41 @@
+"""Every caption client behind one call: a key's provider picks the client, a model its prompt."""
+
+from __future__ import annotations
+
+from ghibli_async.caption.answers import Reply
+from ghibli_async.caption.gemini import GeminiClient
+from ghibli_async.caption.openai_chat import OpenAIClient
+from ghibli_async.caption.text import build_prompt
+from ghibli_async.config import GEMINI, ApiKey, CaptionConfig
+
+
+class CaptionClients:
+    def __init__(self, caption: CaptionConfig, keys: list[ApiKey]) -> None:
+        gemini = [key for key in keys if key.provider == GEMINI]
+        compatible = [key for key in keys if key.provider != GEMINI]
+        self._clients: list[GeminiClient | OpenAIClient] = []
+        self._by_key: dict[str, GeminiClient | OpenAIClient] = {}
+        if gemini:
+            self._serve(GeminiClient(caption, gemini), gemini)
+        if compatible:
+            self._serve(OpenAIClient(caption, compatible, caption.providers), compatible)
+        self._prompts = {model.name: build_prompt(caption, model) for model in caption.models}
+
+    def _serve(self, client: GeminiClient | OpenAIClient, keys: list[ApiKey]) -> None:
+        self._clients.append(client)
+        self._by_key.update((key.label, client) for key in keys)
+
+    async def generate(self, key: str, model: str, image: bytes) -> Reply:
+        return await self._by_key[key].generate(key, model, image, self._prompts[model])
+
+    async def ping(self, key: str, model: str) -> Reply:
+        return await self._by_key[key].ping(key, model)
+
+    def openai(self, key: str) -> OpenAIClient | None:
+        """The OpenAI-compatible client of this key, if it is one (for listing its models)."""
+        client = self._by_key[key]
+        return client if isinstance(client, OpenAIClient) else None
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()

@@ -1,0 +1,171 @@
+"""A local OpenAI-compatible server (chat completions with images, model list) that speaks the real
+wire format, for driving the real `openai` SDK: `error` objects, `Retry-After` and `x-ratelimit-*`
+headers, `finish_reason: content_filter`, 401/404/400 as vLLM, Ollama and OpenAI send them.
+
+It can stand for a hosted API (keys, a requests-per-minute limit) or a local GPU server (no key,
+answers that take longer the more requests are in flight, as a batching server's do). It records
+every request and the most it ever had in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ghibli_async.clock import Clock
+
+
+@dataclass
+class ServedModel:
+    rpm: int | None = None
+    vision: bool = True
+
+
+@dataclass
+class Seen:
+    at: float
+    key: str | None
+    model: str
+    image: str  # sha256 of the image bytes ("" for a text-only request)
+    status: int
+    kind: str  # ok, filtered, minute, invalid_key, not_found, no_images
+
+
+@dataclass
+class FakeOpenAI:
+    clock: Clock
+    models: dict[str, ServedModel]
+    keys: set[str] | None = None  # None: a local server that takes any key (or none)
+    latency: Callable[[int], float] = lambda in_flight: 0.0  # seconds, given the requests in flight
+    filtered_images: set[str] = field(default_factory=set)  # sha256 of images the content filter stops
+    retry_after_s: int = 20
+    caption_words: int = 22
+    seen: list[Seen] = field(default_factory=list)
+    most_in_flight: int = 0
+    base_url: str = ""
+    _in_flight: int = 0
+    _windows: dict[tuple[str | None, str], deque[float]] = field(default_factory=dict)
+
+    def successes(self) -> list[Seen]:
+        return [s for s in self.seen if s.kind == "ok"]
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
+        model, image = body.get("model", ""), _image_digest(body)
+        now = self.clock.now()
+        status, kind, payload, headers = self._decide(key, model, image, now)
+        self.seen.append(Seen(now, key, model, image, status, kind))
+        if status != 200:
+            return web.json_response(payload, status=status, headers=headers)
+        self._in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        try:
+            await asyncio.sleep(self.latency(self._in_flight))
+        finally:
+            self._in_flight -= 1
+        return web.json_response(payload, headers=headers)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        if self.keys is not None and request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.keys:
+            return web.json_response(_invalid_key(), status=401)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in self.models]
+        return web.json_response({"object": "list", "data": data})
+
+    def _decide(self, key: str | None, model: str, image: str, now: float) -> tuple[int, str, dict, dict]:
+        if self.keys is not None and key not in self.keys:
+            return 401, "invalid_key", _invalid_key(), {}
+        served = self.models.get(model)
+        if served is None:
+            return 404, "not_found", _not_found(model), {}
+        if image and not served.vision:
+            return 400, "no_images", _no_images(model), {}
+        if served.rpm is not None:
+            window = self._windows.setdefault((key, model), deque())
+            while window and window[0] <= now - 60:
+                window.popleft()
+            headers = {"x-ratelimit-limit-requests": str(served.rpm)}
+            if len(window) >= served.rpm:
+                headers |= {"retry-after": str(self.retry_after_s), "x-ratelimit-remaining-requests": "0"}
+                return 429, "minute", _rate_limited(model, served.rpm), headers
+            window.append(now)
+        if image in self.filtered_images:
+            return 200, "filtered", _completion(model, None, "content_filter"), {}
+        words = " ".join(["a", "boy", "in", "a", "blue", "shirt", "runs", "across", "a", "meadow"] * 5).split()
+        text = f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
+        return 200, "ok", _completion(model, text, "stop"), {}
+
+    async def start(self) -> web.AppRunner:
+        app = web.Application(client_max_size=32 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/v1/models", self.list_models)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        return runner
+
+
+def batching_latency(base_s: float = 2.0, per_request_s: float = 0.1) -> Callable[[int], float]:
+    """A GPU server that batches: each answer takes longer the more requests share the batch."""
+    return lambda in_flight: base_s + per_request_s * in_flight
+
+
+def _image_digest(body: dict[str, Any]) -> str:
+    for message in body.get("messages", []):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") == "image_url":
+                url = part["image_url"]["url"]
+                return hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()
+    return ""
+
+
+def _completion(model: str, text: str | None, finish_reason: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 300, "completion_tokens": 40, "total_tokens": 340},
+    }
+
+
+def _error(message: str, kind: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _invalid_key() -> dict[str, Any]:
+    return _error("Incorrect API key provided: sk-wr***ng.", "invalid_request_error", "invalid_api_key")
+
+
+def _not_found(model: str) -> dict[str, Any]:
+    return _error(f"The model `{model}` does not exist.", "NotFoundError", "model_not_found", "model")
+
+
+def _no_images(model: str) -> dict[str, Any]:  # vLLM's words for a text-only model given an image
+    return _error(f"{model} is not a multimodal model", "BadRequestError", None)
+
+
+def _rate_limited(model: str, rpm: int) -> dict[str, Any]:
+    return _error(
+        f"Rate limit reached for {model} on requests per min (RPM): Limit {rpm}, Used {rpm}, Requested 1.",
+        "requests",
+        "rate_limit_exceeded",
+    )
