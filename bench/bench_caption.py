@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
+from fake_openai import FakeOpenAI, ServedModel, batching_latency  # noqa: E402
 from PIL import Image  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
@@ -38,6 +39,7 @@ from ghibli_async.config import (  # noqa: E402
     Config,
     ModelQuota,
     PathsConfig,
+    ProviderConfig,
     ResizeConfig,
     StagesConfig,
 )
@@ -46,6 +48,10 @@ from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
 
 LATENCY_S = 2.0
+LOCAL_CAP = 8  # max_in_flight of the local server's bucket
+LOCAL_BASE_S, LOCAL_PER_REQUEST_S = 2.0, 0.1  # a batching server: 2 s + 0.1 s per request in the batch
+LOCAL_KEY = ApiKey("gpu", "", "", "gpu", "gpu")
+MIXED_RPD = 40  # per Gemini bucket in the mixed run: spent after a few minutes
 STEADY_AFTER_S = 60.0  # the first quota window, when every bucket starts with an empty minute
 MODELS = {"flash": ModelLimits(rpm=10, rpd=100_000), "flash-lite": ModelLimits(rpm=15, rpd=100_000)}
 KEYS = [ApiKey(f"key#{n}", f"GEMINI_API_KEY_{n}", f"secret-{n}", f"project-{n}") for n in (1, 2, 3)]
@@ -75,10 +81,7 @@ async def engine_rate(work: Path, images: int, concurrency: int) -> tuple[float,
     finally:
         await runner.cleanup()
     done = report.outcomes["done"]
-    sent = sorted(seen.at - started for seen in fake.successes())
-    whole_minutes = int((sent[-1] - STEADY_AFTER_S) // 60)  # whole windows only: a part-minute would flatter
-    end = STEADY_AFTER_S + 60 * whole_minutes
-    steady = sum(1 for at in sent if STEADY_AFTER_S <= at < end) / whole_minutes
+    steady = steady_rate([seen.at - started for seen in fake.successes()])
     sample = realistic_latency(LATENCY_S, seed=1)
     latency = statistics.fmean(sample() for _ in range(20_000))  # Little's law: the mean, not the median
     bound = min(sum(m.rpm for m in MODELS.values()) * len(KEYS), concurrency / latency * 60)
@@ -86,6 +89,63 @@ async def engine_rate(work: Path, images: int, concurrency: int) -> tuple[float,
         _most_in_a_minute(fake, key.project, model) - limits.rpm for key in KEYS for model, limits in MODELS.items()
     )
     return done / minutes, steady, bound, over
+
+
+def steady_rate(sent: list[float]) -> float:
+    """Requests per minute after the first minute, over whole minutes only (a part-minute would flatter)."""
+    sent = sorted(sent)
+    whole_minutes = int((sent[-1] - STEADY_AFTER_S) // 60)
+    end = STEADY_AFTER_S + 60 * whole_minutes
+    return sum(1 for at in sent if STEADY_AFTER_S <= at < end) / whole_minutes
+
+
+async def local_rate(work: Path, images: int) -> tuple[float, float, int]:
+    """A local GPU server alone: (steady captions per minute, the in-flight cap's bound, most in flight seen)."""
+    clock = VirtualClock()
+    local = FakeOpenAI(clock, {"vl": ServedModel()}, latency=batching_latency(LOCAL_BASE_S, LOCAL_PER_REQUEST_S))
+    runner = await local.start()
+    try:
+        config = local_config_for(work, "", local.base_url, concurrency=2 * LOCAL_CAP)
+        with State.open(config.state_path) as state:
+            started = clock.now()
+            await CaptionEngine(state, config, [LOCAL_KEY], clock).run(limit=images)
+    finally:
+        await runner.cleanup()
+    bound = LOCAL_CAP / (LOCAL_BASE_S + LOCAL_PER_REQUEST_S * LOCAL_CAP) * 60
+    return steady_rate([seen.at - started for seen in local.successes()]), bound, local.most_in_flight
+
+
+async def mixed_rate(work: Path, images: int) -> tuple[float, int, int]:
+    """Gemini first (its daily quota small enough to run out), the local server after, in one run:
+    (captions per minute over the whole run, captions by Gemini, by the local server)."""
+    clock = VirtualClock()
+    daily = {name: ModelLimits(rpm=m.rpm, rpd=MIXED_RPD) for name, m in MODELS.items()}
+    gemini = FakeGemini(clock, {k.secret: k.project for k in KEYS}, daily, latency=realistic_latency(LATENCY_S))
+    local = FakeOpenAI(clock, {"vl": ServedModel()}, latency=batching_latency(LOCAL_BASE_S, LOCAL_PER_REQUEST_S))
+    runners = [await gemini.start(), await local.start()]
+    try:
+        config = local_config_for(work, gemini.base_url, local.base_url, concurrency=2 * LOCAL_CAP)
+        with State.open(config.state_path) as state:
+            started = clock.now()
+            report = await CaptionEngine(state, config, [*KEYS, LOCAL_KEY], clock).run(limit=images)
+            minutes = (clock.now() - started) / 60
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    return report.outcomes["done"] / minutes, len(gemini.successes()), len(local.successes())
+
+
+def local_config_for(work: Path, gemini_url: str, local_url: str, *, concurrency: int) -> Config:
+    """Gemini's models (if `gemini_url`), then the local model with its in-flight cap."""
+    gemini = (
+        [ModelQuota(name=name, rpm=m.rpm, rpd=m.rpd, tpm=10**7) for name, m in MODELS.items()] if gemini_url else []
+    )
+    local = ModelQuota(name="vl", provider="gpu", max_in_flight=LOCAL_CAP)
+    config = config_for(work, gemini_url, concurrency)
+    caption = config.caption.model_copy(
+        update={"models": [*gemini, local], "providers": {"gpu": ProviderConfig(base_url=local_url)}}
+    )
+    return config.model_copy(update={"caption": caption})
 
 
 def _most_in_a_minute(fake: FakeGemini, project: str, model: str) -> int:
@@ -135,6 +195,10 @@ def main() -> None:
             shutil.copytree(work / "work", run_dir / "work")  # the same resized images, no captions yet
             rows.append((concurrency, *run_virtual(engine_rate(run_dir, images, concurrency))))
         sequential = run_virtual(sequential_rate(work, min(images, 300)))
+        shutil.copytree(work / "work", work / "local" / "work")
+        local, local_bound, most_in_flight = run_virtual(local_rate(work / "local", images))
+        shutil.copytree(work / "work", work / "mixed" / "work")
+        mixed, by_gemini, by_local = run_virtual(mixed_rate(work / "mixed", images))
 
     lines = [
         f"{date.today().isoformat()}, {machine()}.",
@@ -164,6 +228,22 @@ def main() -> None:
         "answer, so the server never sees rpm + 1 in a minute whatever the network delay. "
         "Not shown: the engine's own CPU cost per request (virtual time hides it; a few ms against "
         "2 s answers) and real network jitter.",
+    ]
+    lines += [
+        "",
+        f"Local GPU server (OpenAI-compatible, `max_in_flight: {LOCAL_CAP}`, concurrency {2 * LOCAL_CAP}): an answer "
+        f"takes {LOCAL_BASE_S:.0f} s + {LOCAL_PER_REQUEST_S} s per request in flight, as a batching server's does.",
+        "",
+        "| run | captions / min | bound | % of bound | notes |",
+        "|---|---|---|---|---|",
+        f"| local server alone, steady state | {local:.1f} | {local_bound:.1f} | **{100 * local / local_bound:.0f}%** "
+        f"| most in flight seen: {most_in_flight} (cap {LOCAL_CAP}) |",
+        f"| Gemini first, then the local server, whole run | {mixed:.1f} | | | {by_gemini} by Gemini "
+        f"(rpd {MIXED_RPD} per bucket), {by_local} by the local server |",
+        "",
+        f"Bound of the local server = cap / answer time at the cap = {LOCAL_CAP} / "
+        f"{LOCAL_BASE_S + LOCAL_PER_REQUEST_S * LOCAL_CAP:.1f} s. A larger cap raises it as long as the "
+        "server's batch time grows slower than the batch: measure your own server's curve.",
     ]
     body = "\n".join(lines)
     publish("Caption engine (`bench/bench_caption.py`)", body, write=not args.no_write)

@@ -18,7 +18,7 @@ from virtual_time import VirtualClock, run_virtual
 
 from ghibli_async.caption.answers import KeyRejected, ModelUnavailable, RateLimited, TransientError
 from ghibli_async.caption.check import check_keys
-from ghibli_async.caption.openai_chat import classify_status_error
+from ghibli_async.caption.openai_chat import classify_status_error, read_completion
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota, ProviderConfig, with_stages
 from ghibli_async.pipeline import Pipeline, RunReport
 
@@ -267,3 +267,10 @@ def test_check_keys_asks_the_endpoint_for_its_models_then_pings_with_an_image() 
         ("router:key#2", "gone"): "model not found",
     }
     assert sorted(s.model for s in hosted.seen) == ["text-only", "vl"]  # only listed models, good key, one ping each
+
+
+def test_an_answer_of_an_unknown_shape_is_transient_not_a_crash() -> None:
+    from openai.types.chat import ChatCompletion
+
+    odd = ChatCompletion.model_construct(id="x", created=0, model="vl", object="chat.completion", choices=[])
+    assert isinstance(read_completion(odd), TransientError)

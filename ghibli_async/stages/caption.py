@@ -62,7 +62,8 @@ class CaptionStage:
 
     async def run(self, context: RunContext) -> StageReport:
         if not context.keys:
-            return StageReport(note=_no_keys_note(context.state.results.caption_pending_count()))
+            note = _no_keys_note(context.config, context.state.results.caption_pending_count())
+            return StageReport(note=note)
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         caption = await engine.run(limit=context.limit)
         outcomes = caption.outcomes
@@ -74,9 +75,12 @@ class CaptionStage:
         )
 
 
-def _no_keys_note(waiting: int) -> str:
+def _no_keys_note(config: Config, waiting: int) -> str:
+    names = ["GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …)"] + [
+        name for provider in config.caption.providers.values() for name in provider.api_key_env
+    ]
     return (
-        f"captioning needs API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment "
+        f"captioning needs API keys: set {' or '.join(names)} in the environment "
         f"or in a .env file next to the config; {waiting} image(s) wait for a caption"
     )
 
