@@ -1,7 +1,8 @@
 """Command line: parse, load the config, call the pipeline, print the summary.
 
 Errors the user can fix print as one line on stderr with exit code 2; Ctrl-C exits 130 and the
-next run continues where this one stopped.
+next run continues where this one stopped. A run exits with its `RunEnd`: 0 done, 1 failed,
+3 waiting for quota, 4 no usable key or model.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         return 0
     report = asyncio.run(Pipeline(config).run(limit=args.limit))
     print(format_summary(report, config))
-    return 0
+    return int(report.end)
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:

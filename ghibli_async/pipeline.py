@@ -21,6 +21,7 @@ from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError
 from ghibli_async.pool import LazyPool
+from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, Stage, StageReport
 from ghibli_async.stages.caption import CaptionStage
 from ghibli_async.stages.export import ExportResult, ExportStage, export_dataset
@@ -56,7 +57,12 @@ class RunReport:
 
     @property
     def notes(self) -> list[str]:
-        return [report.note for report in self.stages.values() if report.note]
+        return [note for report in self.stages.values() for note in report.notes]
+
+    @property
+    def end(self) -> RunEnd:
+        """How the run ended; its value is the exit code."""
+        return worst([report.end for report in self.stages.values()])
 
 
 class Pipeline:

@@ -10,6 +10,8 @@ from ghibli_async.caption.buckets import build_buckets, next_quota_reset, quota_
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
+from ghibli_async.run_end import RunEnd
+from ghibli_async.stages.base import plural
 from ghibli_async.state import State
 from ghibli_async.state.filtering import FilterRow
 from ghibli_async.state.progress import Counts, Problem
@@ -30,7 +32,31 @@ def format_summary(report: RunReport, config: Config) -> str:
         lines += _totals(report.counts, config)
     lines += _problems(report.problems, config.paths.input_dir)
     lines += [f"Note: {note}" for note in report.notes]
+    lines.append(describe_end(report))
     return "\n".join(lines)
+
+
+def describe_end(report: RunReport) -> str:
+    """The summary's last line: how the run ended, in words, with its exit code."""
+    counts = report.counts
+    waiting = (
+        (counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0)) if counts else 0
+    )
+    end = report.end
+    if end == RunEnd.QUOTA:
+        resume = next((stage.resume_at for stage in report.stages.values() if stage.resume_at), None)
+        when = f"after {resume}" if resume else "after the quota reset"
+        text = f"waiting for quota: {plural(waiting, 'image')} still to caption; rerun {when}"
+    elif end == RunEnd.NO_KEYS:
+        text = (
+            f"no usable key or model: {plural(waiting, 'image')} still to caption; fix the keys "
+            "(`check-keys`) or caption.models, then rerun"
+        )
+    elif end == RunEnd.FAILED:
+        text = "failed: see the notes and the failed images above; rerun to try them again"
+    else:
+        text = "done: everything this run could do is finished"
+    return f"Result: {text} (exit {int(end)})."
 
 
 def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:

@@ -129,7 +129,7 @@ def test_spent_key_moves_work_to_other_buckets_at_once(project: Project) -> None
 
     report = run_virtual(scenario())
     assert Counter(status for status, *_ in captions(project).values()) == {"done": 10, "pending": 20}
-    assert "quotas reset at midnight Pacific" in report.stages["caption"].note
+    assert any("quotas reset at midnight Pacific" in note for note in report.stages["caption"].notes)
     for spent in (s for s in fake.seen if s.kind == "day"):
         following = [s for s in fake.seen if s.image == spent.image and s.at > spent.at]
         if following:

@@ -74,7 +74,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, monkey
 def test_cli_path_overrides_win(project: Project, tmp_path: Path) -> None:
     other = tmp_path / "elsewhere"
     save_frame(other / "a.jpg", (600, 600))
-    assert project.cli("--input", str(other), "--work-dir", str(tmp_path / "w2")) == 0
+    assert project.cli("--input", str(other), "--work-dir", str(tmp_path / "w2"), "--skip-caption") == 0
     assert (tmp_path / "w2" / "resized" / "1.jpg").exists()
 
 

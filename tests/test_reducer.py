@@ -25,6 +25,7 @@ from ghibli_async.caption.reducer import (
     when_no_bucket,
 )
 from ghibli_async.config import CaptionConfig
+from ghibli_async.run_end import RunEnd
 
 RULES = CaptionConfig(min_words=4, max_words=30, banned_words=["Totoro"], blocked_retries=1, max_attempts=3)
 GOOD = "Ghibli style, a girl in a red coat walks past a bakery"
@@ -213,7 +214,7 @@ CASES = [
         16,
         True,
         [],
-        StopRun("the caption service keeps failing (ClientConnectorError): rerun when it answers again"),
+        StopRun("the caption service keeps failing (ClientConnectorError): rerun when it answers again", RunEnd.FAILED),
         (False, False),
     ),
 ]
@@ -261,8 +262,8 @@ def test_the_reducer_changes_nothing_it_is_given() -> None:
 @pytest.mark.parametrize(
     ("attempt", "usable", "left", "verdict"),
     [
-        (Attempt(1), False, False, StopRun("no usable key or model is left")),
-        (Attempt(1), False, True, StopRun("every quota bucket is spent for today")),
+        (Attempt(1), False, False, StopRun("no usable key or model is left", RunEnd.NO_KEYS)),
+        (Attempt(1), False, True, StopRun("every quota bucket is spent for today", RunEnd.QUOTA)),
         (Attempt(1, blocks=1), True, True, GiveUp("blocked", "blocked, and no other model to try")),
         (Attempt(1), True, True, LeavePending()),
     ],
@@ -272,6 +273,6 @@ def test_no_bucket_left(attempt: Attempt, usable: bool, left: bool, verdict) -> 
     found = when_no_bucket(attempt, any_usable=usable, any_key_or_model_left=left, reset_at="2026-11-27 09:00 CET")
     assert type(found) is type(verdict)
     if isinstance(verdict, StopRun):
-        assert found.reason.startswith(verdict.reason)
+        assert found.reason.startswith(verdict.reason) and found.end == verdict.end
     else:
         assert found == verdict

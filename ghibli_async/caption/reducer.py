@@ -23,6 +23,7 @@ from ghibli_async.caption.answers import (
 from ghibli_async.caption.buckets import Grant
 from ghibli_async.caption.text import caption_problems, normalize_caption
 from ghibli_async.config import CaptionConfig
+from ghibli_async.run_end import RunEnd
 from ghibli_async.statuses import Status
 
 # --- one image's way through the buckets ------------------------------------------------------
@@ -122,6 +123,7 @@ class StopRun:
     """Stop taking images: the rest stay pending for the next run."""
 
     reason: str
+    end: RunEnd  # QUOTA, NO_KEYS or FAILED
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,10 @@ def _reduce(
         return [RetireModel(bucket.model, reply.reason)], Retry(), attempt
     attempt = replace(attempt, transient_errors=attempt.transient_errors + 1)
     if streak >= max(10, 2 * rules.concurrency):
-        return [], StopRun(f"the caption service keeps failing ({reply.reason}): rerun when it answers again"), attempt
+        stop = StopRun(
+            f"the caption service keeps failing ({reply.reason}): rerun when it answers again", RunEnd.FAILED
+        )
+        return [], stop, attempt
     if attempt.transient_errors >= rules.max_attempts:
         return [], GiveUp(Status.FAILED, reply.reason), attempt
     return [], Retry(backoff_delay(rules.backoff, attempt.transient_errors)), attempt
@@ -209,11 +214,14 @@ def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> lis
 def when_no_bucket(attempt: Attempt, *, any_usable: bool, any_key_or_model_left: bool, reset_at: str) -> Verdict:
     """The scheduler has no bucket this image may use, now or later in this run."""
     if not any_usable and not any_key_or_model_left:
-        return StopRun("no usable key or model is left: check the keys (`check-keys`) and the model list")
+        return StopRun(
+            "no usable key or model is left: check the keys (`check-keys`) and the model list", RunEnd.NO_KEYS
+        )
     if not any_usable:
         return StopRun(
             f"every quota bucket is spent for today; quotas reset at midnight Pacific time ({reset_at}): "
-            "rerun then to continue"
+            "rerun then to continue",
+            RunEnd.QUOTA,
         )
     if attempt.blocks:  # refused for safety, and no other model to ask
         return GiveUp(Status.BLOCKED, "blocked, and no other model to try")

@@ -10,6 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ghibli_async.run_end import RunEnd
+
 if TYPE_CHECKING:
     from ghibli_async.clock import Clock
     from ghibli_async.config import ApiKey, Config
@@ -40,7 +42,9 @@ class StageReport:
     counts: Counter[str] = field(default_factory=Counter)
     shown: int = 0  # the number in the summary's column
     line: str | None = None  # the rest of its summary line; None: nothing to say
-    note: str | None = None  # something the user should know (why it stopped early, what is missing)
+    notes: list[str] = field(default_factory=list)  # what the user should know (why it stopped, what it retired)
+    end: RunEnd = RunEnd.DONE  # how the stage ended, for the exit code
+    resume_at: str | None = None  # when a rerun can go on (a quota reset), in local time
 
 
 class Stage(Protocol):
@@ -51,6 +55,11 @@ class Stage(Protocol):
     def enabled(self, config: Config) -> bool: ...
 
     async def run(self, context: RunContext) -> StageReport: ...
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 request`, `2 requests`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def counts_line(counts: Counter[str], *, empty: str = "nothing to do") -> str:

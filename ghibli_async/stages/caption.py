@@ -43,13 +43,16 @@ from ghibli_async.caption.reducer import (
 from ghibli_async.caption.scheduler import Scheduler, Wait
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
-from ghibli_async.stages.base import RunContext, StageReport, counts_line
+from ghibli_async.run_end import RunEnd, worst
+from ghibli_async.stages.base import RunContext, StageReport, counts_line, plural
 from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionJob
 from ghibli_async.statuses import Status
 
 log = structlog.get_logger(__name__)
+
+LEFT = "left"  # the outcome of an image this run did not get to: pending for the next run
 
 
 class CaptionStage:
@@ -62,17 +65,30 @@ class CaptionStage:
 
     async def run(self, context: RunContext) -> StageReport:
         if not context.keys:
-            note = _no_keys_note(context.config, context.state.results.caption_pending_count())
-            return StageReport(note=note)
+            waiting = context.state.results.caption_pending_count()
+            end = RunEnd.NO_KEYS if waiting else RunEnd.DONE
+            return StageReport(notes=[_no_keys_note(context.config, waiting)], end=end)
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         caption = await engine.run(limit=context.limit)
-        outcomes = caption.outcomes
         return StageReport(
-            outcomes,
-            shown=outcomes["done"],
-            line=f"{counts_line(outcomes)}; {caption.requests} requests",
-            note=caption.stopped,
+            caption.outcomes,
+            shown=caption.outcomes["done"],
+            line=_caption_line(caption),
+            notes=[*caption.retired, *([caption.stopped] if caption.stopped else [])],
+            end=caption.end,
+            resume_at=caption.resume_at,
         )
+
+
+def _caption_line(caption: CaptionReport) -> str:
+    """`done 10, review 1, blocked 1; 7 left for the next run (quota); 23 requests`."""
+    finished = Counter({word: n for word, n in caption.outcomes.items() if word != LEFT})
+    parts = [counts_line(finished, empty="none finished")]
+    if caption.outcomes[LEFT]:
+        why = {RunEnd.QUOTA: "quota spent", RunEnd.NO_KEYS: "no usable key or model"}.get(caption.end, "stopped")
+        parts.append(f"{caption.outcomes[LEFT]} left for the next run ({why})")
+    parts.append(plural(caption.requests, "request"))
+    return "; ".join(parts)
 
 
 def _no_keys_note(config: Config, waiting: int) -> str:
@@ -92,6 +108,9 @@ class CaptionReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     stopped: str | None = None
+    end: RunEnd = RunEnd.DONE
+    retired: list[str] = field(default_factory=list)  # keys and models this run stopped using, and why
+    resume_at: str | None = None  # the quota reset, local time, when the run stopped on quota
 
 
 class CaptionEngine:
@@ -151,7 +170,7 @@ class CaptionEngine:
             bar.set_postfix_str(self._progress_note(started), refresh=False)
 
     async def _caption(self, attempt: Attempt) -> str:
-        """Caption one image; returns its outcome (done, review, blocked, failed, waiting)."""
+        """Caption one image; returns its outcome (done, review, blocked, failed, left)."""
         path = self.images_dir / output_name(attempt.number)
         try:
             async with aiofiles.open(path, "rb") as stream:
@@ -213,6 +232,7 @@ class CaptionEngine:
         if self.report.stopped:
             return LeavePending()
         reset = next_quota_reset(self.clock.wall()).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        self.report.resume_at = reset
         return when_no_bucket(
             attempt,
             any_usable=self.scheduler.any_usable(quota_day(self.clock.wall())),
@@ -247,9 +267,11 @@ class CaptionEngine:
         elif isinstance(effect, RetireKey):
             if self._say_once("key_retired", effect.key, key=effect.key, reason=effect.reason):
                 self.books.note_event(effect.key, "*", "key_retired", reason=effect.reason)
+                self.report.retired.append(f"key {effect.key} not used for the rest of this run: {effect.reason}")
         elif isinstance(effect, RetireModel):
             if self._say_once("model_retired", effect.model, model=effect.model, reason=effect.reason):
                 self.books.note_event("*", effect.model, "model_retired", reason=effect.reason)
+                self.report.retired.append(f"model {effect.model} not used for the rest of this run: {effect.reason}")
 
     def _note_retry(self, attempt: Attempt, grant: Grant, reply: Reply) -> None:
         if isinstance(reply, Blocked):
@@ -271,6 +293,8 @@ class CaptionEngine:
             )
             return "review" if verdict.problems else "done"
         if isinstance(verdict, GiveUp):
+            if verdict.status == Status.FAILED:
+                self.report.end = worst([self.report.end, RunEnd.FAILED])
             self.results.record_caption_failure(
                 attempt.number, verdict.status, verdict.reason, attempts=attempt.requests
             )
@@ -278,8 +302,9 @@ class CaptionEngine:
             return verdict.status.value
         if isinstance(verdict, StopRun) and not self.report.stopped:
             self.report.stopped = verdict.reason  # images not captioned stay pending for the next run
+            self.report.end = worst([self.report.end, verdict.end])
             log.warning("caption_stopped", reason=verdict.reason)
-        return "waiting"
+        return LEFT
 
     def _say_once(self, event: str, subject: str, **fields: object) -> bool:
         """Log a warning the first time only; True when it was the first time."""
