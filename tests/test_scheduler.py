@@ -109,7 +109,7 @@ def test_cooldown_rests_the_bucket_and_counts_strikes_until_served() -> None:
     policy.apply(CoolDown(cooling.name, 37.0, "minute"), 0.0)
     policy.apply(CoolDown(cooling.name, 10.0, "minute"), 0.0)  # a shorter one does not cut the first short
     assert cooling.strikes == 2
-    assert policy.acquire(36.0, DAY) == Wait(37.0)
+    assert policy.acquire(36.0, DAY) == Wait(37.0, cooling.name)
     grant = policy.acquire(37.0, DAY)
     policy.answered(grant, 38.0, key_works=True, model_works=True)
     policy.apply(Served(cooling.name, 700, grant.tokens_reserved), 38.0)

@@ -28,6 +28,7 @@ class Wait:
     flight comes back."""
 
     until: float | None
+    bucket: str | None = None  # the bucket that frees first (None with `until`)
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,12 @@ class Scheduler:
         ]
         if not allowed:
             return Exhausted()
-        next_free: list[float] = []
+        next_free: list[tuple[float, str]] = []
         for bucket in allowed:
             at = bucket.free_at(now, self.token_estimate)
             if at > now:
                 if at != math.inf:  # infinity: full of requests in flight; an answer wakes the caller
-                    next_free.append(at)
+                    next_free.append((at, bucket.name))
                 continue
             key = next((k for k in bucket.keys_in_turn() if self._may_send(k, bucket.model)), None)
             if key is None:
@@ -79,7 +80,7 @@ class Scheduler:
             bucket.take(now, key, self.token_estimate)
             self._in_flight.update((key, bucket.model))
             return Grant(bucket, key, self.token_estimate)
-        return Wait(min(next_free) if next_free else None)
+        return Wait(*min(next_free)) if next_free else Wait(None)
 
     def _may_send(self, key: str, model: str) -> bool:
         return all(name in self.proven or not self._in_flight[name] for name in (key, model))
@@ -130,9 +131,3 @@ class Scheduler:
 
     def other_bucket_free(self, day: str, grant: Grant, avoid_buckets: Collection[str]) -> bool:
         return any(b.usable(day) and b.name != grant.bucket.name and b.name not in avoid_buckets for b in self.buckets)
-
-    def states(self, now: float, day: str) -> Counter[str]:
-        """How many buckets are active, cooling or spent, for the progress line."""
-        return Counter(
-            "spent" if not b.usable(day) else "cooling" if b.cooldown_until > now else "active" for b in self.buckets
-        )

@@ -17,11 +17,11 @@ from datetime import timedelta
 
 import aiofiles
 import structlog
-from tqdm.auto import tqdm
 
 from ghibli_async.caption.answers import Answer, Blocked, Reply, TransientError
 from ghibli_async.caption.buckets import Grant, build_buckets, next_quota_reset, quota_day
 from ghibli_async.caption.clients import CaptionClients
+from ghibli_async.caption.progress import CaptionProgress
 from ghibli_async.caption.reducer import (
     Accept,
     Attempt,
@@ -130,6 +130,7 @@ class CaptionEngine:
         self.client = CaptionClients(self.caption, keys)
         self.report = CaptionReport()
         self._said: set[tuple[str, str]] = set()
+        self._cooldowns_said: dict[str, str] = {}  # bucket -> the cooldown end last logged
         self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
 
@@ -140,15 +141,19 @@ class CaptionEngine:
         workers = min(self.caption.concurrency, len(jobs))
         log.info("caption_start", images=len(jobs), buckets=len(self.scheduler.buckets), workers=workers)
         queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2)
-        with tqdm(total=len(jobs), desc="caption", unit="img") as bar:
-            tasks = [asyncio.create_task(self._produce(queue, jobs, workers))]
-            tasks += [asyncio.create_task(self._work(queue, bar)) for _ in range(workers)]
-            try:
-                await asyncio.gather(*tasks)  # the first failure (or Ctrl-C) ends them all
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await self.client.aclose()
+        self._progress = CaptionProgress(len(jobs), self.clock)
+        tasks = [asyncio.create_task(self._produce(queue, jobs, workers))]
+        tasks += [asyncio.create_task(self._work(queue)) for _ in range(workers)]
+        try:
+            await asyncio.gather(*tasks)  # the first failure (or Ctrl-C) ends them all
+        finally:
+            for task in tasks:
+                task.cancel()
+            self._progress.close()
+            await self.client.aclose()
+        self.report.outcomes[LEFT] += len(jobs) - self.report.outcomes.total()  # never taken: a stop came first
+        if not self.report.outcomes[LEFT]:
+            del self.report.outcomes[LEFT]
         return self.report
 
     async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
@@ -159,15 +164,11 @@ class CaptionEngine:
         for _ in range(workers):
             await queue.put(None)
 
-    async def _work(self, queue: asyncio.Queue[CaptionJob | None], bar: tqdm) -> None:
-        started = self.clock.now()
+    async def _work(self, queue: asyncio.Queue[CaptionJob | None]) -> None:
         while (job := await queue.get()) is not None:
-            if self.report.stopped:
-                continue  # leave it pending for the next run
-            outcome = await self._caption(Attempt(job.number))
+            outcome = LEFT if self.report.stopped else await self._caption(Attempt(job.number))
             self.report.outcomes[outcome] += 1
-            bar.update()
-            bar.set_postfix_str(self._progress_note(started), refresh=False)
+            self._progress.finished(outcome)
 
     async def _caption(self, attempt: Attempt) -> str:
         """Caption one image; returns its outcome (done, review, blocked, failed, left)."""
@@ -214,12 +215,15 @@ class CaptionEngine:
                 now, day, avoid_buckets=attempt.avoid_buckets, avoid_models=attempt.avoid_models
             )
             if isinstance(decision, Grant):
+                self._progress.working()
                 bucket = decision.bucket
                 self.books.count_request(bucket.project, bucket.model, day)
                 self.report.requests += 1
                 return decision
             if not isinstance(decision, Wait):
                 return None
+            if decision.bucket is not None and decision.until - now > 1.0:
+                self._progress.waiting_for(decision.bucket, decision.until - now)
             await self.clock.sleep(None if decision.until is None else decision.until - now, self._answered)
         return None
 
@@ -252,8 +256,10 @@ class CaptionEngine:
             self._say_once("bucket_spent_for_today", bucket.name, bucket=bucket.name, used=bucket.used_today)
         elif isinstance(effect, CoolDown):
             until = (self.clock.wall() + timedelta(seconds=effect.seconds)).isoformat(timespec="seconds")
-            self.books.note_event(bucket.project, bucket.model, "cooldown", until=until, reason=effect.scope)
-            log.info("bucket_cooldown", bucket=bucket.name, seconds=round(effect.seconds, 1), scope=effect.scope)
+            if self._cooldowns_said.get(bucket.name) != until:  # answers in flight meet the same limit
+                self._cooldowns_said[bucket.name] = until
+                self.books.note_event(bucket.project, bucket.model, "cooldown", until=until, reason=effect.scope)
+                log.info("bucket_cooldown", bucket=bucket.name, seconds=round(effect.seconds, 1), scope=effect.scope)
         elif isinstance(effect, LearnLimit):
             self.books.save_learned_limit(bucket.project, bucket.model, effect.kind, effect.value)
             self._say_once(
@@ -313,9 +319,3 @@ class CaptionEngine:
         self._said.add((event, subject))
         log.warning(event, **fields)
         return True
-
-    def _progress_note(self, started: float) -> str:
-        minutes = max((self.clock.now() - started) / 60, 1e-9)
-        done = self.report.outcomes["done"] + self.report.outcomes["review"]
-        states = self.scheduler.states(self.clock.now(), quota_day(self.clock.wall()))
-        return f"{done / minutes:.1f}/min, buckets " + " ".join(f"{k} {v}" for k, v in sorted(states.items()))
