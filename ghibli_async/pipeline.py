@@ -99,10 +99,12 @@ class Pipeline:
             LazyPool(config.resize.workers or os.cpu_count() or 1) as pool,
         ):
             context = RunContext(state, config, pool, self.clock, self.keys, detectors, inputs, limit)
+            run_id = state.runs.start({stage.name: stage in stages for stage in STAGES})
             for index, stage in enumerate(stages):
                 if not any(later.uses_pool for later in stages[index:]):
                     pool.close()  # nothing left to decode or resize: free the workers' memory
                 report.stages[stage.name] = await stage.run(context)
+            state.runs.finish(run_id, int(report.end))
             report.counts = state.progress.counts()
             report.problems = state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
         report.elapsed_s = time.monotonic() - started

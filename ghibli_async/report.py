@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from ghibli_async.caption.buckets import build_buckets, next_quota_reset, quota_day
+from ghibli_async.caption.buckets import Bucket, build_buckets, next_quota_reset, quota_day
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
@@ -15,6 +16,8 @@ from ghibli_async.stages.base import plural
 from ghibli_async.state import State
 from ghibli_async.state.filtering import FilterRow
 from ghibli_async.state.progress import Counts, Problem
+from ghibli_async.state.quota import BucketEvent
+from ghibli_async.state.runs import RunRecord
 from ghibli_async.state.sources import Video
 from ghibli_async.statuses import Status
 
@@ -29,7 +32,7 @@ def format_summary(report: RunReport, config: Config) -> str:
             lines.append(f"  {STAGE_LABELS[name]:<12}{stage.shown:>8}  {stage.line}")
     if report.counts:
         lines.append("Dataset so far:")
-        lines += _totals(report.counts, config)
+        lines += _totals(report.counts, {stage.name: stage.name in report.stages for stage in STAGES})
     lines += _problems(report.problems, config.paths.input_dir)
     lines += [f"Note: {note}" for note in report.notes]
     lines.append(describe_end(report))
@@ -62,13 +65,15 @@ def describe_end(report: RunReport) -> str:
 def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
     counts, problems = state.progress.counts(), state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
     lines = [f"State: {config.state_path}"]
-    lines += _totals(counts, config)
+    stages_on = _stages_on(config, state.runs.last())
+    lines += _totals(counts, stages_on)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
-    left = _left_to_do(counts, config)
+    left = _left_to_do(counts, stages_on)
     lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
     lines += _problems(problems, config.paths.input_dir)
     lines += _videos(state.sources.videos())
-    lines += _quota_today(state, config, keys, wall)
+    waiting = counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0)
+    lines += _quota_today(state, config, keys, wall, waiting)
     return "\n".join(lines)
 
 
@@ -82,73 +87,115 @@ def _videos(videos: list[Video]) -> list[str]:
     return lines
 
 
-def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetime) -> list[str]:
-    """Per bucket: requests today against the daily limit (the server's, once learned)."""
+def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetime, waiting: int) -> list[str]:
+    """Per bucket: requests the server served today against the daily limit (the server's, once
+    learned), and its condition; then what the live buckets can still do."""
     if not keys:
         return ["Quota: no API keys configured (GEMINI_API_KEY_1, … in the environment or .env)."]
     day = quota_day(wall)
     usage = state.quota.usage(day)
     learned = state.quota.learned_limits()
-    used = {bucket: requests for bucket, (requests, _) in usage.items()}
-    buckets = build_buckets(config.caption, keys, day=day, used_today=used, learned=learned)
+    served = {bucket: used.accepted for bucket, used in usage.items()}
+    buckets = build_buckets(config.caption, keys, day=day, used_today=served, learned=learned)
+    events = state.quota.events()
     reset = next_quota_reset(wall).astimezone()
     lines = [f"Quota day {day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
+    live: list[Bucket] = []
     for bucket in buckets:
+        condition = _condition(bucket, events, day, wall, f"{reset:%H:%M %Z}")
+        if condition == "open" or condition.startswith("cooling"):
+            live.append(bucket)
         source = "server" if "rpd" in learned.get((bucket.project, bucket.model), {}) else "table"
         rpd = bucket.limits.rpd
-        condition = "spent" if rpd is not None and bucket.used_today >= rpd else "open"
-        tokens = usage.get((bucket.project, bucket.model), (0, 0))[1]
         limit = f"{rpd:<6} requests ({source} limit)" if rpd is not None else f"{'-':<6} requests (no daily limit)"
+        tokens = usage[(bucket.project, bucket.model)].tokens if (bucket.project, bucket.model) in usage else 0
         lines.append(f"  {bucket.name:<40} {bucket.used_today:>6}/{limit}, {tokens} tokens  {condition}")
-    capped = [bucket for bucket in buckets if bucket.limits.rpd is not None]
+    return lines + _forecast(live, waiting) + _retirements(events, config, keys)
+
+
+def _condition(bucket: Bucket, events: list[BucketEvent], day: str, wall: datetime, reset: str) -> str:
+    """open / cooling until T / spent until the reset / key invalid / model retired."""
+    mine = [e for e in events if (e.project, e.model) == (bucket.project, bucket.model)]
+    if any(e.kind == "model_retired" and e.model == bucket.model for e in events):
+        return "model retired in the last run"
+    retired_keys = {e.project for e in events if e.kind == "key_retired"}
+    if bucket.keys and set(bucket.keys) <= retired_keys:
+        return "key invalid (last run)"
+    spent = any(e.kind == "spent" and e.until == day for e in mine)
+    if spent or (bucket.limits.rpd is not None and bucket.used_today >= bucket.limits.rpd):
+        return f"spent until {reset}"
+    cooling = [datetime.fromisoformat(e.until) for e in mine if e.kind == "cooldown" and e.until]
+    if cooling and max(cooling) > wall:
+        return f"cooling until {max(cooling).astimezone():%H:%M:%S}"
+    return "open"
+
+
+def _forecast(live: list[Bucket], waiting: int) -> list[str]:
+    """Captions left today from the live buckets only, and how many days the rest needs at this quota."""
+    if not live:
+        return ["  no bucket can take a request today"]
+    capped = [bucket for bucket in live if bucket.limits.rpd is not None]
+    if len(capped) < len(live):
+        return ["  a live bucket has no daily limit: the rest goes as fast as that endpoint answers"]
     left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in capped)
-    unlimited = " (plus whatever the endpoints without a daily limit do)" if len(capped) < len(buckets) else ""
-    lines.append(f"  about {left} more captions today from the remaining daily quota{unlimited}")
-    return lines + _bucket_events(state, wall)
-
-
-def _bucket_events(state: State, wall: datetime) -> list[str]:
-    """Cooldowns still running, and the models and keys the last runs retired."""
-    lines = []
-    for event in state.quota.events():
-        if event.kind == "cooldown" and event.until and datetime.fromisoformat(event.until) > wall:
-            local = datetime.fromisoformat(event.until).astimezone()
-            lines.append(f"  {event.project}/{event.model}: cooling down until {local:%H:%M:%S} ({event.reason} limit)")
-        elif event.kind == "model_retired":
-            lines.append(
-                f"  model {event.model}: retired on {event.at[:10]} ({event.reason}); take it out of caption.models"
-            )
-        elif event.kind == "key_retired":
-            lines.append(f"  {event.project}: retired on {event.at[:10]} ({event.reason}); see `check-keys`")
+    lines = [f"  about {left} more captions today from the live buckets"]
+    per_day = sum(bucket.limits.rpd for bucket in capped)
+    if waiting > left and per_day:
+        days = 1 + math.ceil((waiting - left) / per_day)
+        lines.append(
+            f"  {plural(waiting, 'image')} wait for a caption: about {plural(days, 'quota day')} at this quota"
+        )
     return lines
 
 
-def _totals(counts: Counts, config: Config) -> list[str]:
-    def row(stage: str, statuses: dict[str, int], enabled: bool) -> str:
-        if not enabled and set(statuses) <= {Status.PENDING.value}:
-            return f"  {stage:<12}{'':>8}  off"
-        shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
-        return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}{'' if enabled else '  (stage off)'}"
+def _retirements(events: list[BucketEvent], config: Config, keys: list[ApiKey]) -> list[str]:
+    """What the last caption run stopped using, for the models and keys still configured."""
+    models = {model.name for model in config.caption.models}
+    labels = {key.label for key in keys}
+    lines = []
+    for event in events:
+        if event.kind == "model_retired" and event.model in models:
+            lines.append(f"  model {event.model}: retired on {event.at[:10]} ({event.reason}); see check-keys")
+        elif event.kind == "key_retired" and event.project in labels:
+            lines.append(f"  {event.project}: refused on {event.at[:10]} ({event.reason}); see `check-keys`")
+    return lines
+
+
+def _totals(counts: Counts, stages_on: dict[str, bool]) -> list[str]:
+    """Per stage, images by status; a stage that was off is said to be off, not pending."""
+
+    def row(stage: str, statuses: dict[str, int]) -> str:
+        if stages_on.get(stage, True):
+            shown = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items())) or "nothing yet"
+            return f"  {stage:<12}{sum(statuses.values()):>8}  {shown}"
+        untouched = statuses.get(Status.PENDING.value, 0)
+        done = {status: n for status, n in statuses.items() if status != Status.PENDING.value}
+        before = f" (earlier runs: {', '.join(f'{s} {n}' for s, n in sorted(done.items()))})" if done else ""
+        return f"  {stage:<12}{'':>8}  off ({plural(untouched, 'frame')} not through it){before}"
 
     lines = [
         f"  {'frames':<12}{counts.sources - counts.duplicates:>8}  "
         f"unique ({counts.duplicates} exact duplicate(s) skipped)"
     ]
-    lines.append(row("filter", counts.filter, config.stages.filter))
-    lines.append(row("resize", counts.resize, config.stages.resize))
-    lines.append(row("caption", counts.caption, config.stages.caption))
+    lines.append(row("filter", counts.filter))
+    lines.append(row("resize", counts.resize))
+    lines.append(row("caption", counts.caption))
     if counts.rejected_by_reason:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.rejected_by_reason.items()))
         lines.append(f"  {'rejected':<12}{sum(counts.rejected_by_reason.values()):>8}  {reasons}")
     return lines
 
 
-def _left_to_do(counts: Counts, config: Config) -> dict[str, int]:
-    left = {
-        "filter": counts.filter.get(Status.PENDING.value, 0) if config.stages.filter else 0,
-        "resize": counts.resize.get(Status.PENDING.value, 0),
-        "caption": counts.caption.get(Status.PENDING.value, 0),
-    }
+def _stages_on(config: Config, last: RunRecord | None) -> dict[str, bool]:
+    """On in the config, and not switched off (`--skip-…`) by the last run."""
+    stages = {stage.name for stage in STAGES}
+    ran = last.stages if last else {}
+    return {name: getattr(config.stages, name, True) and ran.get(name, True) for name in stages}
+
+
+def _left_to_do(counts: Counts, stages_on: dict[str, bool]) -> dict[str, int]:
+    by_stage = {"filter": counts.filter, "resize": counts.resize, "caption": counts.caption}
+    left = {stage: statuses.get(Status.PENDING.value, 0) for stage, statuses in by_stage.items() if stages_on[stage]}
     return {stage: n for stage, n in left.items() if n}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 
@@ -182,8 +183,34 @@ def test_status_shows_cooldowns_and_retired_keys(project: Project, capsys: pytes
 
     project.cli("status")
     out = capsys.readouterr().out
-    assert "key#1: retired" in out and "check-keys" in out
-    assert "key#2/m1: cooling down until" in out
+    assert "key#1: refused on" in out and "check-keys" in out
+    assert re.search(r"key#2/m1 .* cooling until \d\d:\d\d:\d\d", out)
+    assert re.search(r"key#1/m1 .* key invalid \(last run\)", out)
+
+
+def test_status_after_an_invalid_key_a_learned_limit_and_a_skipped_filter(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(6):
+        save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=wrong\nGEMINI_API_KEY_2=good\n")
+    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits(rpd=3)})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  models:\n    - {{name: m, rpm: 60, rpd: 50, tpm: 100000}}\n",
+            person_filter=True,
+        )
+        assert project.cli("--skip-filter") == 3  # three captions, then the server's daily limit
+    capsys.readouterr()
+
+    assert project.cli("status") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"key#1/m +0/50 +requests \(table limit\).* key invalid \(last run\)", out)
+    assert re.search(r"key#2/m +3/3 +requests \(server limit\).* spent until", out)  # 429s do not count as used
+    assert "no bucket can take a request today" in out and "more captions today" not in out
+    assert "filter" in out and "off (6 frames not through it)" in out
+    assert not re.search(r"filter +6 +pending", out)
+    assert "Left to do: caption 3" in out
 
 
 def test_check_keys_spaces_the_pings_of_one_project_under_its_rpm(project: Project) -> None:

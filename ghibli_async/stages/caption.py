@@ -124,8 +124,12 @@ class CaptionEngine:
         self.clock = clock
         self.images_dir = config.resized_dir
         day = quota_day(clock.wall())
-        used = {bucket: requests for bucket, (requests, _) in self.books.usage(day).items()}
+        used = {bucket: usage.accepted for bucket, usage in self.books.usage(day).items()}
         buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=self.books.learned_limits())
+        spent = {(e.project, e.model) for e in self.books.events() if e.kind == "spent" and e.until == day}
+        for bucket in buckets:
+            if (bucket.project, bucket.model) in spent:  # the server said so today: do not ask again
+                bucket.spent_day = day
         self.scheduler = Scheduler(buckets)
         self.client = CaptionClients(self.caption, keys)
         self.report = CaptionReport()
@@ -138,6 +142,7 @@ class CaptionEngine:
         jobs = self.results.caption_jobs(limit=limit)
         if not jobs:
             return self.report
+        self.books.clear_retirements()
         workers = min(self.caption.concurrency, len(jobs))
         log.info("caption_start", images=len(jobs), buckets=len(self.scheduler.buckets), workers=workers)
         queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2)
@@ -249,10 +254,10 @@ class CaptionEngine:
     def _record(self, effect: Effect, grant: Grant) -> None:
         """Write one effect to the quota books and say it (once per subject for warnings)."""
         bucket = grant.bucket
-        if isinstance(effect, Served) and effect.tokens:
-            self.books.count_request(bucket.project, bucket.model, bucket.day, tokens=effect.tokens, requests=0)
+        if isinstance(effect, Served):
+            self.books.count_served(bucket.project, bucket.model, bucket.day, tokens=effect.tokens or 0)
         elif isinstance(effect, SpendForToday):
-            self.books.mark_day_spent(bucket.project, bucket.model, bucket.day, bucket.limits.rpd or bucket.used_today)
+            self.books.note_event(bucket.project, bucket.model, "spent", until=bucket.day)
             self._say_once("bucket_spent_for_today", bucket.name, bucket=bucket.name, used=bucket.used_today)
         elif isinstance(effect, CoolDown):
             until = (self.clock.wall() + timedelta(seconds=effect.seconds)).isoformat(timespec="seconds")

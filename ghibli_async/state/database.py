@@ -98,6 +98,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (project, model, kind)
     );
     """,
+    f"""
+    -- Requests the server served (an answer or a safety block), apart from those it refused:
+    -- only these count against a daily limit in `status`.
+    ALTER TABLE quota_usage ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
+
+    -- One row per run: which stages were on, and how it ended (NULL: still running, or killed).
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        started_at  TEXT NOT NULL DEFAULT ({NOW}),
+        stages      TEXT NOT NULL,
+        end_code    INTEGER
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -9,12 +9,20 @@ from ghibli_async.state.database import NOW, Database
 
 
 @dataclass(frozen=True)
+class Usage:
+    sent: int  # requests sent (429s and errors included)
+    accepted: int  # requests the server served: what counts against its daily limit
+    tokens: int
+
+
+@dataclass(frozen=True)
 class BucketEvent:
-    """A cooldown (until, UTC), a retired model (project '*'), a retired key (model '*', project = key#N)."""
+    """A cooldown (until, UTC), a bucket spent for a quota day (until = the day), a retired model
+    (project '*'), a retired key (model '*', project = key#N)."""
 
     project: str
     model: str
-    kind: str  # cooldown | model_retired | key_retired
+    kind: str  # cooldown | spent | model_retired | key_retired
     until: str | None
     reason: str | None
     at: str
@@ -24,28 +32,36 @@ class QuotaBooks:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def count_request(self, project: str, model: str, day: str, *, tokens: int = 0, requests: int = 1) -> None:
+    def count_request(self, project: str, model: str, day: str) -> None:
+        """A request is about to be sent: counted before, so a crash never under-counts the day."""
         with self._db.transaction() as db:
             db.execute(
-                """INSERT INTO quota_usage (project, model, quota_day, requests, tokens) VALUES (?, ?, ?, ?, ?)
+                """INSERT INTO quota_usage (project, model, quota_day, requests) VALUES (?, ?, ?, 1)
+                   ON CONFLICT (project, model, quota_day) DO UPDATE SET requests = requests + 1""",
+                (project, model, day),
+            )
+
+    def count_served(self, project: str, model: str, day: str, *, tokens: int) -> None:
+        """The server served a request (not a 429, not an error): it counts against the daily limit."""
+        with self._db.transaction() as db:
+            db.execute(
+                """INSERT INTO quota_usage (project, model, quota_day, accepted, tokens) VALUES (?, ?, ?, 1, ?)
                    ON CONFLICT (project, model, quota_day)
-                   DO UPDATE SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens""",
-                (project, model, day, requests, tokens),
+                   DO UPDATE SET accepted = accepted + 1, tokens = tokens + excluded.tokens""",
+                (project, model, day, tokens),
             )
 
-    def mark_day_spent(self, project: str, model: str, day: str, daily_limit: int) -> None:
-        """The server said the day's quota is gone: remember it, so a restart today does not ask again."""
+    def usage(self, day: str) -> dict[tuple[str, str], Usage]:
+        """(project, model) -> what was sent and served on that quota day."""
+        rows = self._db.execute(
+            "SELECT project, model, requests, accepted, tokens FROM quota_usage WHERE quota_day = ?", (day,)
+        )
+        return {(project, model): Usage(sent, accepted, tokens) for project, model, sent, accepted, tokens in rows}
+
+    def clear_retirements(self) -> None:
+        """A new caption run tries every key and model again; what it retires is recorded anew."""
         with self._db.transaction() as db:
-            db.execute(
-                """INSERT INTO quota_usage (project, model, quota_day, requests) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (project, model, quota_day) DO UPDATE SET requests = MAX(requests, excluded.requests)""",
-                (project, model, day, daily_limit),
-            )
-
-    def usage(self, day: str) -> dict[tuple[str, str], tuple[int, int]]:
-        """(project, model) -> (requests, tokens) on that quota day."""
-        rows = self._db.execute("SELECT project, model, requests, tokens FROM quota_usage WHERE quota_day = ?", (day,))
-        return {(project, model): (requests, tokens) for project, model, requests, tokens in rows}
+            db.execute("DELETE FROM bucket_events WHERE kind IN ('key_retired', 'model_retired')")
 
     def note_event(
         self, project: str, model: str, kind: str, *, until: str | None = None, reason: str | None = None
