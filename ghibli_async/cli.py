@@ -20,7 +20,8 @@ from ghibli_async.clock import SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import Pipeline, export_only, plan_run, set_override
+from ghibli_async.pipeline import Pipeline, export_only, set_override
+from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
 from ghibli_async.review import serve, write_report
 from ghibli_async.stages.export import METADATA_FILE
@@ -142,13 +143,9 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     if args.dry_run:
-        plan = plan_run(config)
-        print(
-            f"Dry run, nothing written: {plan.found} frames in {config.paths.input_dir}, "
-            f"{plan.new_or_changed} new or changed; {plan.videos_to_extract} video(s) to extract frames from; "
-            f"about {plan.resize_waiting} to resize, {plan.caption_waiting} resized and waiting for a caption."
-        )
-        return 0
+        plan = plan_run(config, limit=args.limit)
+        print(plan.text())
+        return 2 if plan.blocking else 0
     report = asyncio.run(Pipeline(config).run(limit=args.limit))
     print(format_summary(report, config))
     return int(report.end)

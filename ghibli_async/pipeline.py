@@ -31,7 +31,7 @@ from ghibli_async.stages.resize import ResizeStage
 from ghibli_async.stages.scan import ScanStage, list_inputs
 from ghibli_async.state import State
 from ghibli_async.state.progress import Counts, Problem
-from ghibli_async.statuses import Override, VideoStatus
+from ghibli_async.statuses import Override
 
 log = structlog.get_logger(__name__)
 
@@ -134,39 +134,6 @@ def exclusive(work_dir: Path) -> Iterator[None]:
             yield
     except Timeout:
         raise UserError(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run would do, from the input folder and the state, for `--dry-run`."""
-
-    found: int
-    new_or_changed: int
-    resize_waiting: int
-    caption_waiting: int
-    videos_to_extract: int
-
-
-def plan_run(config: Config) -> RunPlan:
-    """Look, do not touch: reads the input folder and (read-only) the state; writes nothing."""
-    inputs = list_inputs(config.paths.input_dir, config.extracted_dir)
-    files = inputs.images
-    videos = len(inputs.videos) if config.stages.extract else 0
-    if not config.state_path.exists():
-        return RunPlan(len(files), len(files), len(files) if config.stages.resize else 0, 0, videos)
-    with State.open(config.state_path, readonly=True) as state:
-        known = state.sources.known()
-        counts = state.progress.counts()
-        finished = {video.path for video in state.sources.videos() if video.status == VideoStatus.DONE}
-    videos = sum(1 for video in inputs.videos if str(video) not in finished) if config.stages.extract else 0
-    fresh = sum(
-        1
-        for path in files
-        if (seen := known.get(str(path))) is None
-        or (seen.size, seen.mtime_ns) != ((stat := path.stat()).st_size, stat.st_mtime_ns)
-    )
-    resize_waiting = counts.resize.get("pending", 0) + fresh if config.stages.resize else 0
-    return RunPlan(len(files), fresh, resize_waiting, counts.caption.get("pending", 0), videos)
 
 
 def export_only(config: Config) -> ExportResult:

@@ -48,6 +48,34 @@ def test_dry_run_writes_nothing(project: Project, capsys: pytest.CaptureFixture[
     assert sorted(p.name for p in project.root.iterdir()) == ["config.yaml", "frames"]
 
 
+def test_dry_run_says_per_stage_what_the_run_would_do_and_trip_on(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(24):
+        save_frame(project.frames / f"{i}.jpg", (64, 64), seed=i)
+    project.write_config("filter:\n  detectors: [{name: yolo, weights: weights/missing.pt}]\n", person_filter=True)
+
+    assert project.cli("--dry-run", "--limit", "3") == 2  # the real run would stop on the weights
+    planned = capsys.readouterr().out
+    assert "missing.pt" in planned and "--skip-filter" in planned
+    assert "up to 3 (--limit 3 of 24) frames to resize" in planned
+    assert "no API keys found" in planned
+
+    assert project.cli("--dry-run", "--skip-filter") == 0
+    skipped = capsys.readouterr().out
+    assert "filter    off: every frame goes on to resize" in skipped and "up to 24 frames to resize" in skipped
+    assert sorted(p.name for p in project.root.iterdir()) == ["config.yaml", "frames"]
+
+
+def test_offline_weights_error_names_the_way_to_run_without_the_filter(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_frame(project.frames / "a.jpg", (64, 64))
+    project.write_config("filter:\n  detectors: [{name: yolo, weights: weights/missing.pt}]\n", person_filter=True)
+    assert project.cli() == 2
+    assert "--skip-filter" in capsys.readouterr().err
+
+
 def test_options_work_after_the_command_too(project: Project) -> None:
     save_frame(project.frames / "a.jpg", (600, 600))
     assert project.cli("run", "--skip-resize") == 0

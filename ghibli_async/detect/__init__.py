@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from ghibli_async.config import DetectorConfig, FilterConfig, YoloDetectorConfig
+from ghibli_async.errors import UserError
 from ghibli_async.facts import Box
 
 # Boxes down to this score are stored, so a lower threshold later needs no second detector pass.
@@ -27,7 +28,11 @@ class Detector(Protocol):
 
 
 def load_detectors(config: FilterConfig) -> list[Detector]:
-    return [_load(detector) for detector in config.detectors]
+    """Every configured detector, loaded now; a failure names the way to run without the filter."""
+    try:
+        return [_load(detector) for detector in config.detectors]
+    except UserError as exc:
+        raise UserError(f"{exc}; or run without the person filter: --skip-filter (or stages.filter: false)") from None
 
 
 def _load(config: DetectorConfig) -> Detector:

@@ -22,10 +22,7 @@ class YoloDetector:
         try:
             from ultralytics import YOLO
         except ImportError:
-            raise UserError(
-                'the yolo detector needs ultralytics: pip install -e ".[detect]" '
-                "(or set stages.filter: false / pass --skip-filter)"
-            ) from None
+            raise UserError('the yolo detector needs ultralytics: pip install -e ".[detect]"') from None
         self.config = config
         self.signature = f"yolo:{Path(config.weights).name}:{config.image_size}"
         self.device = _pick_device(config.device)
