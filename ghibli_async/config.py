@@ -253,6 +253,7 @@ def _default_safety() -> list[SafetySetting]:
 
 class CaptionConfig(_Section):
     trigger: str = Field("Ghibli style", min_length=1)
+    separator: str = Field(", ", min_length=1)  # between the trigger and the rest of the caption
     prompt: str = Field(DEFAULT_PROMPT, min_length=1)
     models: list[ModelQuota] = Field(
         default_factory=lambda: [

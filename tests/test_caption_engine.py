@@ -66,7 +66,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
 
     rows = captions(project)
     assert len(rows) == 300 and all(status == "done" for status, *_ in rows.values())
-    assert all(text.startswith("Ghibli style ") for _, text, *_ in rows.values())
+    assert all(text.startswith("Ghibli style, ") for _, text, *_ in rows.values())
     per_image = Counter(seen.image for seen in fake.successes())
     assert len(per_image) == 300 and set(per_image.values()) == {1}, "an image was paid for twice"
     assert not [s for s in fake.seen if s.kind == "minute"], "the engine went over a per-minute limit"

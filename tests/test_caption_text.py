@@ -13,16 +13,21 @@ from ghibli_async.config import CaptionConfig
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("Ghibli stylea young boy runs", "Ghibli style a young boy runs"),
-        ("Ghibli style, a girl in a straw hat.", "Ghibli style a girl in a straw hat"),
-        ("**Ghibli style** a girl\nin the rain.\n", "Ghibli style a girl in the rain"),
-        ('"Caption: ghibli style - two men on a ledge."', "Ghibli style two men on a ledge"),
-        ("A boy stands by a well", "Ghibli style A boy stands by a well"),
-        ("- Ghibli style:  a cat   on a roof..", "Ghibli style a cat on a roof"),
+        ("Ghibli stylea young boy runs", "Ghibli style, a young boy runs"),
+        ("Ghibli style, a girl in a straw hat.", "Ghibli style, a girl in a straw hat"),
+        ("**Ghibli style** a girl\nin the rain.\n", "Ghibli style, a girl in the rain"),
+        ('"Caption: ghibli style - two men on a ledge."', "Ghibli style, two men on a ledge"),
+        ("A boy stands by a well", "Ghibli style, A boy stands by a well"),
+        ("- Ghibli style:  a cat   on a roof..", "Ghibli style, a cat on a roof"),
     ],
 )
 def test_normalize(raw: str, expected: str) -> None:
     assert normalize_caption(raw, "Ghibli style") == expected
+
+
+def test_the_separator_after_the_trigger_is_a_setting() -> None:
+    assert normalize_caption("Ghibli style, a girl", "Ghibli style", " ") == "Ghibli style a girl"
+    assert CaptionConfig().separator == ", "
 
 
 def test_checks_word_count_and_banned_names() -> None:

@@ -168,7 +168,7 @@ def _reduce(
 ) -> tuple[list[Effect], Verdict, Attempt]:
     bucket = grant.bucket
     if isinstance(reply, Answer):
-        text = normalize_caption(reply.text, rules.trigger)
+        text = normalize_caption(reply.text, rules.trigger, rules.separator)
         problems = tuple(caption_problems(text, rules))
         served: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved)]
         if problems and attempt.bad_answers == 0 and other_bucket_free:

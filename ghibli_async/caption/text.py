@@ -18,15 +18,15 @@ def build_prompt(caption: CaptionConfig, model: ModelQuota | None = None) -> str
     return prompt.replace("{trigger}", caption.trigger)
 
 
-def normalize_caption(raw: str, trigger: str) -> str:
-    """One line, no markdown or quotes, no final full stop, and `trigger` + exactly one space first
-    (the original data had `Ghibli stylea young boy`)."""
+def normalize_caption(raw: str, trigger: str, separator: str = ", ") -> str:
+    """One line, no markdown or quotes, no final full stop, and `trigger` + `separator` first,
+    exactly once (the original data had `Ghibli stylea young boy`)."""
     text = " ".join(_MARKDOWN.sub("", raw).split()).strip(_QUOTES + " ")
     text = _LABEL.sub("", text).strip(_QUOTES + " ").rstrip(" .")
     if text.casefold().startswith(trigger.casefold()):
         text = text[len(trigger) :]
     rest = text.lstrip(" ,.:;-–—").strip(_QUOTES + " ")
-    return f"{trigger} {rest}" if rest else trigger
+    return f"{trigger}{separator}{rest}" if rest else trigger
 
 
 def caption_problems(text: str, caption: CaptionConfig) -> list[str]:
