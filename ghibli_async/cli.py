@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
             command.add_argument("--open", action="store_true", help="open the page in the browser")
         if name == "report":
-            command.add_argument("--to", type=Path, default=Path("review-report"), help="folder to write")
+            command.add_argument("--to", type=Path, default=None, help="folder to write (default: WORK_DIR/report)")
         if name in ("keep", "reject"):
             command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
     return parser
@@ -213,7 +213,8 @@ def _cmd_review(config: Config, args: argparse.Namespace) -> int:
 def _cmd_report(config: Config, args: argparse.Namespace) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to report yet: no state at {config.state_path} (run the pipeline first)")
-    print(f"Report written: {write_report(config, args.to.resolve())}")
+    dest = args.to.resolve() if args.to else config.paths.work_dir / "report"
+    print(f"Report written: {write_report(config, dest)}")
     return 0
 
 

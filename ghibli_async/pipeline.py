@@ -48,6 +48,7 @@ class RunReport:
     stages: dict[str, StageReport] = field(default_factory=dict)
     counts: Counts | None = None
     problems: list[Problem] = field(default_factory=list)
+    rejected: tuple[int, list[Problem]] = (0, [])  # how many frames are rejected, and the first of them
     elapsed_s: float = 0.0
 
     def outcomes(self, stage: str) -> Counter[str]:
@@ -103,10 +104,12 @@ class Pipeline:
             for index, stage in enumerate(stages):
                 if not any(later.uses_pool for later in stages[index:]):
                     pool.close()  # nothing left to decode or resize: free the workers' memory
+                log.debug("stage_start", stage=stage.name)
                 report.stages[stage.name] = await stage.run(context)
             state.runs.finish(run_id, int(report.end))
             report.counts = state.progress.counts()
             report.problems = state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
+            report.rejected = state.progress.rejected(limit=MAX_PROBLEMS_SHOWN)
         report.elapsed_s = time.monotonic() - started
         return report
 

@@ -34,6 +34,7 @@ def format_summary(report: RunReport, config: Config) -> str:
         lines.append("Dataset so far:")
         lines += _totals(report.counts, {stage.name: stage.name in report.stages for stage in STAGES})
     lines += _problems(report.problems, config.paths.input_dir)
+    lines += _rejected(*report.rejected, config.paths.input_dir)
     lines += [f"Note: {note}" for note in report.notes]
     lines.append(describe_end(report))
     return "\n".join(lines)
@@ -209,6 +210,16 @@ def _problems(problems: list[Problem], input_dir: Path) -> list[str]:
         )
     if len(problems) > MAX_PROBLEMS_SHOWN:
         lines.append("  … and more (the state's images table has every reason)")
+    return lines
+
+
+def _rejected(total: int, first: list[Problem], input_dir: Path) -> list[str]:
+    if not total:
+        return []
+    lines = [f"Rejected ({total}, never deleted; `keep PATH` brings one back):"]
+    lines += [f"  {_relative(problem.source_path, input_dir)}  [{problem.stage}] {problem.reason}" for problem in first]
+    if total > len(first):
+        lines.append(f"  … and {total - len(first)} more: `filter-report --json` lists every frame's decision")
     return lines
 
 

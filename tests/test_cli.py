@@ -15,7 +15,8 @@ from fake_gemini import FakeGemini, ModelLimits
 from virtual_time import VirtualClock, run_virtual
 
 import ghibli_async
-from ghibli_async.caption.check import check_keys
+from ghibli_async.caption.answers import KeyRejected
+from ghibli_async.caption.check import verdict_of, check_keys
 from ghibli_async.clock import SystemClock
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
@@ -255,3 +256,24 @@ def test_check_keys_spaces_the_pings_of_one_project_under_its_rpm(project: Proje
     checks = run_virtual(check())
     assert [check.verdict for check in checks] == ["ok", "ok", "ok"]
     assert [seen.at for seen in fake.seen] == [0.0, 30.0, 60.0]
+
+
+def test_verbose_prints_debug_lines(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    save_frame(project.frames / "a.jpg", (64, 64))
+    assert project.cli("-v", "--skip-caption") == 0
+    err = capsys.readouterr().err
+    assert "debug" in err and "stage_start" in err
+
+
+def test_nothing_to_export_is_said_so(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    save_frame(project.frames / "a.jpg", (64, 64))
+    assert project.cli("--skip-caption") == 0
+    out = capsys.readouterr().out
+    assert "nothing to export yet: no image has a caption" in out and "exported           0  images in" not in out
+
+
+def test_check_keys_shortens_reasons_at_a_word_boundary() -> None:
+    reason = "400 INVALID_ARGUMENT: " + "API key not valid please pass a valid API key " * 5
+    verdict, detail = verdict_of(KeyRejected(reason))
+    assert verdict == "invalid key" and detail.endswith("…") and len(detail) <= 120
+    assert detail[:-1] == reason[: len(detail) - 1] and reason[len(detail) - 1] == " "

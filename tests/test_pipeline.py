@@ -61,6 +61,7 @@ def test_run_makes_numbered_square_rgb_jpegs(mixed_frames: Project, capsys: pyte
         assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (512, 512))
     assert "truncated.jpg" in summary and "corrupt image" in summary
     assert "too_small 1" in summary
+    assert "tiny.png  [resize] too_small" in summary  # the rejected file is named
     assert "1 exact duplicate" in summary
     assert "captioning needs API keys" in summary
 

@@ -152,6 +152,9 @@ def test_report_is_a_read_only_folder_with_everything(reviewed: Project, capsys:
     readable = [item["id"] for items in data["tabs"].values() for item in items if item["name"] != "broken.png"]
     assert all((target / "thumbs" / f"{image_id}.jpg").exists() for image_id in readable)
     assert "read-only report" in html and TOKEN not in html
+    capsys.readouterr()
+    assert reviewed.cli("report") == 0  # without --to: in the work dir, not wherever the shell stands
+    assert str(reviewed.root / "work" / "report" / "index.html") in capsys.readouterr().out
 
 
 def test_boxes_say_whether_they_count_under_the_current_threshold(reviewed: Project) -> None:

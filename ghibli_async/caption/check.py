@@ -56,7 +56,7 @@ async def check_keys(caption: CaptionConfig, keys: list[ApiKey]) -> list[KeyChec
         replies = await asyncio.gather(*(ping(key, model) for key, model in pairs))
     finally:
         await clients.aclose()
-    return [KeyCheck(key.label, key.project, model, *_verdict(reply)) for (key, model), reply in zip(pairs, replies)]
+    return [KeyCheck(key.label, key.project, model, *verdict_of(reply)) for (key, model), reply in zip(pairs, replies)]
 
 
 async def _listed_models(clients: CaptionClients, keys: list[ApiKey]) -> dict[str, list[str] | Reply]:
@@ -66,16 +66,24 @@ async def _listed_models(clients: CaptionClients, keys: list[ApiKey]) -> dict[st
     return {label: answer for (label, _), answer in zip(compatible, answers)}
 
 
-def _verdict(reply: Reply) -> tuple[str, str]:
+def verdict_of(reply: Reply) -> tuple[str, str]:
     if isinstance(reply, Answer | Blocked):
         return "ok", ""
     if isinstance(reply, RateLimited):
-        return ("quota spent" if reply.scope == "day" else "rate limited"), reply.message.split("\n")[0][:120]
+        return ("quota spent" if reply.scope == "day" else "rate limited"), _short(reply.message.split("\n")[0])
     if isinstance(reply, KeyRejected):
-        return "invalid key", reply.reason[:120]
+        return "invalid key", _short(reply.reason)
     if isinstance(reply, ModelUnavailable):
-        return ("no image input" if reply.reason.startswith(NO_IMAGES) else "model not found"), reply.reason[:120]
-    return "unreachable", reply.reason[:120]
+        return ("no image input" if reply.reason.startswith(NO_IMAGES) else "model not found"), _short(reply.reason)
+    return "unreachable", _short(reply.reason)
+
+
+def _short(text: str, width: int = 120) -> str:
+    """At most `width` characters, cut at a word boundary with an ellipsis, never mid-word."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return f"{cut}…"
 
 
 def format_checks(checks: list[KeyCheck]) -> str:

@@ -222,6 +222,7 @@ class CaptionEngine:
             if isinstance(decision, Grant):
                 self._progress.working()
                 bucket = decision.bucket
+                log.debug("caption_request", image=attempt.number, bucket=bucket.name, key=decision.key)
                 self.books.count_request(bucket.project, bucket.model, day)
                 self.report.requests += 1
                 return decision

@@ -40,11 +40,9 @@ class ExportStage:
 
     async def run(self, context: RunContext) -> StageReport:
         result = export_dataset(context.state, context.config)
-        return StageReport(
-            Counter(images=result.images, removed=result.removed),
-            shown=result.images,
-            line=f"images in {result.output_dir}",
-        )
+        exists = result.output_dir.exists()
+        line = f"images in {result.output_dir}" if exists else "nothing to export yet: no image has a caption"
+        return StageReport(Counter(images=result.images, removed=result.removed), shown=result.images, line=line)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,18 @@ class ProgressStore:
             rejected_by_reason=dict(rejected.fetchall()),
         )
 
+    def rejected(self, *, limit: int = 50) -> tuple[int, list[Problem]]:
+        """Frames the filter or the resize stage rejected: how many, and the first `limit` by path."""
+        where = f"duplicate_of IS NULL AND (filter_status = {_R} OR resize_status = {_R})"
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}").fetchone()
+        rows = self._db.execute(
+            f"""SELECT source_path, CASE WHEN resize_status = {_R} THEN 'resize' ELSE 'filter' END, {_R},
+                       COALESCE(CASE WHEN resize_status = {_R} THEN resize_reason ELSE filter_reason END, '')
+                FROM images WHERE {where} ORDER BY sort_key, source_path LIMIT ?""",
+            (limit,),
+        )
+        return total, [Problem(*row) for row in rows]
+
     def problems(self, *, limit: int = 50) -> list[Problem]:
         """Images that failed or were blocked, in natural order."""
         rows = self._db.execute(
