@@ -16,7 +16,7 @@ from virtual_time import VirtualClock, run_virtual
 
 import ghibli_async
 from ghibli_async.caption.answers import KeyRejected
-from ghibli_async.caption.check import verdict_of, check_keys
+from ghibli_async.caption.check import check_keys, verdict_of
 from ghibli_async.clock import SystemClock
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
