@@ -32,6 +32,7 @@ from ghibli_async.statuses import Override, Status
 THUMB_SIDE = 256
 MAX_PAGE = 200
 TOKEN_HEADER = "X-Review-Token"
+NOT_FILTERED = "not filtered (off in the last run)"
 _STOPWORDS = frozenset(
     "a an and the of in on at with by to from is are her his their its into near under over behind".split()
 )
@@ -207,9 +208,13 @@ async def _stats(request: web.Request) -> web.Response:
 
 def stats_payload(state: State, config: Config) -> dict[str, Any]:
     counts = state.progress.counts()
+    filtered = dict(counts.filter)
+    last = state.runs.last()
+    if last and not last.stages.get("filter", True) and Status.PENDING.value in filtered:
+        filtered[NOT_FILTERED] = filtered.pop(Status.PENDING.value)  # not waiting: the filter was off
     return {
         "tabs": {tab: state.review.page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
-        "filter": counts.filter,
+        "filter": filtered,
         "caption": counts.caption,
         **caption_stats(state.review.captions_with_models(), config.caption.trigger),
     }

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Project
+from conftest import Project, save_frame
 from test_filter import StubDetector, filtered_project, run_sync
 
 from ghibli_async.config import load_config
-from ghibli_async.review import TOKEN_HEADER, make_app
+from ghibli_async.review import NOT_FILTERED, TOKEN_HEADER, make_app, stats_payload
 from ghibli_async.state import State
 
 TOKEN = "test-token"
@@ -169,3 +169,13 @@ def test_boxes_say_whether_they_count_under_the_current_threshold(reviewed: Proj
     assert boxes and all(box["counts"] and box["detector"] == "yolo" and box["label"] == "person" for box in boxes)
     reviewed.config_path.write_text(reviewed.config_path.read_text() + "filter:\n  detectors: [{confidence: 0.5}]\n")
     assert not any(box["counts"] for box in asyncio.run(boxes_of_kept()))
+
+
+def test_stats_do_not_call_frames_pending_when_the_filter_was_off(project: Project) -> None:
+    for i in range(3):
+        save_frame(project.frames / f"{i}.jpg", (64, 64), seed=i)
+    project.write_config(person_filter=True)
+    assert project.cli("--skip-filter", "--skip-caption") == 0
+    with State.open(project.config.state_path) as state:
+        stats = stats_payload(state, project.config)
+    assert stats["filter"] == {NOT_FILTERED: 3}
