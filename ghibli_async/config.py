@@ -268,7 +268,7 @@ class CaptionConfig(_Section):
     route: Literal["model_first", "key_first"] = "model_first"
     concurrency: int = Field(8, ge=1, le=256)
     base_url: str | None = None
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(60.0, ge=1)  # under a second no caption comes back (and ms round to 0)
     temperature: float | None = Field(0.4, ge=0, le=2)
     max_output_tokens: int = Field(200, ge=16)
     thinking_budget: int | None = Field(None, ge=-1)
@@ -299,6 +299,14 @@ class CaptionConfig(_Section):
         if GEMINI in providers:
             raise ValueError("`gemini` is the built-in provider: set caption.base_url and caption.keys instead")
         return providers
+
+    @model_validator(mode="after")
+    def _word_bounds_meet(self) -> CaptionConfig:
+        if self.min_words > self.max_words:
+            raise ValueError(
+                f"min_words ({self.min_words}) is above max_words ({self.max_words}): no caption would pass"
+            )
+        return self
 
     @model_validator(mode="after")
     def _providers_exist(self) -> CaptionConfig:

@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import shutil
+import socket
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -40,26 +41,52 @@ _STOPWORDS = frozenset(
 CONFIG_KEY = web.AppKey("config", Config)
 STATE_KEY = web.AppKey("state", State)
 TOKEN_KEY = web.AppKey("token", str)
+HOSTS_KEY = web.AppKey("hosts", frozenset)
+LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+MAX_CAPTION_CHARS = 1000  # far above any training caption (SD 1.5's text encoder reads 77 tokens)
+_ID = r"\d{1,15}"  # longer is no image of ours (and would overflow SQLite's integer)
 
 
-def make_app(config: Config, *, token: str | None = None) -> web.Application:
-    """The review app over `config`'s state; the store is opened once and closed with the app."""
-    app = web.Application(middlewares=[_require_token_for_writes])
+def make_app(config: Config, *, token: str | None = None, hosts: frozenset[str] = LOCAL_NAMES) -> web.Application:
+    """The review app over `config`'s state; the store is opened once and closed with the app.
+    Only requests addressed to one of `hosts` are served (DNS rebinding)."""
+    app = web.Application(middlewares=[_require_known_host, _require_token_for_writes])
     app[CONFIG_KEY] = config
     app[TOKEN_KEY] = token or secrets.token_urlsafe(24)
+    app[HOSTS_KEY] = hosts
     app[STATE_KEY] = State.open(config.state_path)
     app.on_cleanup.append(_close_state)
     app.router.add_get("/", _page)
     app.router.add_get("/api/images", _list_images)
-    app.router.add_get(r"/api/thumbs/{image_id:\d+}", _thumbnail)
-    app.router.add_post(r"/api/images/{image_id:\d+}/decision", _set_decision)
-    app.router.add_post(r"/api/images/{image_id:\d+}/caption", _set_caption)
+    app.router.add_get(rf"/api/thumbs/{{image_id:{_ID}}}", _thumbnail)
+    app.router.add_post(rf"/api/images/{{image_id:{_ID}}}/decision", _set_decision)
+    app.router.add_post(rf"/api/images/{{image_id:{_ID}}}/caption", _set_caption)
     app.router.add_get("/api/stats", _stats)
     return app
 
 
 async def _close_state(app: web.Application) -> None:
     app[STATE_KEY].close()
+
+
+@web.middleware
+async def _require_known_host(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A page another site loads through a name that resolves here (DNS rebinding) has a foreign
+    `Host`; a write from another site's page has a foreign `Origin`. Both are refused."""
+    hosts = request.app[HOSTS_KEY]
+    if _hostname(request.host) not in hosts:
+        raise web.HTTPMisdirectedRequest(text="this review server does not serve that host name")
+    origin = request.headers.get("Origin")
+    if request.method != "GET" and origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise web.HTTPForbidden(text="writes come only from the review page itself")
+    return await handler(request)
+
+
+def _hostname(host: str) -> str:
+    """`localhost:8765` -> `localhost`, `[::1]:8765` -> `[::1]`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.split(":", 1)[0]
 
 
 @web.middleware
@@ -184,9 +211,14 @@ async def _set_decision(request: web.Request) -> web.Response:
 async def _set_caption(request: web.Request) -> web.Response:
     item = _known_item(request)
     body = await _json_body(request)
-    caption = " ".join(str(body.get("caption", "")).split())
+    text = body.get("caption")
+    if not isinstance(text, str):
+        raise web.HTTPBadRequest(text="caption must be a string")
+    caption = " ".join(text.split())
     if not caption:
         raise web.HTTPBadRequest(text="a caption cannot be empty")
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise web.HTTPBadRequest(text=f"a caption is at most {MAX_CAPTION_CHARS} characters")
     state = request.app[STATE_KEY]
     state.review.edit_caption(item.image_id, caption)
     return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
@@ -257,7 +289,8 @@ def write_report(config: Config, dest: Path) -> Path:
             shutil.copyfile(cache / target.name, target)
         elif source:
             make_thumbnail(Path(source), target)
-    data = json.dumps({"tabs": tabs, "stats": stats}, ensure_ascii=False).replace("</", "<\\/")
+    # No "<" at all in the embedded data: neither "</script>" nor "<!--" can end or blank the page.
+    data = json.dumps({"tabs": tabs, "stats": stats}, ensure_ascii=False).replace("<", "\\u003c")
     banner = '<span class="help"><b>read-only report</b></span>'
     html = _page_html("").replace("<!--REPORT-->", banner)
     html = html.replace("<script>", f"<script>window.REPORT = {data};</script>\n<script>", 1)
@@ -266,16 +299,38 @@ def write_report(config: Config, dest: Path) -> Path:
     return index
 
 
+def served_names(host: str) -> frozenset[str]:
+    """The host names the page may be reached by: this machine's loopback names, the address it
+    was bound to, and for a bind on every interface this machine's name and addresses."""
+    addresses = {host}
+    if host in ("0.0.0.0", "::", ""):
+        addresses.add(socket.gethostname())
+        try:
+            addresses |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+        except OSError:
+            pass
+    return LOCAL_NAMES | {f"[{address}]" if ":" in address else address for address in addresses}
+
+
 async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> None:
     """Serve until Ctrl-C."""
-    app = make_app(config)
+    everywhere = host in ("0.0.0.0", "::", "")
+    names = served_names(host)
+    app = make_app(config, hosts=names)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound_port = runner.addresses[0][1]
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{bound_port}/"
+    shown = socket.gethostname() if everywhere else f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound_port}/"
     print(f"Review page: {url}  (Ctrl-C to stop; changes are saved at once)", flush=True)
+    if everywhere:
+        print(
+            f"Warning: listening on every network interface ({host or '0.0.0.0'}:{bound_port}): anyone who can "
+            "reach this machine can see the frames; use --host 127.0.0.1 to keep it local",
+            flush=True,
+        )
     if open_browser:
         import webbrowser
 

@@ -29,6 +29,13 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
         ("caption:\n  models: []\n", "caption.models: List should have at least 1 item"),
         ("caption:\n  models:\n    - {name: m, rpm: 0, rpd: 1, tpm: 1}\n", "caption.models.0.rpm"),
         ("stages: [resize]\n", "stages: Input should be a valid dictionary"),
+        ("caption:\n  min_words: 30\n  max_words: 20\n", "caption: min_words (30) is above max_words (20)"),
+        (
+            "caption:\n  request_timeout_s: 0.0005\n",
+            "caption.request_timeout_s: Input should be greater than or equal to 1",
+        ),
+        ("caption:\n  models: [{name: m, provider: nowhere}]\n", "caption: models name providers not under"),
+        ("caption:\n  models: [{name: m}]\n", "caption.models: m: a Gemini model needs its rpm, rpd, tpm"),
         ("resize: {size: [\n", "not valid YAML (line 2"),
         ("- a\n- b\n", "the top level must be a mapping"),
         ("filter:\n  detectors: [{name: haar}]\n", "filter.detectors.0: unknown detector name (use yolo or imgutils)"),

@@ -179,3 +179,43 @@ def test_stats_do_not_call_frames_pending_when_the_filter_was_off(project: Proje
     with State.open(project.config.state_path) as state:
         stats = stats_payload(state, project.config)
     assert stats["filter"] == {NOT_FILTERED: 3}
+
+
+def test_only_its_own_host_names_are_served_and_writes_come_from_its_page(reviewed: Project) -> None:
+    async def check(client: TestClient) -> None:
+        rebound = await client.get("/", headers={"Host": "evil.example:8765"})
+        assert rebound.status == 421 and TOKEN not in await rebound.text()
+        assert (await client.get("/", headers={"Host": "localhost:8765"})).status == 200
+        assert (await client.get("/", headers={"Host": "[::1]:8765"})).status == 200
+        foreign = await client.post(
+            "/api/images/1/caption",
+            json={"caption": "Ghibli style, hijacked"},
+            headers={TOKEN_HEADER: TOKEN, "Origin": "http://evil.example"},
+        )
+        assert foreign.status == 403
+
+    with_client(reviewed, check)
+    assert "hijacked" not in (row(reviewed, "person1.png")["caption"] or "")
+
+
+def test_bad_ids_and_captions_are_refused_with_400_or_404(reviewed: Project) -> None:
+    async def check(client: TestClient) -> None:
+        assert (await client.get("/api/thumbs/99999999999999999999999")).status == 404
+        write = {TOKEN_HEADER: TOKEN}
+        for caption in (["a", "list"], 42, "x " * 600):
+            answer = await client.post("/api/images/1/caption", json={"caption": caption}, headers=write)
+            assert answer.status == 400, caption
+
+    with_client(reviewed, check)
+
+
+def test_the_report_survives_a_caption_that_looks_like_html(reviewed: Project) -> None:
+    with State.open(reviewed.config.state_path) as state:
+        state.review.edit_caption(1, "Ghibli style, <!--<script> a girl </script>")
+    target = reviewed.root / "shared"
+    assert reviewed.cli("report", "--to", str(target)) == 0
+    html = (target / "index.html").read_text(encoding="utf-8")
+    embedded = html.split("window.REPORT = ", 1)[1].split(";</script>", 1)[0]
+    assert "<" not in embedded
+    data = json.loads(embedded)
+    assert any("<!--<script>" in (item["caption"]["text"] or "") for items in data["tabs"].values() for item in items)
