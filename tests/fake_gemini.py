@@ -52,7 +52,8 @@ class FakeGemini:
     keys: dict[str, str]  # secret -> project
     models: dict[str, ModelLimits]
     latency: Callable[[], float] = lambda: 0.0
-    blocked_images: set[str] = field(default_factory=set)  # sha256 of images every model refuses
+    blocked_images: set[str] = field(default_factory=set)  # sha256 of images the blocking models refuse
+    blocking_models: set[str] | None = None  # which models refuse them (None: every model)
     unavailable_first: int = 0  # answer the first N requests with 503
     caption_words: int = 22
     seen: list[Seen] = field(default_factory=list)
@@ -105,7 +106,7 @@ class FakeGemini:
             return 429, "minute", _quota_exceeded(model, "PerMinute", limits.rpm, retry_s=retry), 0.0
         window.append(now)
         self._days[(project, model, day)] = self._days.get((project, model, day), 0) + 1
-        if image in self.blocked_images:
+        if image in self.blocked_images and (self.blocking_models is None or model in self.blocking_models):
             return 200, "blocked", _blocked(), self.latency()
         return 200, "ok", self._caption(image, model), self.latency()
 

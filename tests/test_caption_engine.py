@@ -6,14 +6,16 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter, defaultdict
+from datetime import timedelta
 
 from caption_harness import run_pipeline, serving, write_caption_config, write_env
 from conftest import Project, make_frames
 from fake_gemini import FakeGemini, ModelLimits
-from virtual_time import VirtualClock, run_virtual
+from virtual_time import START, VirtualClock, run_virtual
 
 from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
+from ghibli_async.run_end import RunEnd
 
 
 def max_in_any_window(times: list[float], window: float = 60.0) -> int:
@@ -233,3 +235,58 @@ def test_bad_answer_is_asked_again_once_then_flagged_for_review(project: Project
     assert sorted(s.model for s in fake.seen) == ["m1", "m1", "m2", "m2"]
     assert all(review == 1 for *_, review in captions(project).values())
     assert not (project.root / "out/train/metadata.jsonl").exists()
+
+
+def resized_digest(project: Project, number: int) -> str:
+    return hashlib.sha256((project.root / f"work/resized/{number}.jpg").read_bytes()).hexdigest()
+
+
+def run_day(project: Project, fake: FakeGemini, clock: VirtualClock, models: list[str], *, block: int | None = None):
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(project, fake.base_url, models)
+            if block is not None:
+                await resize_only(project)
+                fake.blocked_images.add(resized_digest(project, block))
+            return await run_pipeline(project, clock)
+
+    return run_virtual(scenario())
+
+
+def table(*names: str) -> list[str]:
+    return [f"{{name: {name}, rpm: 60, rpd: 100, tpm: 1000000}}" for name in names]
+
+
+def test_a_refused_image_waits_for_a_spent_model_instead_of_being_lost(project: Project) -> None:
+    """Refused by m1 while m2 had spent its day: pending, not blocked; m2 captions it the next day."""
+    make_frames(project, 4)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    day1 = VirtualClock()
+    fake = FakeGemini(day1, {"k1": "p"}, {"m1": ModelLimits(), "m2": ModelLimits(rpd=0)}, blocking_models={"m1"})
+
+    report = run_day(project, fake, day1, table("m1", "m2"), block=3)
+    assert captions(project)[3][0] == "pending"
+    assert report.outcomes("caption") == {"done": 3, "left": 1} and report.end == RunEnd.QUOTA
+
+    fake.clock, fake.models["m2"] = VirtualClock(START + timedelta(days=1)), ModelLimits()
+    fake.seen.clear()
+    run_day(project, fake, fake.clock, table("m1", "m2"))
+    assert captions(project)[3][:1] == ("done",)
+    assert [(s.model, s.kind) for s in fake.seen] == [("m2", "ok")]  # m1, which refused it, is not asked again
+
+
+def test_a_blocked_image_is_offered_to_a_model_added_later(project: Project) -> None:
+    make_frames(project, 2)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    fake = FakeGemini(clock, {"k1": "p"}, {n: ModelLimits() for n in ("m1", "m2", "m3")}, blocking_models={"m1", "m2"})
+
+    run_day(project, fake, clock, table("m1", "m2"), block=2)
+    assert captions(project)[2][0] == "blocked"
+    fake.seen.clear()
+    run_day(project, fake, clock, table("m1", "m2"))  # nothing new to try: blocked it stays
+    assert fake.seen == [] and captions(project)[2][0] == "blocked"
+
+    run_day(project, fake, clock, table("m1", "m2", "m3"))
+    assert [(s.model, s.kind) for s in fake.seen] == [("m3", "ok")]
+    assert captions(project)[2][0] == "done"

@@ -98,9 +98,19 @@ CASES = [
         (True, True),
     ),
     (
+        "a model that refused before refuses again: still one model, retry elsewhere",
+        Blocked("SAFETY", None),
+        Attempt(7, refused_by=frozenset({"m1"})),
+        0,
+        True,
+        [Served(B, None, 600)],
+        Retry(),
+        (True, True),
+    ),
+    (
         "safety block past blocked_retries: blocked",
         Blocked("prompt blocked: PROHIBITED_CONTENT", None),
-        Attempt(7, blocks=1),
+        Attempt(7, refused_by=frozenset({"m0"})),
         0,
         True,
         [Served(B, None, 600)],
@@ -243,7 +253,7 @@ def test_repeated_minute_limits_back_off_further() -> None:
 
 def test_the_attempt_remembers_what_to_avoid() -> None:
     blocked = reduce(Blocked("SAFETY", None)).attempt
-    assert blocked.avoid_models == {"m1"} and blocked.blocks == 1
+    assert blocked.avoid_models == {"m1"} and blocked.refused_by == {"m1"}
     bad = reduce(Answer("Ghibli style, Totoro", None)).attempt
     assert bad.avoid_buckets == {B} and bad.bad_answers == 1
     waited = reduce(TransientError("503"), streak=1).attempt
@@ -259,20 +269,34 @@ def test_the_reducer_changes_nothing_it_is_given() -> None:
     assert g.bucket.cooldown_until == float("-inf")
 
 
+def test_a_refused_image_waits_for_a_model_it_has_not_tried() -> None:
+    """The other model is spent for today: the image stays pending, not blocked (it was lost before)."""
+    refused = Attempt(1, refused_by=frozenset({"m1"}))
+    found = when_no_bucket(refused, any_usable=True, any_key_or_model_left=True, untried_models=True, reset_at="")
+    assert found == LeavePending(RunEnd.QUOTA)
+
+
 @pytest.mark.parametrize(
     ("attempt", "usable", "left", "verdict"),
     [
         (Attempt(1), False, False, StopRun("no usable key or model is left", RunEnd.NO_KEYS)),
         (Attempt(1), False, True, StopRun("every quota bucket is spent for today", RunEnd.QUOTA)),
-        (Attempt(1, blocks=1), True, True, GiveUp("blocked", "blocked, and no other model to try")),
+        (Attempt(1, refused_by=frozenset({"m1"})), True, True, GiveUp("blocked", "refused by every model: m1")),
         (Attempt(1), True, True, LeavePending()),
     ],
     ids=["all retired", "all spent", "blocked, no other model", "avoided every bucket"],
 )
 def test_no_bucket_left(attempt: Attempt, usable: bool, left: bool, verdict) -> None:
-    found = when_no_bucket(attempt, any_usable=usable, any_key_or_model_left=left, reset_at="2026-11-27 09:00 CET")
+    found = when_no_bucket(
+        attempt, any_usable=usable, any_key_or_model_left=left, untried_models=False, reset_at="2026-11-27 09:00 CET"
+    )
     assert type(found) is type(verdict)
     if isinstance(verdict, StopRun):
         assert found.reason.startswith(verdict.reason) and found.end == verdict.end
     else:
         assert found == verdict
+
+
+def test_a_limit_of_zero_is_not_learned() -> None:
+    outcome = reduce(RateLimited("day", None, 0, "limit: 0"))
+    assert outcome.effects == (SpendForToday(B),)

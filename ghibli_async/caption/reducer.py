@@ -36,10 +36,13 @@ class Attempt:
     number: int
     requests: int = 0
     transient_errors: int = 0
-    blocks: int = 0
     bad_answers: int = 0
+    refused_by: frozenset[str] = field(default_factory=frozenset)  # models that blocked it, in any run
     avoid_buckets: frozenset[str] = field(default_factory=frozenset)
-    avoid_models: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def avoid_models(self) -> frozenset[str]:
+        return self.refused_by
 
 
 # --- effects on the books -----------------------------------------------------------------------
@@ -128,7 +131,10 @@ class StopRun:
 
 @dataclass(frozen=True)
 class LeavePending:
-    """No bucket may take this image now; a later run will."""
+    """No bucket may take this image now; a later run will (`end`: QUOTA when it waits for a
+    spent or cooling model it has not tried)."""
+
+    end: RunEnd = RunEnd.DONE
 
 
 Verdict = Accept | Retry | GiveUp | StopRun | LeavePending
@@ -178,8 +184,9 @@ def _reduce(
             return served, Retry(), retry
         return served, Accept(text, reply.tokens, problems), attempt
     if isinstance(reply, Blocked):
-        attempt = replace(attempt, blocks=attempt.blocks + 1, avoid_models=attempt.avoid_models | {bucket.model})
-        verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if attempt.blocks > rules.blocked_retries else Retry()
+        attempt = replace(attempt, refused_by=attempt.refused_by | {bucket.model})
+        enough = len(attempt.refused_by) > rules.blocked_retries  # distinct models, this run and earlier ones
+        verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if enough else Retry()
         return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], verdict, attempt
     if isinstance(reply, RateLimited):
         return _rate_limited(grant, reply, rules), Retry(), attempt
@@ -203,7 +210,9 @@ def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> lis
     kind = {"day": "rpd", "tokens": "tpm"}.get(reply.scope, "rpm")
     configured = getattr(bucket.limits, kind)
     effects: list[Effect] = []
-    if reply.quota_value is not None and reply.quota_value != configured:
+    # A limit of 0 (a model outside the free tier) is not learned: spent for today says enough, and
+    # the next day asks once more.
+    if reply.quota_value and reply.quota_value != configured:
         effects.append(LearnLimit(bucket.name, kind, reply.quota_value, configured))
     if reply.scope == "day":
         return [*effects, SpendForToday(bucket.name)]
@@ -211,8 +220,11 @@ def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> lis
     return [*effects, CoolDown(bucket.name, seconds, reply.scope)]
 
 
-def when_no_bucket(attempt: Attempt, *, any_usable: bool, any_key_or_model_left: bool, reset_at: str) -> Verdict:
-    """The scheduler has no bucket this image may use, now or later in this run."""
+def when_no_bucket(
+    attempt: Attempt, *, any_usable: bool, any_key_or_model_left: bool, untried_models: bool, reset_at: str
+) -> Verdict:
+    """The scheduler has no bucket this image may use, now or later in this run. `untried_models`:
+    a configured model that has not refused this image still has a working key (spent or not)."""
     if not any_usable and not any_key_or_model_left:
         return StopRun(
             "no usable key or model is left: check the keys (`check-keys`) and the model list", RunEnd.NO_KEYS
@@ -223,6 +235,8 @@ def when_no_bucket(attempt: Attempt, *, any_usable: bool, any_key_or_model_left:
             "rerun then to continue",
             RunEnd.QUOTA,
         )
-    if attempt.blocks:  # refused for safety, and no other model to ask
-        return GiveUp(Status.BLOCKED, "blocked, and no other model to try")
+    if attempt.refused_by and untried_models:  # another model may take it once its quota is back
+        return LeavePending(RunEnd.QUOTA)
+    if attempt.refused_by:
+        return GiveUp(Status.BLOCKED, f"refused by every model: {', '.join(sorted(attempt.refused_by))}")
     return LeavePending()

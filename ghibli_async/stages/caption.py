@@ -139,7 +139,7 @@ class CaptionEngine:
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
 
     async def run(self, *, limit: int | None = None) -> CaptionReport:
-        jobs = self.results.caption_jobs(limit=limit)
+        jobs = self.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
         if not jobs:
             return self.report
         self.books.clear_retirements()
@@ -171,7 +171,8 @@ class CaptionEngine:
 
     async def _work(self, queue: asyncio.Queue[CaptionJob | None]) -> None:
         while (job := await queue.get()) is not None:
-            outcome = LEFT if self.report.stopped else await self._caption(Attempt(job.number))
+            attempt = Attempt(job.number, refused_by=job.refused_by)
+            outcome = LEFT if self.report.stopped else await self._caption(attempt)
             self.report.outcomes[outcome] += 1
             self._progress.finished(outcome)
 
@@ -247,6 +248,7 @@ class CaptionEngine:
             attempt,
             any_usable=self.scheduler.any_usable(quota_day(self.clock.wall())),
             any_key_or_model_left=self.scheduler.any_key_or_model_left(),
+            untried_models=self.scheduler.any_model_left_besides(attempt.refused_by),
             reset_at=reset,
         )
 
@@ -308,10 +310,14 @@ class CaptionEngine:
             if verdict.status == Status.FAILED:
                 self.report.end = worst([self.report.end, RunEnd.FAILED])
             self.results.record_caption_failure(
-                attempt.number, verdict.status, verdict.reason, attempts=attempt.requests
+                attempt.number, verdict.status, verdict.reason, attempts=attempt.requests, refused_by=attempt.refused_by
             )
             log.warning(f"caption_{verdict.status}", image=output_name(attempt.number), reason=verdict.reason)
             return verdict.status.value
+        if isinstance(verdict, LeavePending) and attempt.refused_by:
+            self.results.record_refusals(attempt.number, attempt.refused_by)  # a model it has not tried will
+            self.report.end = worst([self.report.end, verdict.end])
+            log.info("caption_waits_for_another_model", image=attempt.number, refused_by=sorted(attempt.refused_by))
         if isinstance(verdict, StopRun) and not self.report.stopped:
             self.report.stopped = verdict.reason  # images not captioned stay pending for the next run
             self.report.end = worst([self.report.end, verdict.end])

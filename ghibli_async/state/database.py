@@ -103,6 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
     -- only these count against a daily limit in `status`.
     ALTER TABLE quota_usage ADD COLUMN accepted INTEGER NOT NULL DEFAULT 0;
 
+    -- The models that refused an image for safety (JSON list): it is `blocked` only once enough
+    -- distinct models did, and a model it has not tried takes it later.
+    ALTER TABLE images ADD COLUMN caption_refused_by TEXT;
+
     -- One row per run: which stages were on, and how it ended (NULL: still running, or killed).
     CREATE TABLE runs (
         id          INTEGER PRIMARY KEY,

@@ -3,14 +3,15 @@ with a reason, the caption with the model and key#N that wrote it, and what expo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from ghibli_async.state.database import NOW, Database
 from ghibli_async.statuses import Status
 
 _PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
-_FAILED = Status.FAILED.sql
+_FAILED, _B = Status.FAILED.sql, Status.BLOCKED.sql
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class ResizeJob:
 class CaptionJob:
     image_id: int
     number: int
+    refused_by: frozenset[str] = frozenset()  # models that blocked it before
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,34 @@ class ResultStore:
 
     # --- caption ----------------------------------------------------------------------------
 
-    def caption_jobs(self, *, limit: int | None = None) -> list[CaptionJob]:
-        """Resized images without a caption; failed ones are tried again, blocked ones are not."""
+    def caption_jobs(self, models: Collection[str], *, limit: int | None = None) -> list[CaptionJob]:
+        """Resized images without a caption: pending and failed ones, and blocked ones that one of
+        `models` (the configured ones) has not refused yet."""
         rows = self._db.execute(
-            f"""SELECT id, number FROM images
-               WHERE resize_status = {_DONE} AND caption_status IN ({_PENDING}, {_FAILED})
-                 AND duplicate_of IS NULL AND filter_status != {_REJECTED}
-               ORDER BY number LIMIT ?""",
-            (-1 if limit is None else limit,),
+            f"""SELECT id, number, caption_refused_by, caption_status = {_B} FROM images
+               WHERE resize_status = {_DONE} AND duplicate_of IS NULL AND filter_status != {_REJECTED}
+                 AND (caption_status IN ({_PENDING}, {_FAILED})
+                      OR (caption_status = {_B} AND caption_refused_by IS NOT NULL))
+               ORDER BY number"""
         )
-        return [CaptionJob(*row) for row in rows]
+        jobs = []
+        for image_id, number, refused, blocked in rows:
+            refused_by = frozenset(json.loads(refused)) if refused else frozenset()
+            if blocked and not set(models) - refused_by:
+                continue  # every configured model refused it: blocked it stays
+            jobs.append(CaptionJob(image_id, number, refused_by, bool(blocked)))
+            if limit is not None and len(jobs) >= limit:
+                break
+        return jobs
+
+    def record_refusals(self, number: int, refused_by: Collection[str]) -> None:
+        """Models that refused the image for safety; it stays pending for a model it has not tried."""
+        with self._db.transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_refused_by = ?, caption_status = {_PENDING}, updated_at = {NOW}
+                    WHERE number = ?""",
+                (json.dumps(sorted(refused_by)), number),
+            )
 
     def record_caption(
         self,
@@ -120,13 +141,16 @@ class ResultStore:
                 (caption, model, key_label, attempts, tokens, int(needs_review), number),
             )
 
-    def record_caption_failure(self, number: int, status: Status, reason: str, *, attempts: int) -> None:
-        """BLOCKED (safety) or FAILED (errors; a rerun tries again)."""
+    def record_caption_failure(
+        self, number: int, status: Status, reason: str, *, attempts: int, refused_by: Collection[str] = ()
+    ) -> None:
+        """BLOCKED (safety, with the models that refused) or FAILED (errors; a rerun tries again)."""
+        refused = json.dumps(sorted(refused_by)) if refused_by else None
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET caption_status = ?, caption_reason = ?, caption_attempts = ?,
-                       updated_at = {NOW} WHERE number = ?""",
-                (Status(status).value, reason, attempts, number),
+                       caption_refused_by = COALESCE(?, caption_refused_by), updated_at = {NOW} WHERE number = ?""",
+                (Status(status).value, reason, attempts, refused, number),
             )
 
     def caption_pending_count(self) -> int:
