@@ -18,12 +18,13 @@ from pathlib import Path
 from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.clock import SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
-from ghibli_async.errors import UserError
+from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import Pipeline, export_only, set_override
+from ghibli_async.pipeline import Pipeline, export_only, retry_failed, set_override
 from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
 from ghibli_async.review import serve, write_report
+from ghibli_async.run_end import RunEnd
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import State
 
@@ -35,9 +36,13 @@ COMMANDS = {
     "filter-report": "show the filter's decisions: counts per reason, or one JSON line per frame (--json)",
     "keep": "keep these frames whatever the filter says (the next run honours it)",
     "reject": "reject these frames whatever the filter says (they are never deleted)",
+    "retry": "put the frames that failed (in one stage, or all) back in the queue for the next run",
     "review": "serve a local page to look through the dataset, flip decisions and fix captions",
     "report": "write the review page as a read-only folder (index.html + thumbnails) to share",
 }
+
+
+RETRY_STAGES = ("filter", "resize", "caption")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--open", action="store_true", help="open the page in the browser")
         if name == "report":
             command.add_argument("--to", type=Path, default=None, help="folder to write (default: WORK_DIR/report)")
+        if name == "retry":
+            command.add_argument(
+                "--stage", choices=RETRY_STAGES, action="append", help="only this stage (repeatable; default: all)"
+            )
         if name in ("keep", "reject"):
             command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
     return parser
@@ -112,11 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "filter-report": _cmd_filter_report,
         "keep": _cmd_override,
         "reject": _cmd_override,
+        "retry": _cmd_retry,
         "review": _cmd_review,
         "report": _cmd_report,
     }[args.command or "run"]
     try:
         return handler(_config_from(args), args)
+    except MachineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(RunEnd.FAILED)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -197,6 +210,13 @@ def _cmd_override(config: Config, args: argparse.Namespace) -> int:
     print(f"{args.command}: {done} frame(s) marked; the next run honours it.")
     if unknown:
         raise UserError(f"not in the state (run the pipeline first, or check the path): {', '.join(unknown[:5])}")
+    return 0
+
+
+def _cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    requeued = retry_failed(config, args.stage or list(RETRY_STAGES))
+    shown = ", ".join(f"{stage} {n}" for stage, n in requeued.items()) or "nothing processed yet"
+    print(f"Back in the queue: {sum(requeued.values())} failed frame(s) ({shown}); run again to process them.")
     return 0
 
 

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """The config file is missing, unreadable or invalid."""
+
+
+class MachineError(UserError):
+    """The machine, not a file, failed (disk full, permissions, I/O error, read-only file system):
+    the stage stops, its frames stay pending, and the CLI exits 1."""

@@ -6,7 +6,9 @@ errors are returned as values: one bad file never stops the run.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +28,16 @@ _REDUCING_GAP = 2.0
 _SWAPS_AXES = {5, 6, 7, 8}
 
 
+MACHINE = "machine"
+_MACHINE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
+)
+
+
 @dataclass(frozen=True)
 class ResizeOutcome:
-    """`status` is `done`, `rejected` (with reason `too_small`) or `failed` (with the reason)."""
+    """`status` is `done`, `rejected` (with reason `too_small`), `failed` (with the reason), or
+    MACHINE when the machine failed (the frame stays pending)."""
 
     status: str
     reason: str | None = None
@@ -46,8 +55,18 @@ def resize_file(source: str, dest: str, settings: ResizeConfig) -> ResizeOutcome
     except Image.UnidentifiedImageError:
         return ResizeOutcome("failed", "not an image Pillow can read")
     except Exception as exc:  # noqa: BLE001 - any decoder error is this file's problem, not the run's
+        if (problem := machine_problem(exc)) is not None:
+            return ResizeOutcome(MACHINE, problem)
         return ResizeOutcome("failed", f"corrupt image: {exc}")
     return outcome
+
+
+def machine_problem(exc: BaseException) -> str | None:
+    """What the machine did wrong (disk full, permissions, I/O, read-only), or None when the error
+    is the file's own: only the latter marks a frame failed."""
+    if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRNOS:
+        return f"{os.strerror(exc.errno)}" + (f": {exc.filename}" if exc.filename else "")
+    return None
 
 
 def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | None, ResizeOutcome]:
@@ -120,6 +139,7 @@ class FrameLook:
     sharpness: float = 0.0
     phash: str = ""
     error: str | None = None
+    machine: bool = False  # the error is the machine's (see `machine_problem`), not the file's
 
     @property
     def measurements(self) -> Measurements:
@@ -141,6 +161,8 @@ def look_at_frame(source: str, detect_size: int) -> FrameLook:
     except Image.UnidentifiedImageError:
         return FrameLook(error="not an image Pillow can read")
     except Exception as exc:  # noqa: BLE001 - any decoder error is this file's problem, not the run's
+        if (problem := machine_problem(exc)) is not None:
+            return FrameLook(error=problem, machine=True)
         return FrameLook(error=f"corrupt image: {exc}")
     grey = rgb.convert("L")
     small = np.asarray(grey.resize(_grey_size(grey.size), Image.Resampling.BILINEAR), dtype=np.float64) / 255

@@ -147,6 +147,14 @@ def export_only(config: Config) -> ExportResult:
         return export_dataset(state, config)
 
 
+def retry_failed(config: Config, stages: list[str]) -> dict[str, int]:
+    """Failed frames of these stages back in the queue, for the next run."""
+    if not config.state_path.exists():
+        return {}
+    with exclusive(config.paths.work_dir), State.open(config.state_path) as state:
+        return state.progress.retry_failed(stages)
+
+
 def set_override(config: Config, source_paths: list[str], command: str) -> list[str]:
     """`keep` / `reject` frames by source path; returns the paths the state does not know."""
     if not config.state_path.exists():

@@ -12,12 +12,14 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 
 import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
 from ghibli_async.detect import Detector
+from ghibli_async.errors import MachineError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import decide_all
 from ghibli_async.imaging import FrameLook, look_at_frame
@@ -77,6 +79,11 @@ async def _measure(
             pending = [loop.run_in_executor(pool, look_at_frame, job.source_path, size) for job in upcoming]
             boxes = await asyncio.to_thread(_detect, detectors, chunk, looks)
             for job, look, found in zip(chunk, looks, boxes):
+                if look.machine:
+                    raise MachineError(
+                        f"filter stopped: {look.error} (with {Path(job.source_path).name}); fix the machine's "
+                        "problem, then rerun: the frames not looked at stay pending"
+                    )
                 if look.error:
                     state.filter.record_failure(job.image_id, look.error)
                     log.warning("filter_failed", path=job.source_path, reason=look.error)

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
-from ghibli_async.imaging import ResizeOutcome, resize_file
+from ghibli_async.errors import MachineError
+from ghibli_async.imaging import MACHINE, ResizeOutcome, resize_file
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
@@ -91,6 +92,11 @@ async def _bounded(
 
 
 def _record(state: State, job: ResizeJob, outcome: ResizeOutcome) -> None:
+    if outcome.status == MACHINE:
+        raise MachineError(
+            f"resize stopped: {outcome.reason} (with {Path(job.source_path).name}); free space or fix the "
+            "permissions of the work dir, then rerun: the frames not resized stay pending"
+        )
     state.results.record_resize(job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size)
     if outcome.status == Status.FAILED:
         log.warning("resize_failed", path=job.source_path, reason=outcome.reason)

@@ -1,0 +1,83 @@
+"""A full disk (or a permission or I/O error) is the machine's fault, not the frame's: the stage
+stops with one line, exit 1, and the frames stay pending for the rerun."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import Project, make_frames
+
+import ghibli_async.imaging
+from ghibli_async.pool import LazyPool
+
+
+@pytest.fixture
+def in_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker threads instead of processes, so a patched disk reaches the workers."""
+
+    def threads(self: LazyPool) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2)
+        return self._pool
+
+    monkeypatch.setattr(LazyPool, "executor", threads)
+
+
+def statuses(project: Project) -> dict[str, int]:
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        return dict(db.execute("SELECT resize_status, COUNT(*) FROM images GROUP BY resize_status").fetchall())
+
+
+def test_a_full_disk_stops_resize_and_leaves_the_frames_pending(
+    project: Project, in_process_pool: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_frames(project, 8)
+    project.write_config("resize:\n  size: 64\n")
+    write = ghibli_async.imaging.write_jpeg_atomic
+
+    def disk_full_after_two(img, dest: Path, settings) -> None:
+        if int(dest.stem) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+        write(img, dest, settings)
+
+    monkeypatch.setattr(ghibli_async.imaging, "write_jpeg_atomic", disk_full_after_two)
+    assert project.cli("--skip-caption") == 1
+    err = capsys.readouterr().err
+    assert "resize stopped: No space left on device" in err and "rerun" in err and "Traceback" not in err
+    assert statuses(project).get("failed", 0) == 0 and statuses(project)["pending"] >= 6
+
+    monkeypatch.setattr(ghibli_async.imaging, "write_jpeg_atomic", write)  # space freed
+    assert project.cli("--skip-caption") == 0
+    assert statuses(project) == {"done": 8}
+
+
+def test_a_corrupt_file_is_still_the_file_s_failure(project: Project) -> None:
+    make_frames(project, 2)
+    project.write_config("resize:\n  size: 64\n")
+    (project.frames / "frame2.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    assert project.cli("--skip-caption") == 0
+    assert statuses(project) == {"done": 1, "failed": 1}
+
+
+def test_retry_puts_failed_frames_back_in_the_queue(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """Frames an older version marked failed on a full disk come back with `retry`."""
+    make_frames(project, 3)
+    project.write_config("resize:\n  size: 64\n")
+    assert project.cli("--skip-caption") == 0
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        db.execute(
+            "UPDATE images SET resize_status = 'failed', resize_reason = 'corrupt image: [Errno 28]' WHERE number > 1"
+        )
+    (project.root / "work" / "resized" / "2.jpg").unlink()
+    assert project.cli("--skip-caption") == 0
+    assert statuses(project) == {"done": 1, "failed": 2}  # a rerun alone leaves them failed
+
+    capsys.readouterr()
+    assert project.cli("retry", "--stage", "resize") == 0
+    assert "2 failed frame(s) (resize 2)" in capsys.readouterr().out
+    assert project.cli("--skip-caption") == 0
+    assert statuses(project) == {"done": 3}
