@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -94,6 +95,7 @@ class Pipeline:
         detectors = self.detectors
         if detectors is None:
             detectors = load_detectors(config.filter) if config.stages.filter else []
+        ensure_writable(config.paths.work_dir, config.paths.output_dir.parent)  # before any work is paid for
         with (
             exclusive(config.paths.work_dir),
             State.open(config.state_path) as state,
@@ -126,6 +128,21 @@ class Pipeline:
 def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
     """Blocking one-liner for scripts and notebooks: `ghibli_async.run("config.yaml")`."""
     return Pipeline(config if isinstance(config, Config) else load_config(config)).run_sync(limit=limit)
+
+
+def ensure_writable(*folders: Path) -> None:
+    """Each folder exists (made if need be) and takes a new file: a run must not pay for captions
+    it then cannot write."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".ghibli-write-check-"):
+                pass
+        except OSError as exc:
+            raise UserError(
+                f"cannot write to {folder} ({exc.strerror or exc}): fix its permissions or choose another "
+                "folder in paths (work_dir, output_dir)"
+            ) from None
 
 
 @contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,42 @@ def test_export_removes_its_stale_files_but_not_foreign_ones(captioned: Project)
 def test_export_before_any_run_says_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     assert project.cli("export") == 2
     assert "run the pipeline first" in capsys.readouterr().err
+
+
+def test_a_full_output_disk_leaves_the_previous_export_whole(
+    captioned: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert captioned.cli("export") == 0
+    before = {p.name: p.read_bytes() for p in output(captioned).iterdir()}
+    with State.open(captioned.config.state_path) as state:
+        state.results.record_caption(2, "Ghibli style, a new caption for two", model="m", key_label="key#1")
+    link = os.link
+    calls = iter(range(100))
+
+    def disk_fills_up(source, dest) -> None:
+        if next(calls) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        link(source, dest)
+
+    monkeypatch.setattr(os, "link", disk_fills_up)
+    assert captioned.cli("export") == 1
+    err = capsys.readouterr().err
+    assert "export failed (No space left on device)" in err and "previous export" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in output(captioned).iterdir()} == before  # whole, and unchanged
+    assert not [p for p in output(captioned).parent.iterdir() if p.name.startswith(".")]  # nothing half-built left
+
+    monkeypatch.setattr(os, "link", link)
+    assert captioned.cli("export") == 0
+    assert sorted(p.name for p in output(captioned).iterdir()) == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]
+
+
+def test_an_unwritable_output_folder_stops_the_run_before_any_request(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    (project.root / "not-a-folder").write_text("a file where the output's parent should be")
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=never-used\n")
+    assert project.cli("--output", str(project.root / "not-a-folder" / "train")) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "not-a-folder" in err
+    assert not (project.root / "work" / "resized").exists()  # stopped before any work, so before paying

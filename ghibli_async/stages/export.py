@@ -7,6 +7,7 @@ optionally, kohya-style `N.txt` sidecars. Images without a caption stay in the w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import structlog
 
-from ghibli_async.atomic import atomic_path, is_partial, write_text_atomic
+from ghibli_async.atomic import is_partial
 from ghibli_async.config import Config
+from ghibli_async.errors import MachineError
 from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
@@ -53,29 +55,75 @@ class ExportResult:
 
 
 def export_dataset(state: State, config: Config) -> ExportResult:
-    """Make `output_dir` match the captioned images in the state (incrementally, atomically per file)."""
+    """Make `output_dir` hold exactly the captioned images in the state. The new export is built
+    beside it and swapped in at the end, so a failure (a full disk) leaves the previous one whole."""
     output_dir = config.paths.output_dir
+    staging, previous = _sibling(output_dir, "new"), _sibling(output_dir, "old")
+    _finish_an_interrupted_swap(output_dir, staging, previous)
     items = state.results.captioned_images()
     if not items and not output_dir.exists():
         return ExportResult(0, 0, output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    wanted: set[str] = set()
-    for item in items:
-        name = output_name(item.number)
-        _place_image(config.resized_dir / name, output_dir / name)
-        wanted.add(name)
-        if config.export.kohya_txt:
-            sidecar = output_dir / f"{item.number}.txt"
-            _write_if_changed(sidecar, item.caption)
-            wanted.add(sidecar.name)
-    metadata = output_dir / METADATA_FILE
-    if items:
-        write_text_atomic(metadata, metadata_jsonl(items))
-    else:
-        metadata.unlink(missing_ok=True)
-    removed = _remove_unwanted(output_dir, wanted)
+    try:
+        _build(staging, items, config, carry_from=output_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise MachineError(
+            f"export failed ({exc.strerror or exc}): {output_dir} still holds the previous export; "
+            "free space (or fix permissions) and run `export` again"
+        ) from None
+    before = {entry.name for entry in output_dir.iterdir()} if output_dir.exists() else set()
+    if output_dir.exists():
+        os.replace(output_dir, previous)
+    os.replace(staging, output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    removed = len(
+        {name for name in before if _MANAGED.fullmatch(name) or is_partial(name)} - set(os.listdir(output_dir))
+    )
     _warn_about_foreign_files(output_dir)
     return ExportResult(len(items), removed, output_dir)
+
+
+def _sibling(output_dir: Path, role: str) -> Path:
+    return output_dir.with_name(f".{output_dir.name}.{role}")
+
+
+def _finish_an_interrupted_swap(output_dir: Path, staging: Path, previous: Path) -> None:
+    """A run killed between the two renames of the swap: the new export is complete, so finish it;
+    killed while building it: drop the half-built one."""
+    if previous.exists() and not output_dir.exists() and staging.exists():
+        os.replace(staging, output_dir)
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(staging: Path, items: list[CaptionedImage], config: Config, *, carry_from: Path) -> None:
+    """The whole export in `staging`: images hard-linked from the work dir, sidecars, metadata,
+    and the user's own files from the current export (linked, never moved)."""
+    staging.mkdir(parents=True)
+    for item in items:
+        name = output_name(item.number)
+        _link(config.resized_dir / name, staging / name)
+        if config.export.kohya_txt:
+            (staging / f"{item.number}.txt").write_text(item.caption, encoding="utf-8")
+    if items:
+        (staging / METADATA_FILE).write_text(metadata_jsonl(items), encoding="utf-8")
+    for entry in carry_from.iterdir() if carry_from.exists() else ():
+        if entry.name == METADATA_FILE or _MANAGED.fullmatch(entry.name) or is_partial(entry.name):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, staging / entry.name, copy_function=_link)
+        else:
+            _link(entry, staging / entry.name)
+
+
+def _link(source: Path | str, dest: Path | str) -> None:
+    """A hard link (no bytes copied), or a copy across file systems."""
+    try:
+        os.link(source, dest)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(source, dest)
 
 
 def metadata_jsonl(items: list[CaptionedImage]) -> str:
@@ -84,46 +132,6 @@ def metadata_jsonl(items: list[CaptionedImage]) -> str:
         json.dumps({"file_name": output_name(item.number), "text": item.caption}, ensure_ascii=False) + "\n"
         for item in items
     )
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    write_text_atomic(path, text)
-
-
-def _place_image(source: Path, dest: Path) -> None:
-    """Hard-link the resized image into the output (a copy across file systems); skip if current."""
-    if dest.exists() and _is_current(source, dest):
-        return
-    with atomic_path(dest) as temp:
-        temp.unlink(missing_ok=True)
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copy2(source, temp)
-
-
-def _is_current(source: Path, dest: Path) -> bool:
-    if os.path.samefile(source, dest):
-        return True
-    src, dst = source.stat(), dest.stat()
-    return src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns
-
-
-def _remove_unwanted(output_dir: Path, wanted: set[str]) -> int:
-    """Drop our own files (`N.jpg`, `N.txt`) whose image no longer has a caption, and partial files."""
-    stale = [
-        entry
-        for entry in output_dir.iterdir()
-        if is_partial(entry.name) or (_MANAGED.fullmatch(entry.name) and entry.name not in wanted)
-    ]
-    for entry in stale:
-        entry.unlink(missing_ok=True)
-    return len(stale)
 
 
 def _warn_about_foreign_files(output_dir: Path) -> None:
