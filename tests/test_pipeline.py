@@ -125,6 +125,19 @@ def test_changed_source_is_resized_again_under_its_number(project: Project) -> N
     assert pixel[0] == pixel[1] == pixel[2]  # the grey version replaced the colour one
 
 
+def test_copies_of_a_changed_file_are_processed_with_its_old_bytes(project: Project) -> None:
+    original = save_frame(project.frames / "a.jpg", seed=1)
+    for copy in ("b.jpg", "c.jpg"):
+        (project.frames / copy).write_bytes(original.read_bytes())
+    project.cli("--skip-caption")
+    assert numbers_by_name(project) == {"a.jpg": 1}  # b and c are a's byte copies
+
+    save_frame(original, seed=2)  # a changes; b and c still hold the old picture
+    project.cli("--skip-caption")
+    assert numbers_by_name(project) == {"a.jpg": 1, "b.jpg": 2}  # b carries the old bytes, c stays its copy
+    assert len(project.resized()) == 2
+
+
 def test_deleted_work_file_is_made_again(mixed_frames: Project) -> None:
     mixed_frames.cli()
     (mixed_frames.root / "work" / "resized" / "5.jpg").unlink()

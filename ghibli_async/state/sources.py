@@ -82,6 +82,7 @@ class SourceStore:
                    WHERE id = ?""",
                 (file.content_hash, file.size, file.mtime_ns, duplicate_of, image_id),
             )
+            _promote_copies_of(db, image_id)
 
     def touch(self, image_id: int, size: int, mtime_ns: int) -> None:
         """Same bytes, new timestamp (a copy or a `touch`): remember it so it is not hashed again."""
@@ -114,6 +115,21 @@ class SourceStore:
         """Every video seen, by path."""
         rows = self._db.execute("SELECT path, status, frames, reason FROM videos ORDER BY path")
         return [Video(path, VideoStatus(status), frames, reason) for path, status, frames, reason in rows]
+
+
+def _promote_copies_of(db, image_id: int) -> None:
+    """The image's old bytes live on in its byte copies: the first of them (in natural order)
+    becomes the original that goes through the stages, the others its duplicates."""
+    copies = [
+        row[0]
+        for row in db.execute(
+            "SELECT id FROM images WHERE duplicate_of = ? ORDER BY sort_key, source_path", (image_id,)
+        )
+    ]
+    if copies:
+        first, rest = copies[0], copies[1:]
+        db.execute("UPDATE images SET duplicate_of = NULL WHERE id = ?", (first,))
+        db.executemany("UPDATE images SET duplicate_of = ? WHERE id = ?", [(first, copy) for copy in rest])
 
 
 def _originals_among(db, hashes: Sequence[str | None]) -> dict[str, int]:
