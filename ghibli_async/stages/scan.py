@@ -6,13 +6,15 @@ Only files that are new or whose size/mtime changed are read and hashed, so a re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -44,10 +46,18 @@ class ScanStage:
     async def run(self, context: RunContext) -> StageReport:
         scan = scan_inputs(context.inputs.images, context.state)
         log.info("scan_done", found=scan.found, new=scan.new, duplicates=scan.duplicates)
+        skipped = context.inputs.skipped
+        odd = f", {len(skipped)} skipped" if skipped else ""
+        notes = [f"skipped {path}: {why}" for path, why in skipped[:20]]
+        if len(skipped) > 20:
+            notes.append(f"… and {len(skipped) - 20} more entries skipped (the log lists each)")
         return StageReport(
-            Counter(found=scan.found, new=scan.new, duplicates=scan.duplicates, changed=scan.changed),
+            Counter(
+                found=scan.found, new=scan.new, duplicates=scan.duplicates, changed=scan.changed, skipped=len(skipped)
+            ),
             shown=scan.found,
-            line=f"files: {scan.new} new, {scan.duplicates} exact duplicate(s), {scan.changed} changed",
+            line=f"files: {scan.new} new, {scan.duplicates} exact duplicate(s), {scan.changed} changed{odd}",
+            notes=notes,
         )
 
 
@@ -72,6 +82,7 @@ def natural_sort_key(path: str) -> str:
 class InputFiles:
     images: list[Path]  # frames in the input folder and frames extracted from its videos
     videos: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): odd entries never opened
 
 
 def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
@@ -79,19 +90,53 @@ def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
     extracted from the videos, in natural order; an error line when there is nothing to work on."""
     if not input_dir.is_dir():
         raise UserError(f"input folder not found: {input_dir} (set paths.input_dir in the config or pass --input)")
-    found = list(_walk(input_dir)) + (list(_walk(extracted_dir)) if extracted_dir.is_dir() else [])
+    skipped: list[tuple[str, str]] = []
+    found = list(_walk(input_dir, skipped)) + (list(_walk(extracted_dir, skipped)) if extracted_dir.is_dir() else [])
     images = sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     videos = sorted((p for p in found if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     if not images and not videos:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise UserError(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
-    return InputFiles(images, videos)
+    return InputFiles(images, videos, skipped)
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    for root, dirs, names in os.walk(folder):
+def _walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
+    """Regular files under `folder`, following symlinked folders (each real folder once, so a
+    link loop ends); what cannot be a frame is added to `skipped` with its reason and never opened."""
+    seen_folders: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        here = os.stat(root)
+        if (here.st_dev, here.st_ino) in seen_folders:
+            dirs[:] = []
+            continue
+        seen_folders.add((here.st_dev, here.st_ino))
         dirs[:] = [name for name in dirs if not name.startswith(".")]
-        yield from (Path(root) / name for name in names if not name.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            problem = _odd_entry(path, name)
+            if problem is None:
+                yield path
+            elif path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                shown = os.fsencode(path).decode("utf-8", "replace")
+                skipped.append((shown, problem))
+                log.warning("input_skipped", path=shown, reason=problem)
+
+
+def _odd_entry(path: Path, name: str) -> str | None:
+    """Why this entry cannot be read as a frame (None: it is a regular file with a usable name)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8: rename it"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a symlink to nothing"
+    except OSError as exc:
+        return "a symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file (a pipe, socket or device): never opened"
 
 
 def hash_file(path: Path) -> str | None:
