@@ -11,8 +11,11 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from ghibli_async.caption.check import check_keys, format_checks
@@ -110,6 +113,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_terminated = threading.Event()
+
+
+def _stop_as_for_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (`kill PID`, `docker stop`, systemd) stops the run the way Ctrl-C does: as a SIGINT,
+    which asyncio turns into a cancelled run that closes the state, the pool and the lock."""
+    _terminated.set()
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(json_lines=args.log_json, verbose=args.verbose)
@@ -125,17 +138,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "review": _cmd_review,
         "report": _cmd_report,
     }[args.command or "run"]
+    with _sigterm_as_ctrl_c():
+        try:
+            return handler(_config_from(args), args)
+        except MachineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return int(RunEnd.FAILED)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            how, code = ("stopped (SIGTERM)", 143) if _terminated.is_set() else ("interrupted", 130)
+            print(f"{how}: rerun the same command to continue where it stopped", file=sys.stderr)
+            return code
+
+
+@contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """For the length of one command (signals can only be handled in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _terminated.clear()
+    previous = signal.signal(signal.SIGTERM, _stop_as_for_ctrl_c)
     try:
-        return handler(_config_from(args), args)
-    except MachineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(RunEnd.FAILED)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to continue where it stopped", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _config_from(args: argparse.Namespace) -> Config:

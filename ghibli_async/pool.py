@@ -7,8 +7,11 @@ pipeline closes them before captioning, which needs none.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -27,7 +30,9 @@ class LazyPool:
             context = multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else None)
             if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(["ghibli_async.imaging"])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_ignore_sigint)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+            )
         return self._pool
 
     def close(self) -> None:
@@ -47,6 +52,23 @@ class LazyPool:
             ) from None
 
 
-def _ignore_sigint() -> None:
-    """Ctrl-C is the main process's to handle: workers finish their image and stop with the pool."""
+def _start_worker(run_pid: int) -> None:
+    """Ctrl-C is the run's to handle: workers finish their image and stop with the pool. A worker
+    also ends when the run dies (SIGKILL, a crash): its queues never close, since every worker
+    holds both ends, so it watches the run's process instead."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(run_pid,), daemon=True, name="ghibli_async-watchdog").start()
+
+
+def _end_with(run_pid: int) -> None:
+    while True:
+        time.sleep(_WATCH_S)
+        try:
+            os.kill(run_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)  # nothing to clean up: the run's state is SQLite's, and a partial file is removed later
+        except PermissionError:
+            pass  # alive, under another user (a reused pid cannot be ours)
+
+
+_WATCH_S = 0.5

@@ -14,7 +14,7 @@ from fake_gemini import FakeGemini, ModelLimits
 
 from ghibli_async.clock import SystemClock
 
-FRAMES = 120
+FRAMES = 60
 
 
 def resized_count(state: os.PathLike[str]) -> int:
@@ -96,3 +96,51 @@ def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
     rows = [json.loads(line) for line in lines]
     assert sorted(row["file_name"] for row in rows) == sorted(f"{n}.jpg" for n in range(1, images + 1))
     assert all((project.root / "out" / "train" / row["file_name"]).exists() for row in rows)
+
+
+def group_is_gone(pid: int, within_s: float = 10.0) -> bool:
+    """No process is left in the process group `pid` started (the run, its forkserver, workers, tracker)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(project: Project) -> None:
+    make_frames(project, 16)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.15)
+    state = project.root / "work" / "state.sqlite"
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n"
+            "  models: [{name: m, rpm: 1000, rpd: 10000, tpm: 10000000}]\n"
+        )
+        run = project.subprocess(start_new_session=True)
+        deadline = time.monotonic() + 60
+        while captioned_count(state) < 2 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert "stopped (SIGTERM)" in err and "Traceback" not in err
+    assert group_is_gone(run.pid)
+
+
+def test_workers_end_when_the_run_is_killed(project: Project) -> None:
+    for i in range(1, 25):
+        save_frame(project.frames / f"frame{i}.jpg", seed=i)
+    project.write_config("resize:\n  workers: 2\n")
+    state = project.root / "work" / "state.sqlite"
+    run = project.subprocess("--skip-caption", start_new_session=True)
+    deadline = time.monotonic() + 60
+    while resized_count(state) < 2 and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert run.poll() is None, "the run ended before the kill"
+    run.kill()  # the run only: its workers must not live on (they held ~260 MB before)
+    run.wait()
+    assert group_is_gone(run.pid), "a worker, the forkserver or the resource tracker outlived the run"

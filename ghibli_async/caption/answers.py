@@ -53,4 +53,6 @@ class TransientError:
     reason: str
 
 
+NO_IMAGES = "the model does not take images"  # how a ModelUnavailable for a text-only model starts
+
 Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | TransientError

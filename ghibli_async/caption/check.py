@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from ghibli_async.caption.answers import Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
+from ghibli_async.caption.answers import NO_IMAGES, Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
 from ghibli_async.caption.buckets import build_buckets
 from ghibli_async.caption.clients import CaptionClients
-from ghibli_async.caption.openai_chat import NO_IMAGES
 from ghibli_async.config import ApiKey, CaptionConfig
 
 

@@ -21,6 +21,7 @@ from openai import AsyncOpenAI
 from PIL import Image
 
 from ghibli_async.caption.answers import (
+    NO_IMAGES,
     Answer,
     Blocked,
     KeyRejected,
@@ -33,7 +34,6 @@ from ghibli_async.config import ApiKey, CaptionConfig, ProviderConfig
 
 log = structlog.get_logger(__name__)
 
-NO_IMAGES = "the model does not take images"
 _NO_KEY = "none"  # the SDK wants some key; a local server without --api-key ignores it
 _NOT_A_VISION_MODEL = re.compile(
     r"image|vision|multimodal|multi-modal|does not support (the )?(content|input)|unsupported content", re.I
