@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from ghibli_async.errors import UserError
+from ghibli_async.facts import Decision
 from ghibli_async.stages.scan import natural_sort_key
 from ghibli_async.state import SCHEMA_VERSION, State
 from ghibli_async.state.sources import SourceFile
+from ghibli_async.statuses import Override, Status
 
 
 def source(name: str, content: str | None = None) -> SourceFile:
@@ -94,3 +96,17 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(UserError, match="cannot open the state database"):
         State.open(path)
+
+
+def test_a_keep_made_on_the_page_while_a_run_decides_is_not_overwritten(tmp_path: Path) -> None:
+    """The run computed its decisions before the user's click landed; the click wins."""
+    path = tmp_path / "state.sqlite"
+    with State.open(path) as run:
+        run.sources.register([source("a.png")])
+        (image_id,) = [job.image_id for job in run.filter.jobs({})]
+        stale = {image_id: Decision(Status.REJECTED, "no_person")}  # computed from facts with no override
+        with State.open(path) as page:  # the review server's own connection
+            page.filter.set_override(["/in/a.png"], Override.KEEP)
+        run.filter.apply_decisions(stale)
+        (row,) = run.filter.report()
+    assert (row.status, row.override) == (Status.KEPT, Override.KEEP)

@@ -93,19 +93,23 @@ class FilterStore:
         ]
 
     def apply_decisions(self, decisions: dict[int, Decision]) -> int:
-        """Store the decisions that changed; returns how many did."""
-        current = {
-            image_id: (status, reason)
-            for image_id, status, reason in self._db.execute(
-                "SELECT id, filter_status, filter_reason FROM images WHERE duplicate_of IS NULL"
-            )
-        }
-        changed = [
-            (d.status.value, d.reason, image_id)
-            for image_id, d in decisions.items()
-            if current.get(image_id) != (d.status.value, d.reason)
-        ]
+        """Store the decisions that changed; returns how many did. Read and written in one
+        transaction, and a keep/reject the user made since the decisions were computed (on the
+        review page, while this run works) wins over them."""
         with self._db.transaction() as db:
+            current = {
+                image_id: (status, reason, override)
+                for image_id, status, reason, override in db.execute(
+                    "SELECT id, filter_status, filter_reason, filter_override FROM images WHERE duplicate_of IS NULL"
+                )
+            }
+            changed = [
+                (d.status.value, d.reason, image_id)
+                for image_id, d in decisions.items()
+                if image_id in current
+                and current[image_id][:2] != (d.status.value, d.reason)
+                and (current[image_id][2] is None or d.reason == "override")
+            ]
             db.executemany(
                 f"UPDATE images SET filter_status = ?, filter_reason = ?, updated_at = {NOW} WHERE id = ?", changed
             )
