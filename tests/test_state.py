@@ -110,3 +110,22 @@ def test_a_keep_made_on_the_page_while_a_run_decides_is_not_overwritten(tmp_path
         run.filter.apply_decisions(stale)
         (row,) = run.filter.report()
     assert (row.status, row.override) == (Status.KEPT, Override.KEEP)
+
+
+def test_quota_books_follow_a_key_when_env_is_renumbered(tmp_path: Path) -> None:
+    """key#1 and key#2 swap in .env: today's use and learned limits stay with the real keys."""
+    with State.open(tmp_path / "state.sqlite") as state:
+        books = state.quota
+        assert books.follow_renumbered_keys({"key#1": "fp-a", "key#2": "fp-b"}) == []
+        for _ in range(5):
+            books.count_served("key#1", "m", "2026-11-26", tokens=10)
+        books.count_served("key#2", "m", "2026-11-26", tokens=10)
+        books.save_learned_limit("key#1", "m", "rpd", 20)
+
+        assert books.follow_renumbered_keys({"key#1": "fp-b", "key#2": "fp-a"}) == ["key#1", "key#2"]
+        usage = books.usage("2026-11-26")
+        assert (usage[("key#1", "m")].accepted, usage[("key#2", "m")].accepted) == (1, 5)
+        assert books.learned_limits() == {("key#2", "m"): {"rpd": 20}}
+
+        books.follow_renumbered_keys({"key#1": "fp-b"})  # key a is gone from .env: its books go too
+        assert set(books.usage("2026-11-26")) == {("key#1", "m")}

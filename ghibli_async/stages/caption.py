@@ -119,6 +119,8 @@ class CaptionEngine:
 
     def __init__(self, state: State, config: Config, keys: list[ApiKey], clock: Clock) -> None:
         self.books = state.quota
+        for label in self.books.follow_renumbered_keys({key.label: key.fingerprint for key in keys}):
+            log.warning("key_changed", key=label, effect="its quota books follow the key it held before")
         self.results = state.results
         self.caption = config.caption
         self.clock = clock

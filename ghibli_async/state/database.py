@@ -107,6 +107,13 @@ MIGRATIONS: tuple[str, ...] = (
     -- distinct models did, and a model it has not tried takes it later.
     ALTER TABLE images ADD COLUMN caption_refused_by TEXT;
 
+    -- Which key (by fingerprint, never the key) each key#N label meant, so that books kept under a
+    -- label follow the key when .env is renumbered.
+    CREATE TABLE key_fingerprints (
+        label       TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL
+    );
+
     -- One row per run: which stages were on, and how it ended (NULL: still running, or killed).
     CREATE TABLE runs (
         id          INTEGER PRIMARY KEY,

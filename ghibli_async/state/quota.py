@@ -28,6 +28,9 @@ class BucketEvent:
     at: str
 
 
+_BOOKS = ("quota_usage", "learned_limits", "bucket_events")  # tables whose rows belong to a project
+
+
 class QuotaBooks:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -57,6 +60,27 @@ class QuotaBooks:
             "SELECT project, model, requests, accepted, tokens FROM quota_usage WHERE quota_day = ?", (day,)
         )
         return {(project, model): Usage(sent, accepted, tokens) for project, model, sent, accepted, tokens in rows}
+
+    def follow_renumbered_keys(self, fingerprints: dict[str, str]) -> list[str]:
+        """`fingerprints`: label -> the fingerprint of the key it names now. The books of a project
+        named after a label (the default: each key its own project) move with the key when the
+        labels were renumbered, and are dropped for a key that is gone. Returns the labels that now
+        name another key than before."""
+        with self._db.transaction() as db:
+            before = dict(db.execute("SELECT label, fingerprint FROM key_fingerprints").fetchall())
+            label_of = {fingerprint: label for label, fingerprint in before.items()}
+            moved = {old: new for new, fp in fingerprints.items() if (old := label_of.get(fp)) and old != new}
+            gone = [label for label, fp in before.items() if fp not in fingerprints.values()]
+            for table in _BOOKS:
+                for label in gone:
+                    db.execute(f"DELETE FROM {table} WHERE project = ?", (label,))
+                for old in moved:  # two steps: key#1 -> key#2 while key#2 -> key#1
+                    db.execute(f"UPDATE {table} SET project = ? WHERE project = ?", (f"moving:{old}", old))
+                for old, new in moved.items():
+                    db.execute(f"UPDATE {table} SET project = ? WHERE project = ?", (new, f"moving:{old}"))
+            db.execute("DELETE FROM key_fingerprints")
+            db.executemany("INSERT INTO key_fingerprints VALUES (?, ?)", fingerprints.items())
+        return sorted(label for label, fp in fingerprints.items() if before.get(label, fp) != fp)
 
     def clear_retirements(self) -> None:
         """A new caption run tries every key and model again; what it retires is recorded anew."""
