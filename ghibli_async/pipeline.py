@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,13 +116,32 @@ class Pipeline:
         return report
 
     def run_sync(self, *, limit: int | None = None) -> RunReport:
-        job = self.run(limit=limit)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(job)
+            return asyncio.run(self.run(limit=limit))
+        # A notebook: its loop is busy with this cell, so the run gets a loop of its own in a thread;
+        # an interrupt (Jupyter's stop button) cancels it there and waits until it has stopped.
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(self.run(limit=limit))
         with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
-            return thread.submit(asyncio.run, job).result()
+            running = thread.submit(_run_to_the_end, loop, task)
+            try:
+                return running.result()
+            except KeyboardInterrupt:
+                loop.call_soon_threadsafe(task.cancel)
+                with suppress(asyncio.CancelledError):
+                    running.result()
+                raise
+
+
+def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[RunReport]) -> RunReport:
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(task)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:

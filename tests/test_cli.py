@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from caption_harness import serving
-from conftest import Project, clean_env, save_frame
+from conftest import Project, clean_env, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
 from virtual_time import VirtualClock, run_virtual
 
@@ -277,3 +281,31 @@ def test_check_keys_shortens_reasons_at_a_word_boundary() -> None:
     verdict, detail = verdict_of(KeyRejected(reason))
     assert verdict == "invalid key" and detail.endswith("…") and len(detail) <= 120
     assert detail[:-1] == reason[: len(detail) - 1] and reason[len(detail) - 1] == " "
+
+
+def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
+    """Jupyter's stop button raises KeyboardInterrupt in the cell; the run in its thread must stop too."""
+    make_frames(project, 60)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: 2\n"
+            "  models: [{name: m, rpm: 10000, rpd: 10000, tpm: 100000000}]\n"
+        )
+
+        async def notebook_cell() -> None:
+            ghibli_async.run(project.config_path)
+
+        def press_stop_once_captioning_runs() -> None:
+            while not fake.seen:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=press_stop_once_captioning_runs, daemon=True).start()
+        kernel_loop = asyncio.new_event_loop()  # a kernel's loop: SIGINT raises KeyboardInterrupt in the cell
+        with pytest.raises(KeyboardInterrupt):
+            kernel_loop.run_until_complete(notebook_cell())
+        kernel_loop.close()
+        sent = len(fake.seen)
+    assert 0 < sent < 60  # stopped part way, and nothing was sent after the cell returned
