@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -37,6 +39,10 @@ from ghibli_async.statuses import Override
 log = structlog.get_logger(__name__)
 
 MAX_PROBLEMS_SHOWN = 20
+UNGUARDED_SCRIPT = (
+    "ghibli_async.run() was called again while a worker process imported your script: put the call "
+    'under `if __name__ == "__main__":`'
+)
 
 # Every stage, in the order a run goes through them; each is switched on or off by its `enabled`.
 STAGES: tuple[Stage, ...] = (ExtractStage(), ScanStage(), FilterStage(), ResizeStage(), CaptionStage(), ExportStage())
@@ -135,6 +141,19 @@ class Pipeline:
                 raise
 
 
+def _called_while_a_worker_imports_the_script() -> bool:
+    """A worker process re-runs the user's script as `__mp_main__` to start; a call at its top
+    level (no `if __name__ == "__main__":`) would start a whole run inside the worker."""
+    if multiprocessing.parent_process() is None:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[RunReport]) -> RunReport:
     asyncio.set_event_loop(loop)
     try:
@@ -145,7 +164,10 @@ def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[RunRepor
 
 
 def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:
-    """Blocking one-liner for scripts and notebooks: `ghibli_async.run("config.yaml")`."""
+    """Blocking one-liner for scripts and notebooks: `ghibli_async.run("config.yaml")`; in a
+    script, under `if __name__ == "__main__":` (worker processes import the script again)."""
+    if _called_while_a_worker_imports_the_script():
+        raise SystemExit(UNGUARDED_SCRIPT)
     return Pipeline(config if isinstance(config, Config) else load_config(config)).run_sync(limit=limit)
 
 

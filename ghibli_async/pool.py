@@ -47,7 +47,8 @@ class LazyPool:
         self.close()
         if isinstance(exc, BrokenProcessPool):
             raise UserError(
-                "a worker process died (out of memory, or a decoder crash on a damaged file); "
+                "a worker process died (out of memory, a decoder crash on a damaged file, or, from a script, "
+                'a call to ghibli_async.run() not under `if __name__ == "__main__":`); '
                 "all finished work is kept: rerun to continue"
             ) from None
 

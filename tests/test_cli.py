@@ -309,3 +309,28 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
         kernel_loop.close()
         sent = len(fake.seen)
     assert 0 < sent < 60  # stopped part way, and nothing was sent after the cell returned
+
+
+def test_a_script_without_the_main_guard_is_told_what_to_add(project: Project) -> None:
+    for i in range(3):
+        save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
+    script = project.root / "make_dataset.py"
+    script.write_text("import ghibli_async\n\nghibli_async.run('config.yaml')\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=project.root, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert 'if __name__ == "__main__":' in done.stderr
+
+
+def test_a_script_with_the_main_guard_runs(project: Project) -> None:
+    save_frame(project.frames / "a.jpg", (600, 600))
+    script = project.root / "make_dataset.py"
+    script.write_text(
+        "import ghibli_async\n\nif __name__ == '__main__':\n    ghibli_async.run('config.yaml')\n", encoding="utf-8"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=project.root, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert (project.root / "work" / "resized" / "1.jpg").exists()
