@@ -23,7 +23,7 @@ from ghibli_async.clock import SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import Pipeline, export_only, retry_failed, set_override
+from ghibli_async.pipeline import Pipeline, RunReport, export_only, retry_failed, set_override
 from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
 from ghibli_async.review import serve, write_report
@@ -188,9 +188,47 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         plan = plan_run(config, limit=args.limit)
         print(plan.text())
         return 2 if plan.blocking else 0
-    report = asyncio.run(Pipeline(config).run(limit=args.limit))
+    pipeline = Pipeline(config)
+    report = asyncio.run(_run_stopping_politely(pipeline, args.limit))
     print(format_summary(report, config))
     return int(report.end)
+
+
+async def _run_stopping_politely(pipeline: Pipeline, limit: int | None) -> RunReport:
+    """The first Ctrl-C or SIGTERM stops taking new work and lets the requests in flight land and
+    be recorded (they are paid for) for up to GRACE_S; a second one, or the end of the grace,
+    stops at once. Either way the next run continues where this one stopped."""
+    loop, run = asyncio.get_running_loop(), asyncio.current_task()
+    assert run is not None
+
+    def stop_now() -> None:
+        run.cancel()
+
+    def stop_politely(end: RunEnd) -> None:
+        pipeline.stop.request(end)
+        print(
+            f"stopping: the requests in flight get up to {GRACE_S:.0f} s to land; again to stop at once",
+            file=sys.stderr,
+        )
+        loop.call_later(GRACE_S, stop_now)
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop_now)
+
+    try:
+        for signum, end in _STOP_SIGNALS.items():
+            loop.add_signal_handler(signum, stop_politely, end)
+    except (NotImplementedError, RuntimeError):  # Windows, or not the main thread: Ctrl-C stops at once
+        pass
+    try:
+        return await pipeline.run(limit=limit)
+    except asyncio.CancelledError:
+        if pipeline.stop.end == RunEnd.TERMINATED:
+            _terminated.set()
+        raise KeyboardInterrupt from None
+
+
+GRACE_S = 15.0
+_STOP_SIGNALS = {signal.SIGINT: RunEnd.INTERRUPTED, signal.SIGTERM: RunEnd.TERMINATED}
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError
 from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
-from ghibli_async.stages.base import RunContext, Stage, StageReport
+from ghibli_async.stages.base import RunContext, Stage, StageReport, StopRequest
 from ghibli_async.stages.caption import CaptionStage
 from ghibli_async.stages.export import ExportResult, ExportStage, export_dataset
 from ghibli_async.stages.extract import ExtractStage
@@ -57,6 +57,7 @@ class RunReport:
     problems: list[Problem] = field(default_factory=list)
     rejected: tuple[int, list[Problem]] = (0, [])  # how many frames are rejected, and the first of them
     elapsed_s: float = 0.0
+    stopped_by: RunEnd | None = None  # Ctrl-C or SIGTERM, when the user stopped the run
 
     def outcomes(self, stage: str) -> Counter[str]:
         """What the stage did, by outcome (empty when it did not run)."""
@@ -70,7 +71,7 @@ class RunReport:
     @property
     def end(self) -> RunEnd:
         """How the run ended; its value is the exit code."""
-        return worst([report.end for report in self.stages.values()])
+        return self.stopped_by or worst([report.end for report in self.stages.values()])
 
 
 class Pipeline:
@@ -89,6 +90,7 @@ class Pipeline:
         self.keys = load_caption_keys(config) if keys is None else keys
         self.clock = clock or SystemClock()
         self.detectors = detectors
+        self.stop = StopRequest()  # `request()` it (from a signal handler) to stop politely
 
     async def run(self, *, limit: int | None = None) -> RunReport:
         """Every enabled stage in order; each resumes where the last run stopped."""
@@ -107,13 +109,16 @@ class Pipeline:
             State.open(config.state_path) as state,
             LazyPool(config.resize.workers or os.cpu_count() or 1) as pool,
         ):
-            context = RunContext(state, config, pool, self.clock, self.keys, detectors, inputs, limit)
+            context = RunContext(state, config, pool, self.clock, self.keys, detectors, inputs, limit, self.stop)
             run_id = state.runs.start({stage.name: stage in stages for stage in STAGES})
             for index, stage in enumerate(stages):
                 if not any(later.uses_pool for later in stages[index:]):
                     pool.close()  # nothing left to decode or resize: free the workers' memory
+                if self.stop.requested and not stage.after_stop:
+                    continue  # asked to stop: the export still shows what is done
                 log.debug("stage_start", stage=stage.name)
                 report.stages[stage.name] = await stage.run(context)
+            report.stopped_by = self.stop.end
             state.runs.finish(run_id, int(report.end))
             report.counts = state.progress.counts()
             report.problems = state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)

@@ -56,6 +56,8 @@ def describe_end(report: RunReport) -> str:
             f"no usable key or model: {plural(waiting, 'image')} still to caption; fix the keys "
             "(`check-keys`) or caption.models, then rerun"
         )
+    elif end in (RunEnd.INTERRUPTED, RunEnd.TERMINATED):
+        text = f"stopped when asked: {plural(waiting, 'image')} still to caption; rerun the same command to continue"
     elif end == RunEnd.FAILED:
         text = "failed: see the notes and the failed images above; rerun to try them again"
     else:

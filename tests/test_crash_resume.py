@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 
@@ -110,25 +111,46 @@ def group_is_gone(pid: int, within_s: float = 10.0) -> bool:
     return False
 
 
-def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(project: Project) -> None:
-    make_frames(project, 16)
-    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
-    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.15)
+def stop_mid_caption(project: Project, fake: FakeGemini, signum: int, images: int) -> subprocess.CompletedProcess:
+    """Run, send `signum` once a few captions are in, let the run finish stopping; then run again."""
     state = project.root / "work" / "state.sqlite"
     with fake.serving_in_thread():
         project.write_config(
-            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n"
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: 8\n"
             "  models: [{name: m, rpm: 1000, rpd: 10000, tpm: 10000000}]\n"
         )
         run = project.subprocess(start_new_session=True)
         deadline = time.monotonic() + 60
-        while captioned_count(state) < 2 and run.poll() is None and time.monotonic() < deadline:
+        while captioned_count(state) < 3 and run.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        run.send_signal(signal.SIGTERM)
-        _, err = run.communicate(timeout=60)
-    assert run.returncode == 143, err
-    assert "stopped (SIGTERM)" in err and "Traceback" not in err
-    assert group_is_gone(run.pid)
+        run.send_signal(signum)
+        out, err = run.communicate(timeout=60)
+        assert group_is_gone(run.pid)
+        assert 3 <= captioned_count(state) < images, "the signal must land in the middle of captioning"
+        rerun = project.subprocess()
+        rerun.communicate(timeout=120)
+        assert rerun.returncode == 0
+    return subprocess.CompletedProcess(run.args, run.returncode, out, err)
+
+
+def test_ctrl_c_lets_the_requests_in_flight_land_so_none_is_paid_twice(project: Project) -> None:
+    make_frames(project, 24)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.2)
+    stopped = stop_mid_caption(project, fake, signal.SIGINT, 24)
+    assert stopped.returncode == 130 and "stopping:" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert stopped.stdout.strip().splitlines()[-1].startswith("Result: stopped when asked")
+    paid = Counter(seen.image for seen in fake.successes())
+    assert len(paid) == 24 and set(paid.values()) == {1}, "a request in flight at Ctrl-C was paid again"
+
+
+def test_sigterm_stops_like_ctrl_c_and_leaves_no_process(project: Project) -> None:
+    make_frames(project, 24)
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.2)
+    stopped = stop_mid_caption(project, fake, signal.SIGTERM, 24)
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr
+    assert "(exit 143)" in stopped.stdout
 
 
 def test_workers_end_when_the_run_is_killed(project: Project) -> None:

@@ -7,6 +7,7 @@ builds the summary from their reports, so a new stage is one module plus its con
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -21,6 +22,28 @@ if TYPE_CHECKING:
     from ghibli_async.state import State
 
 
+class StopRequest:
+    """A polite stop (the first Ctrl-C or SIGTERM): stages take no new work, and work in flight
+    (requests already paid for) may finish and be recorded."""
+
+    def __init__(self) -> None:
+        self.end: RunEnd | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.end is not None
+
+    def request(self, end: RunEnd = RunEnd.INTERRUPTED) -> None:
+        if self.end is None:
+            self.end = end
+            for listener in self._listeners:
+                listener()
+
+    def on_request(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+
 @dataclass
 class RunContext:
     """What a stage may use during one run."""
@@ -33,6 +56,7 @@ class RunContext:
     detectors: list[Detector]
     inputs: InputFiles  # the input folder as last walked (the extract stage walks it again)
     limit: int | None = None  # at most this many images per stage
+    stop: StopRequest = field(default_factory=StopRequest)
 
 
 @dataclass
@@ -51,6 +75,7 @@ class Stage(Protocol):
     name: str  # as in `stages:` of the config and in the summary
     label: str  # the summary's word for what it did
     uses_pool: bool  # needs the worker processes (the pipeline closes them after the last such stage)
+    after_stop: bool  # still runs when the user asked the run to stop (export: show what is done)
 
     def enabled(self, config: Config) -> bool: ...
 

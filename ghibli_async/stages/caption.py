@@ -59,6 +59,7 @@ class CaptionStage:
     name = "caption"
     label = "captioned"
     uses_pool = False
+    after_stop = False
 
     def enabled(self, config: Config) -> bool:
         return config.stages.caption
@@ -69,6 +70,7 @@ class CaptionStage:
             end = RunEnd.NO_KEYS if waiting else RunEnd.DONE
             return StageReport(notes=[_no_keys_note(context.config, waiting)], end=end)
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
+        context.stop.on_request(engine.stop_politely)
         caption = await engine.run(limit=context.limit)
         return StageReport(
             caption.outcomes,
@@ -139,6 +141,7 @@ class CaptionEngine:
         self._cooldowns_said: dict[str, str] = {}  # bucket -> the cooldown end last logged
         self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
+        self._asked_to_stop = False
 
     async def run(self, *, limit: int | None = None) -> CaptionReport:
         jobs = self.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
@@ -165,7 +168,7 @@ class CaptionEngine:
 
     async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
         for job in jobs:
-            if self.report.stopped:
+            if self._no_new_work():
                 break
             await queue.put(job)
         for _ in range(workers):
@@ -174,7 +177,7 @@ class CaptionEngine:
     async def _work(self, queue: asyncio.Queue[CaptionJob | None]) -> None:
         while (job := await queue.get()) is not None:
             attempt = Attempt(job.number, refused_by=job.refused_by)
-            outcome = LEFT if self.report.stopped else await self._caption(attempt)
+            outcome = LEFT if self._no_new_work() else await self._caption(attempt)
             self.report.outcomes[outcome] += 1
             self._progress.finished(outcome)
 
@@ -216,7 +219,7 @@ class CaptionEngine:
 
     async def _acquire(self, attempt: Attempt) -> Grant | None:
         """The best bucket with room, waiting for the earliest one if none has; None if none is left."""
-        while not self.report.stopped:
+        while not self._no_new_work():
             day = quota_day(self.clock.wall())
             now = self.clock.now()
             decision = self.scheduler.acquire(
@@ -236,13 +239,21 @@ class CaptionEngine:
             await self.clock.sleep(None if decision.until is None else decision.until - now, self._answered)
         return None
 
+    def _no_new_work(self) -> bool:
+        """Stopped on quota or errors, or asked to stop: no new request; those in flight land."""
+        return self.report.stopped is not None or self._asked_to_stop
+
+    def stop_politely(self) -> None:
+        self._asked_to_stop = True
+        self._wake_waiters()  # a worker waiting for a bucket gives its image back at once
+
     def _wake_waiters(self) -> None:
         """A request came back: its slot (and perhaps a probe) is free; wake the workers waiting."""
         self._answered.set()
         self._answered = asyncio.Event()
 
     def _no_bucket_verdict(self, attempt: Attempt) -> Verdict:
-        if self.report.stopped:
+        if self._no_new_work():
             return LeavePending()
         reset = next_quota_reset(self.clock.wall()).astimezone().strftime("%Y-%m-%d %H:%M %Z")
         self.report.resume_at = reset

@@ -36,6 +36,7 @@ class ExportStage:
     name = "export"
     label = "exported"
     uses_pool = False
+    after_stop = True
 
     def enabled(self, config: Config) -> bool:
         return True  # the output folder always matches the state

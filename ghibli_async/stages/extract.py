@@ -34,6 +34,7 @@ class ExtractStage:
     name = "extract"
     label = "extracted"
     uses_pool = False
+    after_stop = False
 
     def enabled(self, config: Config) -> bool:
         return config.stages.extract

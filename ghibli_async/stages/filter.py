@@ -34,6 +34,7 @@ class FilterStage:
     name = "filter"
     label = "filter"
     uses_pool = True
+    after_stop = False
 
     def enabled(self, config: Config) -> bool:
         return config.stages.filter

@@ -34,6 +34,7 @@ class ResizeStage:
     name = "resize"
     label = "resized"
     uses_pool = True
+    after_stop = False
 
     def enabled(self, config: Config) -> bool:
         return config.stages.resize
@@ -64,7 +65,9 @@ async def run_resize(context: RunContext) -> Counter[str]:
         return loop.run_in_executor(pool, resize_file, job.source_path, dest, config.resize)
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
-        async for job, outcome in _bounded(jobs, submit, window=workers * 4):
+        async for job, outcome in _bounded(
+            jobs, submit, window=workers * 4, keep_going=lambda: not context.stop.requested
+        ):
             _record(state, job, outcome)
             tally[outcome.status] += 1
             bar.update()
@@ -72,14 +75,19 @@ async def run_resize(context: RunContext) -> Counter[str]:
 
 
 async def _bounded(
-    jobs: Iterable[ResizeJob], submit: Callable[[ResizeJob], asyncio.Future[ResizeOutcome]], *, window: int
+    jobs: Iterable[ResizeJob],
+    submit: Callable[[ResizeJob], asyncio.Future[ResizeOutcome]],
+    *,
+    window: int,
+    keep_going: Callable[[], bool],
 ) -> AsyncIterator[tuple[ResizeJob, ResizeOutcome]]:
-    """Yield (job, outcome) as they finish, with at most `window` jobs in the pool at once."""
+    """Yield (job, outcome) as they finish, with at most `window` jobs in the pool at once; no new
+    job once `keep_going()` is false (the jobs in the pool still finish)."""
     in_flight: dict[asyncio.Future[ResizeOutcome], ResizeJob] = {}
     queue = iter(jobs)
     try:
         while True:
-            while len(in_flight) < window and (job := next(queue, None)) is not None:
+            while len(in_flight) < window and keep_going() and (job := next(queue, None)) is not None:
                 in_flight[submit(job)] = job
             if not in_flight:
                 return

@@ -39,6 +39,7 @@ class ScanStage:
     name = "scan"
     label = "scanned"
     uses_pool = False
+    after_stop = False
 
     def enabled(self, config: Config) -> bool:
         return True  # every other stage works on what the scan registered
