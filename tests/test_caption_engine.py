@@ -290,3 +290,22 @@ def test_a_blocked_image_is_offered_to_a_model_added_later(project: Project) -> 
     run_day(project, fake, clock, table("m1", "m2", "m3"))
     assert [(s.model, s.kind) for s in fake.seen] == [("m3", "ok")]
     assert captions(project)[2][0] == "done"
+
+
+def test_a_restart_starts_inside_the_servers_minute_not_an_empty_one(project: Project) -> None:
+    """Two captions at rpm 2, a stop, a restart at once: the restart waits for the window, meets no 429."""
+    make_frames(project, 4)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    fake = FakeGemini(clock, {"k1": "p"}, {"m": ModelLimits(rpm=2)}, latency=lambda: 1.0)
+    model = ["{name: m, rpm: 2, rpd: 100, tpm: 1000000}"]
+
+    async def run(limit: int | None):
+        async with serving(fake):
+            write_caption_config(project, fake.base_url, model)
+            return await run_pipeline(project, clock, limit=limit)
+
+    run_virtual(run(2))  # a new loop: its clock starts again at the same wall time, as a restart would
+    run_virtual(run(None))
+    assert not [s for s in fake.seen if s.kind == "minute"], "the restart forgot the last minute's requests"
+    assert len(fake.successes()) == 4

@@ -122,6 +122,10 @@ class Bucket:
         self.used_today += 1
         self._next_key = self.keys.index(key) + 1
 
+    def restore_window(self, answered_at: list[float]) -> None:
+        """Answers from before a restart, on this run's time scale, oldest first."""
+        self._answered_at.extendleft(reversed(answered_at))
+
     def settle(self, now: float) -> None:
         """A request came back: from now on it counts at this time, the latest it can have arrived."""
         self._in_flight -= 1

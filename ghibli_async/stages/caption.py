@@ -19,7 +19,15 @@ import aiofiles
 import structlog
 
 from ghibli_async.caption.answers import Answer, Blocked, Reply, TransientError
-from ghibli_async.caption.buckets import Grant, build_buckets, next_quota_reset, quota_day
+from ghibli_async.caption.buckets import (
+    WINDOW_MARGIN_S,
+    WINDOW_S,
+    Bucket,
+    Grant,
+    build_buckets,
+    next_quota_reset,
+    quota_day,
+)
 from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.progress import CaptionProgress
 from ghibli_async.caption.reducer import (
@@ -130,6 +138,7 @@ class CaptionEngine:
         day = quota_day(clock.wall())
         used = {bucket: usage.accepted for bucket, usage in self.books.usage(day).items()}
         buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=self.books.learned_limits())
+        self._restore_windows(buckets)
         spent = {(e.project, e.model) for e in self.books.events() if e.kind == "spent" and e.until == day}
         for bucket in buckets:
             if (bucket.project, bucket.model) in spent:  # the server said so today: do not ask again
@@ -205,6 +214,7 @@ class CaptionEngine:
                 other_bucket_free=self.scheduler.other_bucket_free(grant.bucket.day, grant, attempt.avoid_buckets),
             )
             self.scheduler.answered(grant, now, key_works=outcome.key_works, model_works=outcome.model_works)
+            self.books.note_answered(grant.bucket.project, grant.bucket.model, self.clock.wall().timestamp())
             self._wake_waiters()
             for effect in outcome.effects:
                 self.scheduler.apply(effect, now)
@@ -238,6 +248,14 @@ class CaptionEngine:
                 self._progress.waiting_for(decision.bucket, decision.until - now)
             await self.clock.sleep(None if decision.until is None else decision.until - now, self._answered)
         return None
+
+    def _restore_windows(self, buckets: list[Bucket]) -> None:
+        """A restart starts inside each bucket's true one-minute window, not an empty one."""
+        wall, now = self.clock.wall().timestamp(), self.clock.now()
+        recent = self.books.recent_answers(since=wall - WINDOW_S - WINDOW_MARGIN_S)
+        for bucket in buckets:
+            times = recent.get((bucket.project, bucket.model), [])
+            bucket.restore_window([now - max(0.0, wall - at) for at in times])
 
     def _no_new_work(self) -> bool:
         """Stopped on quota or errors, or asked to stop: no new request; those in flight land."""

@@ -114,6 +114,15 @@ MIGRATIONS: tuple[str, ...] = (
         fingerprint TEXT NOT NULL
     );
 
+    -- When each bucket's recent requests came back (Unix time), so a restart starts inside the
+    -- server's real one-minute window instead of an empty one.
+    CREATE TABLE recent_answers (
+        project     TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        at          REAL NOT NULL
+    );
+    CREATE INDEX recent_answers_at ON recent_answers(at);
+
     -- One row per run: which stages were on, and how it ended (NULL: still running, or killed).
     CREATE TABLE runs (
         id          INTEGER PRIMARY KEY,

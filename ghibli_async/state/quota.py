@@ -28,7 +28,8 @@ class BucketEvent:
     at: str
 
 
-_BOOKS = ("quota_usage", "learned_limits", "bucket_events")  # tables whose rows belong to a project
+_BOOKS = ("quota_usage", "learned_limits", "bucket_events", "recent_answers")  # tables whose rows belong to a project
+_RECENT_S = 120.0  # twice the one-minute window: enough for any restart to read the whole window
 
 
 class QuotaBooks:
@@ -81,6 +82,20 @@ class QuotaBooks:
             db.execute("DELETE FROM key_fingerprints")
             db.executemany("INSERT INTO key_fingerprints VALUES (?, ?)", fingerprints.items())
         return sorted(label for label, fp in fingerprints.items() if before.get(label, fp) != fp)
+
+    def note_answered(self, project: str, model: str, at: float) -> None:
+        """A request of this bucket came back at `at` (Unix time); answers older than the window go."""
+        with self._db.transaction() as db:
+            db.execute("INSERT INTO recent_answers VALUES (?, ?, ?)", (project, model, at))
+            db.execute("DELETE FROM recent_answers WHERE at < ?", (at - _RECENT_S,))
+
+    def recent_answers(self, since: float) -> dict[tuple[str, str], list[float]]:
+        """(project, model) -> the Unix times of its answers since `since`, oldest first."""
+        rows = self._db.execute("SELECT project, model, at FROM recent_answers WHERE at >= ? ORDER BY at", (since,))
+        found: dict[tuple[str, str], list[float]] = {}
+        for project, model, at in rows:
+            found.setdefault((project, model), []).append(at)
+        return found
 
     def clear_retirements(self) -> None:
         """A new caption run tries every key and model again; what it retires is recorded anew."""
