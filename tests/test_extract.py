@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from virtual_time import VirtualClock, run_virtual
 
 from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
+from ghibli_async.stages.extract import run_extract
+from ghibli_async.state import State
 from ghibli_async.video import seconds_of
 
 
@@ -134,3 +137,26 @@ def test_credits_are_skipped_at_both_ends(project: Project) -> None:
     extract_only(project, "extract:\n  every_s: 1.0\n  skip_start_s: 5.0\n  skip_end_s: 4.5\n")
 
     assert [seconds_of(p.name) for p in extracted(project)] == [5, 6, 7, 8]  # 9 s is black; the end is cut
+
+
+def test_a_stop_ends_a_video_at_its_next_frame_and_it_resumes_later(project: Project) -> None:
+    """Ctrl-C used to wait for whole videos (minutes on a film): now the next frame ends it."""
+    video = make_video(project.frames / "clip.mp4", THREE_SHOTS)
+    project.write_config("extract:\n  every_s: 1.0\n")
+    config = project.config
+    stop = threading.Event()
+
+    async def stopped_after_three_frames():
+        with State.open(config.state_path) as state:
+            waiting = asyncio.create_task(run_extract(state, config, [video], stop))
+            while len(extracted(project)) < 3:
+                await asyncio.sleep(0)  # yield to the loop only: the decoding thread does the work
+            stop.set()
+            report = await waiting
+            return report, state.sources.video_status(str(video))
+
+    report, status = asyncio.run(stopped_after_three_frames())
+    assert status is None and report.videos_done == 0  # not recorded done: the next run resumes it
+    assert 3 <= len(extracted(project)) < 12
+    extract_only(project, "extract:\n  every_s: 1.0\n")
+    assert [seconds_of(p.name) for p in extracted(project)] == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,9 @@ class ExtractStage:
     async def run(self, context: RunContext) -> StageReport:
         if not context.inputs.videos:
             return StageReport()
-        extracted = await run_extract(context.state, context.config, context.inputs.videos)
+        stop = threading.Event()  # the decoding threads look at it between frames
+        context.stop.on_request(stop.set)
+        extracted = await run_extract(context.state, context.config, context.inputs.videos, stop)
         if extracted.frames:  # new frame files on disk: walk the folders once more
             context.inputs = list_inputs(context.config.paths.input_dir, context.config.extracted_dir)
         failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""
@@ -60,14 +63,26 @@ class ExtractReport:
     failed: list[str] = field(default_factory=list)
 
 
-async def run_extract(state: State, config: Config, videos: list[Path]) -> ExtractReport:
+async def run_extract(state: State, config: Config, videos: list[Path], stop: threading.Event) -> ExtractReport:
+    """Extract every video not done yet; `stop` (set on Ctrl-C) ends each video at its next frame,
+    and a stopped video stays unfinished: the next run resumes after its last frame on disk."""
     report = ExtractReport()
     todo = [video for video in videos if state.sources.video_status(str(video)) != VideoStatus.DONE]
     gate = asyncio.Semaphore(_VIDEOS_AT_ONCE)
 
     async def one(position: int, video: Path) -> None:
         async with gate:
-            frames, error = await asyncio.to_thread(extract_video, video, frames_dir(config, video), config, position)
+            if stop.is_set():
+                return
+            try:
+                frames, error = await asyncio.to_thread(
+                    extract_video, video, frames_dir(config, video), config, position, stop
+                )
+            except asyncio.CancelledError:
+                stop.set()  # the thread ends at its next frame instead of at the end of the film
+                raise
+        if stop.is_set():
+            return
         status = VideoStatus.FAILED if error else VideoStatus.DONE
         state.sources.record_video(str(video), status, frames=frames, reason=error)
         report.frames += frames
@@ -89,8 +104,11 @@ def frames_dir(config: Config, video: Path) -> Path:
     return config.extracted_dir / f"{video.stem}-{tag}"
 
 
-def extract_video(video: Path, out_dir: Path, config: Config, position: int) -> tuple[int, str | None]:
-    """Write the video's frames (resuming after the last one on disk); returns (frames, error)."""
+def extract_video(
+    video: Path, out_dir: Path, config: Config, position: int, stop: threading.Event | None = None
+) -> tuple[int, str | None]:
+    """Write the video's frames (resuming after the last one on disk), until done or `stop` is
+    set; returns (frames on disk, error)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(out_dir)
     done = [t for t in (seconds_of(p.name) for p in out_dir.glob("*.png")) if t is not None]
@@ -104,6 +122,8 @@ def extract_video(video: Path, out_dir: Path, config: Config, position: int) -> 
             for seconds, picture in sample_frames(
                 video, extract, start_s=start, black_luma=config.filter.dark.max_brightness
             ):
+                if stop is not None and stop.is_set():
+                    break
                 target = out_dir / frame_name(video, seconds)
                 with atomic_path(target) as temp:
                     picture.save(temp, "PNG", compress_level=1)
