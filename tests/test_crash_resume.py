@@ -166,3 +166,43 @@ def test_workers_end_when_the_run_is_killed(project: Project) -> None:
     run.kill()  # the run only: its workers must not live on (they held ~260 MB before)
     run.wait()
     assert group_is_gone(run.pid), "a worker, the forkserver or the resource tracker outlived the run"
+
+
+def test_a_sigkill_campaign_loses_no_image_and_repays_at_most_the_requests_in_flight(project: Project) -> None:
+    """Killed three times during captioning (after 4, 13 and 22 captions), then run to the end:
+    every input is accounted for, and each kill repaid at most `concurrency` requests."""
+    images, concurrency, kills = 36, 4, (4, 13, 22)
+    make_frames(project, images - 2)
+    (project.frames / "frame1-copy.png").write_bytes((project.frames / "frame1.png").read_bytes())  # a duplicate
+    (project.frames / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")  # a file of its own failure
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
+    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
+    state = project.root / "work" / "state.sqlite"
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: {concurrency}\n"
+            "  models: [{name: m, rpm: 10000, rpd: 100000, tpm: 100000000}]\n"
+        )
+        for at in kills:
+            run = project.subprocess(start_new_session=True)
+            deadline = time.monotonic() + 60
+            while captioned_count(state) < at and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        final = project.subprocess()
+        final.communicate(timeout=120)
+        assert final.returncode == 0
+
+    with sqlite3.connect(state) as db:
+        rows = db.execute("SELECT source_path, duplicate_of, resize_status, caption_status FROM images").fetchall()
+    assert len(rows) == images
+    accounted = Counter(
+        "duplicate" if duplicate else "failed: its own file" if resize == "failed" else caption
+        for _, duplicate, resize, caption in rows
+    )
+    assert accounted == {"done": images - 2, "duplicate": 1, "failed: its own file": 1}
+    repaid = sum(n - 1 for n in Counter(seen.image for seen in fake.successes()).values())
+    assert repaid <= concurrency * len(kills)
+    exported = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == images - 2
