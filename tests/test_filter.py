@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -16,6 +17,7 @@ from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetect
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import near_duplicate_groups, person_found
 from ghibli_async.pipeline import Pipeline
+from ghibli_async.run_end import RunEnd
 
 
 class StubDetector:
@@ -187,3 +189,21 @@ def test_missing_detector_package_is_one_clear_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: the imgutils detector needs dghs-imgutils") and '".[imgutils]"' in err
     assert "\n" not in err and not (project.root / "work").exists()
+
+
+def test_a_stop_ends_detection_after_the_batch_in_hand(project: Project) -> None:
+    """Ctrl-C used to wait for every frame's detection; now the batch being detected is the last."""
+    filtered_project(project, "filter:\n  detectors: [{name: yolo, batch_size: 2}]\n")
+    pipeline = Pipeline(load_config(project.config_path), keys=[])
+
+    class StoppingDetector(StubDetector):
+        def detect(self, images):
+            pipeline.stop.request()  # Ctrl-C lands while the first batch is being detected
+            return super().detect(images)
+
+    detector = StoppingDetector()
+    pipeline.detectors = [detector]
+    report = asyncio.run(pipeline.run())
+    assert detector.calls == 1 and detector.frames_seen == 2
+    assert report.end == RunEnd.INTERRUPTED and "resize" not in report.stages
+    assert list(decisions(project).values()).count(("pending", None)) >= 8  # the rest wait for the next run

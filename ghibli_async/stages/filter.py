@@ -23,7 +23,7 @@ from ghibli_async.errors import MachineError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import decide_all
 from ghibli_async.imaging import FrameLook, look_at_frame
-from ghibli_async.stages.base import RunContext, StageReport, counts_line
+from ghibli_async.stages.base import RunContext, StageReport, StopRequest, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.filtering import FilterJob
 
@@ -51,7 +51,7 @@ async def run_filter(context: RunContext, detectors: Sequence[Detector]) -> Coun
     signatures = {detector.key: detector.signature for detector in detectors}
     jobs = state.filter.jobs(signatures, limit=context.limit)
     if jobs:
-        await _measure(state, config, context.pool.executor(), detectors, jobs, signatures)
+        await _measure(state, config, context.pool.executor(), detectors, jobs, signatures, context.stop)
     changed = state.filter.apply_decisions(decide_all(state.filter.facts(), config.filter))
     counts = state.progress.counts()
     log.info("filter_done", measured=len(jobs), decisions_changed=changed, **counts.filter)
@@ -65,7 +65,10 @@ async def _measure(
     detectors: Sequence[Detector],
     jobs: list[FilterJob],
     signatures: dict[str, str],
+    stop: StopRequest,
 ) -> None:
+    """Decode and detect batch by batch; a stop ends it after the batch in hand (one detector pass:
+    lower `batch_size` to stop sooner), and the frames not looked at stay pending."""
     loop = asyncio.get_running_loop()
     size = max(detector_config.image_size for detector_config in config.filter.detectors)
     batch = max(detector_config.batch_size for detector_config in config.filter.detectors)
@@ -74,6 +77,10 @@ async def _measure(
         # Decoding the next batch (worker processes) overlaps detecting this one (a thread).
         pending = [loop.run_in_executor(pool, look_at_frame, job.source_path, size) for job in jobs[:batch]]
         for start in range(0, len(jobs), batch):
+            if stop.requested:
+                for future in pending:
+                    future.cancel()
+                return
             chunk = jobs[start : start + batch]
             looks = await asyncio.gather(*pending)
             upcoming = jobs[start + batch : start + 2 * batch]
