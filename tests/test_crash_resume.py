@@ -65,6 +65,23 @@ def captioned_count(state: os.PathLike[str]) -> int:
         return 0
 
 
+def write_caption_config(project: Project, base_url: str, concurrency: int) -> None:
+    project.write_config(
+        f"resize:\n  size: 64\ncaption:\n  base_url: {base_url}\n  concurrency: {concurrency}\n"
+        "  models: [{name: m, rpm: 10000, rpd: 100000, tpm: 100000000}]\n"
+    )
+
+
+def start_until_captioned(project: Project, count: int) -> subprocess.Popen:
+    """A run in its own process group, returned once `count` captions are in the state."""
+    state = project.root / "work" / "state.sqlite"
+    run = project.subprocess(start_new_session=True)
+    deadline = time.monotonic() + 60
+    while captioned_count(state) < count and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return run
+
+
 def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
     images, concurrency = 40, 8
     make_frames(project, images)
@@ -73,14 +90,8 @@ def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
     state = project.root / "work" / "state.sqlite"
 
     with fake.serving_in_thread():
-        project.write_config(
-            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: {concurrency}\n"
-            "  models: [{name: m, rpm: 1000, rpd: 10000, tpm: 10000000}]\n"
-        )
-        run = project.subprocess(start_new_session=True)
-        deadline = time.monotonic() + 60
-        while captioned_count(state) < 10 and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        write_caption_config(project, fake.base_url, concurrency)
+        run = start_until_captioned(project, 10)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         assert 10 <= captioned_count(state) < images, "the kill must land in the middle of captioning"
@@ -115,14 +126,8 @@ def stop_mid_caption(project: Project, fake: FakeGemini, signum: int, images: in
     """Run, send `signum` once a few captions are in, let the run finish stopping; then run again."""
     state = project.root / "work" / "state.sqlite"
     with fake.serving_in_thread():
-        project.write_config(
-            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: 8\n"
-            "  models: [{name: m, rpm: 1000, rpd: 10000, tpm: 10000000}]\n"
-        )
-        run = project.subprocess(start_new_session=True)
-        deadline = time.monotonic() + 60
-        while captioned_count(state) < 3 and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        write_caption_config(project, fake.base_url, 8)
+        run = start_until_captioned(project, 3)
         run.send_signal(signum)
         out, err = run.communicate(timeout=60)
         assert group_is_gone(run.pid)
@@ -179,15 +184,9 @@ def test_a_sigkill_campaign_loses_no_image_and_repays_at_most_the_requests_in_fl
     fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
     state = project.root / "work" / "state.sqlite"
     with fake.serving_in_thread():
-        project.write_config(
-            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: {concurrency}\n"
-            "  models: [{name: m, rpm: 10000, rpd: 100000, tpm: 100000000}]\n"
-        )
+        write_caption_config(project, fake.base_url, concurrency)
         for at in kills:
-            run = project.subprocess(start_new_session=True)
-            deadline = time.monotonic() + 60
-            while captioned_count(state) < at and run.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
+            run = start_until_captioned(project, at)
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
         final = project.subprocess()
