@@ -81,3 +81,15 @@ def test_retry_puts_failed_frames_back_in_the_queue(project: Project, capsys: py
     assert "2 failed frame(s) (resize 2)" in capsys.readouterr().out
     assert project.cli("--skip-caption") == 0
     assert statuses(project) == {"done": 3}
+
+
+def test_a_failed_frame_is_tried_again_when_its_file_changes(project: Project) -> None:
+    make_frames(project, 2)
+    project.write_config("resize:\n  size: 64\n")
+    broken = project.frames / "frame2.png"
+    good = broken.read_bytes()
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    assert project.cli("--skip-caption") == 0
+    broken.write_bytes(good)  # replaced by a good copy
+    assert project.cli("--skip-caption") == 0
+    assert statuses(project) == {"done": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
 
@@ -13,7 +14,7 @@ from conftest import Project, save_frame
 from test_filter import StubDetector, filtered_project, run_sync
 
 from ghibli_async.config import load_config
-from ghibli_async.review import NOT_FILTERED, TOKEN_HEADER, make_app, stats_payload
+from ghibli_async.review import NOT_FILTERED, TOKEN_HEADER, make_app, served_names, stats_payload
 from ghibli_async.state import State
 
 TOKEN = "test-token"
@@ -219,3 +220,9 @@ def test_the_report_survives_a_caption_that_looks_like_html(reviewed: Project) -
     assert "<" not in embedded
     data = json.loads(embedded)
     assert any("<!--<script>" in (item["caption"]["text"] or "") for items in data["tabs"].values() for item in items)
+
+
+def test_a_server_on_every_interface_answers_to_this_machine_s_names() -> None:
+    assert {"127.0.0.1", "localhost", "[::1]", socket.gethostname()} <= served_names("0.0.0.0")
+    assert served_names("127.0.0.1") == {"127.0.0.1", "localhost", "[::1]"}
+    assert "[fd00::5]" in served_names("fd00::5")

@@ -129,3 +129,13 @@ def test_quota_books_follow_a_key_when_env_is_renumbered(tmp_path: Path) -> None
 
         books.follow_renumbered_keys({"key#1": "fp-b"})  # key a is gone from .env: its books go too
         assert set(books.usage("2026-11-26")) == {("key#1", "m")}
+
+
+def test_a_caption_written_by_hand_meanwhile_is_not_replaced_by_the_service(tmp_path: Path) -> None:
+    with State.open(tmp_path / "state.sqlite") as state:
+        state.sources.register([source("a.png")])
+        state.results.assign_output_numbers(require_kept=False)
+        state.review.edit_caption(1, "Ghibli style, written by hand")  # while the request was in flight
+        state.results.record_caption(1, "Ghibli style, from the service", model="m", key_label="key#1")
+        (item,) = state.review.page("kept", offset=0, limit=10)[1]
+    assert item.caption == "Ghibli style, written by hand" and item.edited

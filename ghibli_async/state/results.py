@@ -133,11 +133,12 @@ class ResultStore:
         tokens: int | None = None,
         needs_review: bool = False,
     ) -> None:
+        """A caption from the service; one written by hand on the review page meanwhile stays."""
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET caption_status = {_DONE}, caption_reason = NULL, caption = ?,
                        caption_model = ?, caption_key = ?, caption_attempts = ?, caption_tokens = ?,
-                       needs_review = ?, updated_at = {NOW} WHERE number = ?""",
+                       needs_review = ?, updated_at = {NOW} WHERE number = ? AND caption_edited = 0""",
                 (caption, model, key_label, attempts, tokens, int(needs_review), number),
             )
 
