@@ -25,11 +25,6 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-
-
 def is_partial(name: str) -> bool:
     return name.endswith(PARTIAL_SUFFIX) or _LEGACY_PARTIAL.fullmatch(name) is not None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,11 +61,17 @@ class FakeGemini:
     _windows: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
     _days: dict[tuple[str, str, str], int] = field(default_factory=dict)
     base_url: str = ""
+    _served: threading.Condition = field(default_factory=threading.Condition)
 
     # --- what tests ask ---------------------------------------------------------------------
 
     def successes(self) -> list[Seen]:
         return [s for s in self.seen if s.kind == "ok"]
+
+    def wait_for_successes(self, count: int, timeout: float = 60.0) -> bool:
+        """Block (another thread than the server's) until `count` requests were served."""
+        with self._served:
+            return self._served.wait_for(lambda: len(self.successes()) >= count, timeout)
 
     # --- the service ------------------------------------------------------------------------
 
@@ -77,6 +84,8 @@ class FakeGemini:
         project = self.keys.get(key)
         status, kind, payload, delay = self._decide(project, model, image, now)
         self.seen.append(Seen(now, project, key, model, image, status, kind))
+        with self._served:
+            self._served.notify_all()
         if delay:
             await self.clock.sleep(delay)
         return web.json_response(payload, status=status)

@@ -9,7 +9,6 @@ every request and the most it ever had in flight at once.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 from collections import deque
@@ -68,7 +67,7 @@ class FakeOpenAI:
         self._in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self._in_flight)
         try:
-            await asyncio.sleep(self.latency(self._in_flight))
+            await self.clock.sleep(self.latency(self._in_flight))
         finally:
             self._in_flight -= 1
         return web.json_response(payload, headers=headers)

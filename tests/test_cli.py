@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from caption_harness import serving
@@ -298,8 +297,7 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
             ghibli_async.run(project.config_path)
 
         def press_stop_once_captioning_runs() -> None:
-            while not fake.seen:
-                time.sleep(0.01)
+            fake.wait_for_successes(1)
             os.kill(os.getpid(), signal.SIGINT)
 
         threading.Thread(target=press_stop_once_captioning_runs, daemon=True).start()
