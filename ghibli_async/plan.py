@@ -6,8 +6,8 @@ looks up the keys; it sends no request.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ghibli_async.caption.buckets import build_buckets, quota_day
 from ghibli_async.clock import SystemClock
@@ -44,7 +44,7 @@ def plan_run(config: Config, *, limit: int | None = None) -> RunPlan:
         plan.blocking.append(str(exc))
         return plan
     known, counts, extracted = _state_now(config)
-    fresh = [path for path in inputs.images if _is_new_or_changed(path, known.get(str(path)))]
+    fresh = [path for path in inputs.images if _is_new_or_changed(inputs.stats[path], known.get(str(path)))]
     _plan_extract(plan, config, inputs, extracted)
     plan.stages.append(
         ("scan", f"{plural(len(inputs.images), 'frame')} in {config.paths.input_dir}: {len(fresh)} new or changed")
@@ -64,11 +64,8 @@ def _state_now(config: Config) -> tuple[dict[str, KnownSource], Counts | None, s
         return state.sources.known(), state.progress.counts(), done
 
 
-def _is_new_or_changed(path: Path, seen: KnownSource | None) -> bool:
-    if seen is None:
-        return True
-    stat = path.stat()
-    return (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns)
+def _is_new_or_changed(stat: os.stat_result, seen: KnownSource | None) -> bool:
+    return seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns)
 
 
 def _capped(count: int, limit: int | None) -> str:

@@ -45,7 +45,7 @@ class ScanStage:
         return True  # every other stage works on what the scan registered
 
     async def run(self, context: RunContext) -> StageReport:
-        scan = scan_inputs(context.inputs.images, context.state)
+        scan = scan_inputs(context.inputs.images, context.state, context.inputs.stats)
         log.info("scan_done", found=scan.found, new=scan.new, duplicates=scan.duplicates)
         skipped = context.inputs.skipped
         odd = f", {len(skipped)} skipped" if skipped else ""
@@ -84,6 +84,7 @@ class InputFiles:
     images: list[Path]  # frames in the input folder and frames extracted from its videos
     videos: list[Path]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): odd entries never opened
+    stats: dict[Path, os.stat_result] = field(default_factory=dict)  # taken while walking: not again
 
 
 def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
@@ -92,18 +93,22 @@ def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
     if not input_dir.is_dir():
         raise UserError(f"input folder not found: {input_dir} (set paths.input_dir in the config or pass --input)")
     skipped: list[tuple[str, str]] = []
-    found = list(_walk(input_dir, skipped)) + (list(_walk(extracted_dir, skipped)) if extracted_dir.is_dir() else [])
+    stats = dict(_walk(input_dir, skipped))
+    if extracted_dir.is_dir():
+        stats.update(_walk(extracted_dir, skipped))
+    found = list(stats)
     images = sorted((p for p in found if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     videos = sorted((p for p in found if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     if not images and not videos:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise UserError(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
-    return InputFiles(images, videos, skipped)
+    return InputFiles(images, videos, skipped, stats)
 
 
-def _walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
-    """Regular files under `folder`, following symlinked folders (each real folder once, so a
-    link loop ends); what cannot be a frame is added to `skipped` with its reason and never opened."""
+def _walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[Path, os.stat_result]]:
+    """Frame and video files under `folder` with their stat, following symlinked folders (each real
+    folder once, so a link loop ends); an entry that cannot be one is added to `skipped` with its
+    reason and never opened."""
     seen_folders: set[tuple[int, int]] = set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         here = os.stat(root)
@@ -113,31 +118,31 @@ def _walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[Path]:
         seen_folders.add((here.st_dev, here.st_ino))
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         for name in names:
-            if name.startswith("."):
-                continue
             path = Path(root) / name
-            problem = _odd_entry(path, name)
-            if problem is None:
-                yield path
-            elif path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                continue
+            found = _inspect(path, name)
+            if isinstance(found, os.stat_result):
+                yield path, found
+            else:
                 shown = os.fsencode(path).decode("utf-8", "replace")
-                skipped.append((shown, problem))
-                log.warning("input_skipped", path=shown, reason=problem)
+                skipped.append((shown, found))
+                log.warning("input_skipped", path=shown, reason=found)
 
 
-def _odd_entry(path: Path, name: str) -> str | None:
-    """Why this entry cannot be read as a frame (None: it is a regular file with a usable name)."""
+def _inspect(path: Path, name: str) -> os.stat_result | str:
+    """The entry's stat when it is a regular file with a usable name, else why it cannot be a frame."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "its name is not valid UTF-8: rename it"
     try:
-        mode = path.stat().st_mode
+        found = path.stat()
     except FileNotFoundError:
         return "a symlink to nothing"
     except OSError as exc:
         return "a symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
-    return None if stat.S_ISREG(mode) else "not a regular file (a pipe, socket or device): never opened"
+    return found if stat.S_ISREG(found.st_mode) else "not a regular file (a pipe, socket or device): never opened"
 
 
 def hash_file(path: Path) -> str | None:
@@ -152,13 +157,14 @@ def hash_file(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def scan_inputs(files: list[Path], state: State) -> ScanResult:
-    """Register every new image file; re-register files whose content changed."""
+def scan_inputs(files: list[Path], state: State, stats: dict[Path, os.stat_result]) -> ScanResult:
+    """Register every new image file; re-register files whose content changed (`stats`: as the walk
+    found them)."""
     sources = state.sources
     known = sources.known()
     to_hash: list[tuple[Path, os.stat_result, KnownSource | None]] = []
     for path in files:
-        stat = path.stat()
+        stat = stats[path]
         previous = known.get(str(path))
         if previous is None or (previous.size, previous.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             to_hash.append((path, stat, previous))
