@@ -14,22 +14,26 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.clock import SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
-from ghibli_async.logs import configure_logging
-from ghibli_async.pipeline import Pipeline, RunReport, export_only, retry_failed, set_override
+from ghibli_async.logs import LOG_FILE, configure_logging, log_file
+from ghibli_async.pipeline import Pipeline, export_only, retry_failed, set_override
 from ghibli_async.plan import plan_run
-from ghibli_async.report import filter_row_json, format_filter_report, format_status, format_summary
+from ghibli_async.report import filter_row_json, format_filter_report, format_service_summary, format_status
 from ghibli_async.review import serve, write_report
 from ghibli_async.run_end import RunEnd
+from ghibli_async.service import Service
 from ghibli_async.stages.export import METADATA_FILE
 from ghibli_async.state import State
+
+T = TypeVar("T")
 
 COMMANDS = {
     "run": "scan, resize, caption and export the frames (the default command)",
@@ -103,6 +107,24 @@ def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults
     parser.add_argument("--skip-caption", action="store_true", default=default(False), help="do not caption")
     parser.add_argument(
         "--dry-run", action="store_true", default=default(False), help="say what would be done, write nothing"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        default=default(False),
+        help="when every quota is spent, sleep until it resets and go on; exit when all is done",
+    )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        default=default(False),
+        help="keep running (implies --wait): take frames and videos that appear in the input folder",
+    )
+    parser.add_argument(
+        "--poll",
+        action="store_true",
+        default=default(False),
+        help="with --watch: look for new files by polling (network drives, some Docker volumes)",
     )
 
 
@@ -189,12 +211,14 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         print(plan.text())
         return 2 if plan.blocking else 0
     pipeline = Pipeline(config)
-    report = asyncio.run(_run_stopping_politely(pipeline, args.limit))
-    print(format_summary(report, config))
+    service = Service(pipeline, wait=args.wait, watch=args.watch, poll=args.poll)
+    with log_file(config.paths.work_dir / LOG_FILE):
+        report = asyncio.run(_run_stopping_politely(pipeline, service.run(limit=args.limit)))
+    print(format_service_summary(report, config))
     return int(report.end)
 
 
-async def _run_stopping_politely(pipeline: Pipeline, limit: int | None) -> RunReport:
+async def _run_stopping_politely(pipeline: Pipeline, work: Coroutine[Any, Any, T]) -> T:
     """The first Ctrl-C or SIGTERM stops taking new work and lets the requests in flight land and
     be recorded (they are paid for) for up to GRACE_S; a second one, or the end of the grace,
     stops at once. Either way the next run continues where this one stopped."""
@@ -220,7 +244,7 @@ async def _run_stopping_politely(pipeline: Pipeline, limit: int | None) -> RunRe
     except (NotImplementedError, RuntimeError):  # Windows, or not the main thread: Ctrl-C stops at once
         pass
     try:
-        return await pipeline.run(limit=limit)
+        return await work
     except asyncio.CancelledError:
         if pipeline.stop.end == RunEnd.TERMINATED:
             _terminated.set()

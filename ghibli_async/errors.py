@@ -12,3 +12,11 @@ class ConfigError(UserError):
 class MachineError(UserError):
     """The machine, not a file, failed (disk full, permissions, I/O error, read-only file system):
     the stage stops, its frames stay pending, and the CLI exits 1."""
+
+
+class NoInput(UserError):
+    """The input folder holds no frame or video yet (`run --watch` waits for some)."""
+
+
+class WorkDirBusy(UserError):
+    """Another command holds the work dir's lock (a service waits for it between passes)."""

@@ -10,9 +10,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
-from ghibli_async.errors import UserError
+from ghibli_async.errors import UserError, WorkDirBusy
 from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, Stage, StageReport, StopRequest
@@ -34,6 +34,7 @@ from ghibli_async.stages.resize import ResizeStage
 from ghibli_async.stages.scan import ScanStage, list_inputs
 from ghibli_async.state import State
 from ghibli_async.state.progress import Counts, Problem
+from ghibli_async.state.runs import HEARTBEAT_S, Doing
 from ghibli_async.statuses import Override
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,7 @@ class Pipeline:
         self.clock = clock or SystemClock()
         self.detectors = detectors
         self.stop = StopRequest()  # `request()` it (from a signal handler) to stop politely
+        self.modes = ""  # what `status` says this process is: "" one pass, else the service's modes
 
     async def run(self, *, limit: int | None = None) -> RunReport:
         """Every enabled stage in order; each resumes where the last run stopped."""
@@ -111,13 +113,15 @@ class Pipeline:
         ):
             context = RunContext(state, config, pool, self.clock, self.keys, detectors, inputs, limit, self.stop)
             run_id = state.runs.start({stage.name: stage in stages for stage in STAGES})
-            for index, stage in enumerate(stages):
-                if not any(later.uses_pool for later in stages[index:]):
-                    pool.close()  # nothing left to decode or resize: free the workers' memory
-                if self.stop.requested and not stage.after_stop:
-                    continue  # asked to stop: the export still shows what is done
-                log.debug("stage_start", stage=stage.name)
-                report.stages[stage.name] = await stage.run(context)
+            async with self._heard_from(state):
+                for index, stage in enumerate(stages):
+                    if not any(later.uses_pool for later in stages[index:]):
+                        pool.close()  # nothing left to decode or resize: free the workers' memory
+                    if self.stop.requested and not stage.after_stop:
+                        continue  # asked to stop: the export still shows what is done
+                    log.debug("stage_start", stage=stage.name)
+                    state.activity.doing(os.getpid(), stage.name, self.clock.wall())
+                    report.stages[stage.name] = await stage.run(context)
             report.stopped_by = self.stop.end
             state.runs.finish(run_id, int(report.end))
             report.counts = state.progress.counts()
@@ -125,6 +129,25 @@ class Pipeline:
             report.rejected = state.progress.rejected(limit=MAX_PROBLEMS_SHOWN)
         report.elapsed_s = time.monotonic() - started
         return report
+
+    @asynccontextmanager
+    async def _heard_from(self, state: State) -> AsyncIterator[None]:
+        """For `status` in another terminal: this process's row in the activity table names the
+        stage it is in and is touched every HEARTBEAT_S, so a killed run is seen as gone."""
+        pid = os.getpid()
+        state.activity.claim(pid, self.modes, self.clock.wall())
+
+        async def beat() -> None:
+            while True:
+                await self.clock.sleep(HEARTBEAT_S)
+                state.activity.heard(pid, self.clock.wall())
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            state.activity.doing(pid, Doing.FINISHED, self.clock.wall())
 
     def run_sync(self, *, limit: int | None = None) -> RunReport:
         try:
@@ -199,7 +222,7 @@ def exclusive(work_dir: Path) -> Iterator[None]:
         with FileLock(work_dir / ".lock", timeout=0):
             yield
     except Timeout:
-        raise UserError(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
+        raise WorkDirBusy(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
 
 
 def export_only(config: Config) -> ExportResult:

@@ -12,12 +12,13 @@ from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
 from ghibli_async.run_end import RunEnd
+from ghibli_async.service import ServiceReport
 from ghibli_async.stages.base import plural
 from ghibli_async.state import State
 from ghibli_async.state.filtering import FilterRow
 from ghibli_async.state.progress import Counts, Problem
 from ghibli_async.state.quota import BucketEvent
-from ghibli_async.state.runs import RunRecord
+from ghibli_async.state.runs import GONE_AFTER_S, Activity, Doing, RunRecord
 from ghibli_async.state.sources import Video
 from ghibli_async.statuses import Status
 
@@ -38,6 +39,21 @@ def format_summary(report: RunReport, config: Config) -> str:
     lines += [f"Note: {note}" for note in report.notes]
     lines.append(describe_end(report))
     return "\n".join(lines)
+
+
+def format_service_summary(report: ServiceReport, config: Config) -> str:
+    """One pass: its summary. Several (`--wait`, `--watch`): what all of them did, then the last one's."""
+    if report.last is None:
+        return (
+            f"Nothing to work on: no frames or videos arrived in {config.paths.input_dir}.\n"
+            f"Result: stopped when asked (exit {int(report.end)})."
+        )
+    text = format_summary(report.last, config)
+    if report.passes == 1:
+        return text
+    done = ", ".join(f"{STAGE_LABELS[name]} {n}" for name, n in report.shown.items() if n)
+    head = f"Service: {report.passes} passes in {_duration(report.elapsed_s)}; in all: {done or 'nothing new'}"
+    return head + "\n" + text.replace("This run:", "Last pass:", 1)
 
 
 def describe_end(report: RunReport) -> str:
@@ -67,7 +83,7 @@ def describe_end(report: RunReport) -> str:
 
 def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
     counts, problems = state.progress.counts(), state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
-    lines = [f"State: {config.state_path}"]
+    lines = [f"State: {config.state_path}", _now_line(state.activity.current(), wall)]
     stages_on = _stages_on(config, state.runs.last())
     lines += _totals(counts, stages_on)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
@@ -78,6 +94,23 @@ def format_status(state: State, config: Config, keys: list[ApiKey], exported: in
     waiting = counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0)
     lines += _quota_today(state, config, keys, wall, waiting)
     return "\n".join(lines)
+
+
+def _now_line(activity: Activity | None, wall: datetime) -> str:
+    """What the process working on this dataset does now, if one is alive (heard from lately)."""
+    if activity is None or activity.doing == Doing.ENDED:
+        return "Now: no run is going."
+    since = f"{activity.started_at.astimezone():%Y-%m-%d %H:%M}"
+    who = f"{'service (' + activity.modes + ')' if activity.modes else 'run'} pid {activity.pid}, since {since}"
+    if (wall - activity.heard_at).total_seconds() > GONE_AFTER_S:
+        heard = f"{activity.heard_at.astimezone():%Y-%m-%d %H:%M}"
+        return f"Now: no run is going (the last, {who}, was last heard from at {heard}: killed or the machine stopped)."
+    doing = activity.doing
+    if activity.until is not None:
+        doing += f" until {activity.until.astimezone():%Y-%m-%d %H:%M %Z}"
+    elif doing in STAGE_LABELS:
+        doing = f"in the {doing} stage"
+    return f"Now: {who}: {doing}."
 
 
 def _videos(videos: list[Video]) -> list[str]:

@@ -7,7 +7,8 @@ builds the summary from their reports, so a new stage is one module plus its con
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -40,8 +41,15 @@ class StopRequest:
             for listener in self._listeners:
                 listener()
 
-    def on_request(self, listener: Callable[[], None]) -> None:
+    @contextmanager
+    def listening(self, listener: Callable[[], None]) -> Iterator[None]:
+        """`listener()` is called on a request made while inside; a service runs many passes over one
+        StopRequest, so each pass's listeners leave with it."""
         self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
 
 @dataclass

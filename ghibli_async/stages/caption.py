@@ -78,8 +78,8 @@ class CaptionStage:
             end = RunEnd.NO_KEYS if waiting else RunEnd.DONE
             return StageReport(notes=[_no_keys_note(context.config, waiting)], end=end)
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
-        context.stop.on_request(engine.stop_politely)
-        caption = await engine.run(limit=context.limit)
+        with context.stop.listening(engine.stop_politely):
+            caption = await engine.run(limit=context.limit)
         return StageReport(
             caption.outcomes,
             shown=caption.outcomes["done"],

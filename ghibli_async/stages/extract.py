@@ -44,8 +44,8 @@ class ExtractStage:
         if not context.inputs.videos:
             return StageReport()
         stop = threading.Event()  # the decoding threads look at it between frames
-        context.stop.on_request(stop.set)
-        extracted = await run_extract(context.state, context.config, context.inputs.videos, stop)
+        with context.stop.listening(stop.set):
+            extracted = await run_extract(context.state, context.config, context.inputs.videos, stop)
         if extracted.frames:  # new frame files on disk: walk the folders once more
             context.inputs = list_inputs(context.config.paths.input_dir, context.config.extracted_dir)
         failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""

@@ -21,7 +21,7 @@ import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
-from ghibli_async.errors import UserError
+from ghibli_async.errors import NoInput, UserError
 from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.state import State
 from ghibli_async.state.sources import KnownSource, SourceFile
@@ -101,7 +101,7 @@ def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
     videos = sorted((p for p in found if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     if not images and not videos:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-        raise UserError(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
+        raise NoInput(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
     return InputFiles(images, videos, skipped, stats)
 
 

@@ -1,6 +1,6 @@
 """The SQLite state: the only thing that carries progress, split into stores by concern over one
 database (`State.open(path)`): sources, filter, results (resize and caption), quota books, review,
-progress, runs. No image or detector code is imported here; statuses live in `ghibli_async.statuses`."""
+progress, runs, activity. No image or detector code is imported here; statuses live in `ghibli_async.statuses`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ghibli_async.state.progress import ProgressStore
 from ghibli_async.state.quota import QuotaBooks
 from ghibli_async.state.results import ResultStore
 from ghibli_async.state.review import ReviewStore
-from ghibli_async.state.runs import RunStore
+from ghibli_async.state.runs import ActivityStore, RunStore
 from ghibli_async.state.sources import SourceStore
 
 __all__ = ["SCHEMA_VERSION", "State"]
@@ -30,6 +30,7 @@ class State:
         self.review = ReviewStore(db)
         self.progress = ProgressStore(db)
         self.runs = RunStore(db)
+        self.activity = ActivityStore(db)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> State:

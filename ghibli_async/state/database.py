@@ -131,6 +131,19 @@ MIGRATIONS: tuple[str, ...] = (
         end_code    INTEGER
     );
     """,
+    """
+    -- What the running process is doing now, for `status` in another terminal: one row, written
+    -- by the last `run` to start; `heard_at` is its heartbeat (times are ISO UTC).
+    CREATE TABLE activity (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        pid         INTEGER NOT NULL,
+        modes       TEXT NOT NULL,
+        doing       TEXT NOT NULL,
+        until       TEXT,
+        started_at  TEXT NOT NULL,
+        heard_at    TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
