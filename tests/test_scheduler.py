@@ -183,3 +183,12 @@ def test_a_full_local_server_is_waited_for_until_an_answer() -> None:
     assert policy.acquire(0.0, DAY) == Wait(None)  # no timer: only an answer frees a place
     policy.answered(grants[0], 0.5, key_works=True, model_works=True)
     assert isinstance(policy.acquire(0.5, DAY), Grant)
+
+
+def test_a_slot_free_a_rounding_error_from_now_is_free_now() -> None:
+    """Window times restored after a restart come from wall-clock arithmetic: a slot that frees
+    3e-11 s from now must be granted, not waited for (a wait the loop's clock cannot measure)."""
+    full = bucket(rpm=2)
+    now = 83168.0
+    full.restore_window([now - 60.1 + 3e-11, now - 1.0])  # the first frees at 83168.00000000003
+    assert isinstance(scheduler(full).acquire(now, DAY), Grant)

@@ -19,6 +19,9 @@ from ghibli_async.caption.reducer import (
     SpendForToday,
 )
 
+# Window times restored from wall-clock timestamps carry float rounding (a free time 3e-11 s
+# ahead); a wait shorter than the event loop's clock resolution would never let time move.
+CLOCK_SLACK_S = 1e-6
 _INITIAL_TOKEN_ESTIMATE = 600  # a 512x512 image (258 tokens) + prompt + answer, before any reply says
 
 
@@ -68,7 +71,7 @@ class Scheduler:
         next_free: list[tuple[float, str]] = []
         for bucket in allowed:
             at = bucket.free_at(now, self.token_estimate)
-            if at > now:
+            if at > now + CLOCK_SLACK_S:
                 if at != math.inf:  # infinity: full of requests in flight; an answer wakes the caller
                     next_free.append((at, bucket.name))
                 continue
