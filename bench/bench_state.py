@@ -58,7 +58,9 @@ def main() -> None:
         _caption_everything(state)
         timed(f"status counts ({n:,} captioned)", results, state.progress.counts)
         exported = timed(
-            f"list captioned images (export query, {n:,} captioned)", results, state.results.captioned_images
+            f"list captioned images (export query, {n:,} captioned)",
+            results,
+            lambda: list(state.results.captioned_images()),
         )
         assert len(exported) == n, len(exported)
 

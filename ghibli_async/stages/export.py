@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,27 +62,36 @@ def export_dataset(state: State, config: Config) -> ExportResult:
     output_dir = config.paths.output_dir
     staging, previous = _sibling(output_dir, "new"), _sibling(output_dir, "old")
     _finish_an_interrupted_swap(output_dir, staging, previous)
-    items = state.results.captioned_images()
-    if not items and not output_dir.exists():
+    count = state.results.captioned_count()
+    if not count and not output_dir.exists():
         return ExportResult(0, 0, output_dir)
     try:
-        _build(staging, items, config, carry_from=output_dir)
+        _build(staging, state.results.captioned_images(), config, carry_from=output_dir)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise MachineError(
             f"export failed ({exc.strerror or exc}): {output_dir} still holds the previous export; "
             "free space (or fix permissions) and run `export` again"
         ) from None
-    before = {entry.name for entry in output_dir.iterdir()} if output_dir.exists() else set()
     if output_dir.exists():
         os.replace(output_dir, previous)
     os.replace(staging, output_dir)
+    removed = _count_removed(previous, output_dir)
     shutil.rmtree(previous, ignore_errors=True)
-    removed = len(
-        {name for name in before if _MANAGED.fullmatch(name) or is_partial(name)} - set(os.listdir(output_dir))
-    )
     _warn_about_foreign_files(output_dir)
-    return ExportResult(len(items), removed, output_dir)
+    return ExportResult(count, removed, output_dir)
+
+
+def _count_removed(previous: Path, output_dir: Path) -> int:
+    """Files the export manages that the previous export had and this one has not."""
+    if not previous.exists():
+        return 0
+    with os.scandir(previous) as entries:
+        return sum(
+            1
+            for entry in entries
+            if (_MANAGED.fullmatch(entry.name) or is_partial(entry.name)) and not (output_dir / entry.name).exists()
+        )
 
 
 def _sibling(output_dir: Path, role: str) -> Path:
@@ -97,17 +107,23 @@ def _finish_an_interrupted_swap(output_dir: Path, staging: Path, previous: Path)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(staging: Path, items: list[CaptionedImage], config: Config, *, carry_from: Path) -> None:
+def _build(staging: Path, items: Iterable[CaptionedImage], config: Config, *, carry_from: Path) -> None:
     """The whole export in `staging`: images hard-linked from the work dir, sidecars, metadata,
     and the user's own files from the current export (linked, never moved)."""
     staging.mkdir(parents=True)
-    for item in items:
-        name = output_name(item.number)
-        _link(config.resized_dir / name, staging / name)
-        if config.export.kohya_txt:
-            (staging / f"{item.number}.txt").write_text(item.caption, encoding="utf-8")
-    if items:
-        (staging / METADATA_FILE).write_text(metadata_jsonl(items), encoding="utf-8")
+    metadata = None
+    try:
+        for item in items:
+            name = output_name(item.number)
+            _link(config.resized_dir / name, staging / name)
+            if config.export.kohya_txt:
+                (staging / f"{item.number}.txt").write_text(item.caption, encoding="utf-8")
+            if metadata is None:  # no caption, no metadata file
+                metadata = (staging / METADATA_FILE).open("w", encoding="utf-8")
+            metadata.write(metadata_line(item))
+    finally:
+        if metadata is not None:
+            metadata.close()
     for entry in carry_from.iterdir() if carry_from.exists() else ():
         if entry.name == METADATA_FILE or _MANAGED.fullmatch(entry.name) or is_partial(entry.name):
             continue
@@ -127,12 +143,9 @@ def _link(source: Path | str, dest: Path | str) -> None:
         shutil.copy2(source, dest)
 
 
-def metadata_jsonl(items: list[CaptionedImage]) -> str:
-    """One `{"file_name", "text"}` object per line, UTF-8 as is (no \\u escapes)."""
-    return "".join(
-        json.dumps({"file_name": output_name(item.number), "text": item.caption}, ensure_ascii=False) + "\n"
-        for item in items
-    )
+def metadata_line(item: CaptionedImage) -> str:
+    """One `{"file_name", "text"}` object, UTF-8 as is (no \\u escapes)."""
+    return json.dumps({"file_name": output_name(item.number), "text": item.caption}, ensure_ascii=False) + "\n"
 
 
 def _warn_about_foreign_files(output_dir: Path) -> None:

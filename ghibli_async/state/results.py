@@ -4,7 +4,7 @@ with a reason, the caption with the model and key#N that wrote it, and what expo
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from ghibli_async.state.database import NOW, Database
@@ -12,6 +12,8 @@ from ghibli_async.statuses import Status
 
 _PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
 _FAILED, _B = Status.FAILED.sql, Status.BLOCKED.sql
+_EXPORTABLE = f"""resize_status = {_DONE} AND caption_status = {_DONE} AND duplicate_of IS NULL
+    AND needs_review = 0 AND filter_status != {_REJECTED}"""
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,11 @@ class ResultStore:
 
     # --- export -----------------------------------------------------------------------------
 
-    def captioned_images(self) -> list[CaptionedImage]:
-        """Images ready for the dataset: resized and captioned, in output order."""
-        rows = self._db.execute(
-            f"""SELECT number, caption FROM images
-               WHERE resize_status = {_DONE} AND caption_status = {_DONE} AND duplicate_of IS NULL
-                 AND needs_review = 0 AND filter_status != {_REJECTED}
-               ORDER BY number"""
-        )
-        return [CaptionedImage(*row) for row in rows]
+    def captioned_images(self) -> Iterator[CaptionedImage]:
+        """Images ready for the dataset: resized and captioned, in output order, one row at a time
+        (an export of 100,000 holds one caption in memory, not all of them)."""
+        rows = self._db.execute(f"SELECT number, caption FROM images WHERE {_EXPORTABLE} ORDER BY number")
+        return (CaptionedImage(*row) for row in rows)
+
+    def captioned_count(self) -> int:
+        return self._db.execute(f"SELECT COUNT(*) FROM images WHERE {_EXPORTABLE}").fetchone()[0]
