@@ -9,29 +9,34 @@ dataset); requests name images by id, and no path from a request ever reaches th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
+import os
 import re
 import secrets
 import shutil
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from PIL import Image, ImageOps
 
-from ghibli_async.atomic import atomic_path
 from ghibli_async.config import Config
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
 from ghibli_async.state import State
-from ghibli_async.state.review import REVIEW_TABS, ReviewItem
+from ghibli_async.state.review import REVIEW_TABS, SORTS, Decided, ReviewItem, ReviewQuery
 from ghibli_async.statuses import Override, Status
+from ghibli_async.thumbs import ThumbJob, make_missing_thumbnails, make_thumbnail, thumb_path, thumb_source
 
-THUMB_SIDE = 256
 MAX_PAGE = 200
+MAX_BULK = 5000  # frames one keep/reject from the page may change at once
+UNDO_KEPT = 50  # keep/reject actions the page can undo
+STATS_TTL_S = 30.0  # the side panel's figures are recomputed at most this often unless the page changed something
 TOKEN_HEADER = "X-Review-Token"
 NOT_FILTERED = "not filtered (off in the last run)"
 _STOPWORDS = frozenset(
@@ -41,6 +46,8 @@ _STOPWORDS = frozenset(
 CONFIG_KEY = web.AppKey("config", Config)
 STATE_KEY = web.AppKey("state", State)
 TOKEN_KEY = web.AppKey("token", str)
+STATS_KEY = web.AppKey("stats", object)
+UNDO_KEY = web.AppKey("undo", object)
 HOSTS_KEY = web.AppKey("hosts", frozenset)
 LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 MAX_CAPTION_CHARS = 1000  # far above any training caption (SD 1.5's text encoder reads 77 tokens)
@@ -56,10 +63,16 @@ def make_app(config: Config, *, token: str | None = None, hosts: frozenset[str] 
     app[HOSTS_KEY] = hosts
     app[STATE_KEY] = State.open(config.state_path)
     app.on_cleanup.append(_close_state)
+    app[STATS_KEY] = StatsCache(config)
+    app[UNDO_KEY] = UndoLog()
     app.router.add_get("/", _page)
     app.router.add_get("/api/images", _list_images)
+    app.router.add_get("/api/position", _position)
+    app.router.add_get("/api/facets", _facets)
     app.router.add_get(rf"/api/thumbs/{{image_id:{_ID}}}", _thumbnail)
     app.router.add_post(rf"/api/images/{{image_id:{_ID}}}/decision", _set_decision)
+    app.router.add_post("/api/decisions", _set_decisions)
+    app.router.add_post("/api/undo", _undo)
     app.router.add_post(rf"/api/images/{{image_id:{_ID}}}/caption", _set_caption)
     app.router.add_get("/api/stats", _stats)
     return app
@@ -112,17 +125,41 @@ async def _page(request: web.Request) -> web.Response:
 
 
 async def _list_images(request: web.Request) -> web.Response:
-    tab = request.query.get("tab", "kept")
-    if tab not in REVIEW_TABS:
-        raise web.HTTPBadRequest(text=f"unknown tab {tab!r}: one of {', '.join(REVIEW_TABS)}")
+    tab, query = _tab_and_query(request)
     try:
         offset = max(0, int(request.query.get("offset", "0")))
         limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "60"))))
     except ValueError:
         raise web.HTTPBadRequest(text="offset and limit are whole numbers") from None
-    total, items = request.app[STATE_KEY].review.page(tab, offset=offset, limit=limit)
+    total, items = request.app[STATE_KEY].review.page(tab, offset=offset, limit=limit, query=query)
     config = request.app[CONFIG_KEY]
     return web.json_response({"total": total, "items": [item_json(item, config) for item in items]})
+
+
+async def _position(request: web.Request) -> web.Response:
+    """Where a frame number is in the tab as filtered and sorted: the page scrolls there."""
+    tab, query = _tab_and_query(request)
+    try:
+        number = int(request.query["number"])
+    except (KeyError, ValueError):
+        raise web.HTTPBadRequest(text="number is a whole number") from None
+    return web.json_response({"index": request.app[STATE_KEY].review.position(tab, number, query)})
+
+
+async def _facets(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].review.facets())
+
+
+def _tab_and_query(request: web.Request) -> tuple[str, ReviewQuery]:
+    tab = request.query.get("tab", "kept")
+    if tab not in REVIEW_TABS:
+        raise web.HTTPBadRequest(text=f"unknown tab {tab!r}: one of {', '.join(REVIEW_TABS)}")
+    sort = request.query.get("sort", "natural")
+    if sort not in SORTS:
+        raise web.HTTPBadRequest(text=f"unknown sort {sort!r}: one of {', '.join(SORTS)}")
+    text = request.query.get
+    query = ReviewQuery(text("q", "")[:200], text("reason"), text("detector"), text("model"), text("key"), sort)
+    return tab, query
 
 
 def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
@@ -174,38 +211,69 @@ def _known_item(request: web.Request) -> ReviewItem:
 async def _thumbnail(request: web.Request) -> web.FileResponse:
     item = _known_item(request)
     config = request.app[CONFIG_KEY]
-    cached = config.paths.work_dir / "thumbs" / f"{item.image_id}.jpg"
+    cached = thumb_path(config, item.image_id)
     if not cached.exists():
-        source = request.app[STATE_KEY].sources.path_of(item.image_id)
-        if source is None or not await asyncio.to_thread(make_thumbnail, Path(source), cached):
+        job = ThumbJob(item.image_id, item.number, request.app[STATE_KEY].sources.path_of(item.image_id))
+        source = thumb_source(config, job)
+        if source is None or not await asyncio.to_thread(make_thumbnail, source, cached):
             raise web.HTTPNotFound(text="the source frame cannot be read")
     return web.FileResponse(cached, headers={"Cache-Control": "max-age=3600"})
-
-
-def make_thumbnail(source: Path, dest: Path) -> bool:
-    """Upright RGB thumbnail, made once; False when the source cannot be read."""
-    try:
-        with Image.open(source) as img:
-            img.draft("RGB", (THUMB_SIDE, THUMB_SIDE))
-            thumb = ImageOps.exif_transpose(img).convert("RGB")
-            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-    except Exception:  # noqa: BLE001 - unreadable frames show as "no preview"
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as temp:
-        thumb.save(temp, "JPEG", quality=85)
-    return True
 
 
 async def _set_decision(request: web.Request) -> web.Response:
     item = _known_item(request)
     body = await _json_body(request)
-    decision = body.get("decision")
+    items, undo = _decide(request.app, [item.image_id], body.get("decision"))
+    return web.json_response({**items[0], "undo": undo})
+
+
+async def _set_decisions(request: web.Request) -> web.Response:
+    """Keep or reject many frames at once (a selection on the page); the answer carries an undo id."""
+    body = await _json_body(request)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or len(ids) > MAX_BULK or not all(isinstance(i, int) for i in ids):
+        raise web.HTTPBadRequest(text=f"ids is a list of 1 to {MAX_BULK} image ids")
+    items, undo = _decide(request.app, ids, body.get("decision"))
+    return web.json_response({"items": items, "undo": undo})
+
+
+def _decide(app: web.Application, ids: list[int], decision: object) -> tuple[list[dict[str, Any]], int]:
     if decision not in tuple(Override):
         raise web.HTTPBadRequest(text=f"decision must be one of {', '.join(map(str, Override))}")
+    state = app[STATE_KEY]
+    before = state.review.decide(ids, Override(decision))
+    app[STATS_KEY].changed()
+    return [item_json(item, app[CONFIG_KEY]) for item in state.review.items(ids)], app[UNDO_KEY].add(before)
+
+
+async def _undo(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    before = request.app[UNDO_KEY].take(body.get("undo"))
+    if before is None:
+        raise web.HTTPNotFound(text="nothing to undo under that id (the server was restarted, or it was undone)")
     state = request.app[STATE_KEY]
-    state.filter.set_override([state.sources.path_of(item.image_id)], Override(decision))
-    return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
+    state.review.restore(before)
+    request.app[STATS_KEY].changed()
+    items = state.review.items([decided.image_id for decided in before])
+    return web.json_response({"items": [item_json(item, request.app[CONFIG_KEY]) for item in items]})
+
+
+class UndoLog:
+    """The last UNDO_KEPT keep/reject actions made on the page, each as the frames were before it."""
+
+    def __init__(self) -> None:
+        self._actions: OrderedDict[int, list[Decided]] = OrderedDict()
+        self._next = 1
+
+    def add(self, before: list[Decided]) -> int:
+        undo, self._next = self._next, self._next + 1
+        self._actions[undo] = before
+        while len(self._actions) > UNDO_KEPT:
+            self._actions.popitem(last=False)
+        return undo
+
+    def take(self, undo: object) -> list[Decided] | None:
+        return self._actions.pop(undo, None) if isinstance(undo, int) else None
 
 
 async def _set_caption(request: web.Request) -> web.Response:
@@ -221,6 +289,7 @@ async def _set_caption(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text=f"a caption is at most {MAX_CAPTION_CHARS} characters")
     state = request.app[STATE_KEY]
     state.review.edit_caption(item.image_id, caption)
+    request.app[STATS_KEY].changed()
     return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
 
 
@@ -235,7 +304,47 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    return web.json_response(stats_payload(request.app[STATE_KEY], request.app[CONFIG_KEY]))
+    return web.json_response(await request.app[STATS_KEY].get())
+
+
+class StatsCache:
+    """The side panel's figures, computed in a worker thread over a connection of its own, so no
+    request waits on them: a request gets the last figures at once (`fresh: false` while newer
+    ones are being computed) and only the very first one awaits them. Stale after a change made on
+    the page, or after STATS_TTL_S (a run may be writing meanwhile)."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._figures: dict[str, Any] | None = None
+        self._computed_at = -math.inf
+        self._version = self._computed_version = 0
+        self._computing: asyncio.Task[None] | None = None
+
+    def changed(self) -> None:
+        self._version += 1
+
+    async def get(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        fresh = self._computed_version == self._version and loop.time() - self._computed_at < STATS_TTL_S
+        if not fresh and self._computing is None:
+            self._computing = asyncio.create_task(self._compute())
+        if self._figures is None and self._computing is not None:
+            await asyncio.shield(self._computing)
+            fresh = self._computed_version == self._version
+        assert self._figures is not None
+        return {**self._figures, "fresh": fresh}
+
+    async def _compute(self) -> None:
+        version, loop = self._version, asyncio.get_running_loop()
+        try:
+            self._figures = await asyncio.to_thread(self._figures_now)
+            self._computed_version, self._computed_at = version, loop.time()
+        finally:
+            self._computing = None
+
+    def _figures_now(self) -> dict[str, Any]:
+        with State.open(self._config.state_path, readonly=True) as state:
+            return stats_payload(state, self._config)
 
 
 def stats_payload(state: State, config: Config) -> dict[str, Any]:
@@ -273,30 +382,62 @@ def caption_stats(captions: list[tuple[str, str | None]], trigger: str) -> dict[
 
 
 def write_report(config: Config, dest: Path) -> Path:
-    """The review page as a read-only folder to share: index.html with the data embedded, and
-    thumbs/ next to it (copied from the review cache, or made once)."""
+    """The review page as a read-only folder to share: index.html (the figures and each tab's size),
+    data/<tab>-<page>.js (REPORT_PAGE items each, loaded as the reader scrolls, so a report of
+    50,000 frames opens as fast as one of 1,000) and thumbs/ (from the review page's cache, the
+    missing ones made first in worker processes)."""
     with State.open(config.state_path, readonly=True) as state:
-        tabs = {
-            tab: [item_json(i, config) for i in state.review.page(tab, offset=0, limit=10**9)[1]] for tab in REVIEW_TABS
-        }
+        make_missing_thumbnails(config, [ThumbJob(*row) for row in state.review.thumb_jobs()])
         stats = stats_payload(state, config)
-        sources = {item["id"]: state.sources.path_of(item["id"]) for items in tabs.values() for item in items}
-    cache = config.paths.work_dir / "thumbs"
-    for image_id, source in sources.items():
-        target = dest / "thumbs" / f"{image_id}.jpg"
-        if (cache / target.name).exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(cache / target.name, target)
-        elif source:
-            make_thumbnail(Path(source), target)
-    # No "<" at all in the embedded data: neither "</script>" nor "<!--" can end or blank the page.
-    data = json.dumps({"tabs": tabs, "stats": stats}, ensure_ascii=False).replace("<", "\\u003c")
+        _clear_report(dest)
+        for tab in REVIEW_TABS:
+            for page, items in enumerate(_pages(state.review.iterate(tab), REPORT_PAGE)):
+                _write_report_page(config, dest, tab, page, items)
+    data = _script_json({"stats": stats, "page_size": REPORT_PAGE})
     banner = '<span class="help"><b>read-only report</b></span>'
     html = _page_html("").replace("<!--REPORT-->", banner)
     html = html.replace("<script>", f"<script>window.REPORT = {data};</script>\n<script>", 1)
     index = dest / "index.html"
     index.write_text(html, encoding="utf-8")
     return index
+
+
+REPORT_PAGE = 500
+
+
+def _clear_report(dest: Path) -> None:
+    """A report written before (its pages may outnumber this one's) is replaced, not mixed in."""
+    shutil.rmtree(dest / "data", ignore_errors=True)
+    (dest / "data").mkdir(parents=True)
+    (dest / "thumbs").mkdir(exist_ok=True)
+
+
+def _pages(items: Iterator[ReviewItem], size: int) -> Iterator[list[ReviewItem]]:
+    while page := list(itertools.islice(items, size)):
+        yield page
+
+
+def _write_report_page(config: Config, dest: Path, tab: str, page: int, items: list[ReviewItem]) -> None:
+    shown = [item_json(item, config) for item in items]
+    (dest / "data" / f"{tab}-{page}.js").write_text(
+        f"window.reportPage({json.dumps(tab)}, {page}, {_script_json(shown)});\n", encoding="utf-8"
+    )
+    for item in items:
+        cached, target = thumb_path(config, item.image_id), dest / "thumbs" / f"{item.image_id}.jpg"
+        if cached.exists() and not target.exists():
+            _link_or_copy(cached, target)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
+
+
+def _script_json(value: object) -> str:
+    """JSON to put inside a <script>: no "<" at all, so neither "</script>" nor "<!--" can end it."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c")
 
 
 def served_names(host: str) -> frozenset[str]:

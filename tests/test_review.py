@@ -7,10 +7,12 @@ import json
 import socket
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import Project, save_frame
+from review_rows import build_review_state
 from test_filter import StubDetector, filtered_project, run_sync
 
 from ghibli_async.config import load_config
@@ -144,13 +146,24 @@ def test_thumbnails_are_made_once_and_stats_add_up(reviewed: Project) -> None:
     assert (reviewed.root / "work" / "thumbs" / f"{image_id}.jpg").exists()
 
 
+def report_page(path: Path) -> list[dict]:
+    """The items in one `data/<tab>-<page>.js` of a report."""
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("window.reportPage(") and "<" not in text
+    return json.loads(text.split(", ", 2)[2].rsplit(");", 1)[0])
+
+
 def test_report_is_a_read_only_folder_with_everything(reviewed: Project, capsys: pytest.CaptureFixture[str]) -> None:
     target = reviewed.root / "shared-report"
     assert reviewed.cli("report", "--to", str(target)) == 0
     html = (target / "index.html").read_text(encoding="utf-8")
-    data = json.loads(html.split("window.REPORT = ", 1)[1].split(";</script>", 1)[0].replace("<\\/", "</"))
-    assert sum(len(items) for items in data["tabs"].values()) == 13
-    readable = [item["id"] for items in data["tabs"].values() for item in items if item["name"] != "broken.png"]
+    data = json.loads(html.split("window.REPORT = ", 1)[1].split(";</script>", 1)[0])
+    assert sum(data["stats"]["tabs"].values()) == 13
+    pages = {page.name: report_page(page) for page in (target / "data").iterdir()}
+    assert sorted(pages) == sorted(f"{tab}-0.js" for tab, n in data["stats"]["tabs"].items() if n)
+    items = [item for page in pages.values() for item in page]
+    assert len(items) == sum(data["stats"]["tabs"].values()) == 13
+    readable = [item["id"] for item in items if item["name"] != "broken.png"]
     assert all((target / "thumbs" / f"{image_id}.jpg").exists() for image_id in readable)
     assert "read-only report" in html and TOKEN not in html
     capsys.readouterr()
@@ -218,11 +231,94 @@ def test_the_report_survives_a_caption_that_looks_like_html(reviewed: Project) -
     html = (target / "index.html").read_text(encoding="utf-8")
     embedded = html.split("window.REPORT = ", 1)[1].split(";</script>", 1)[0]
     assert "<" not in embedded
-    data = json.loads(embedded)
-    assert any("<!--<script>" in (item["caption"]["text"] or "") for items in data["tabs"].values() for item in items)
+    items = [item for page in (target / "data").iterdir() for item in report_page(page)]  # each without a "<"
+    assert any("<!--<script>" in (item["caption"]["text"] or "") for item in items)
 
 
 def test_a_server_on_every_interface_answers_to_this_machine_s_names() -> None:
     assert {"127.0.0.1", "localhost", "[::1]", socket.gethostname()} <= served_names("0.0.0.0")
     assert served_names("127.0.0.1") == {"127.0.0.1", "localhost", "[::1]"}
     assert "[fd00::5]" in served_names("fd00::5")
+
+
+@pytest.fixture
+def many(project: Project) -> Project:
+    """300 synthetic frames: every fifth (2, 7, 12, …) rejected; captions name two of 15 words."""
+    project.write_config()
+    build_review_state(project.config.state_path, 300)
+    return project
+
+
+def test_search_filters_sort_by_doubt_and_go_to(many: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        async def get(path: str) -> dict:
+            answer = await client.get(path)
+            assert answer.status == 200, await answer.text()
+            return await answer.json()
+
+        found = await get('/api/images?tab=kept&q="frame 13 "&limit=200')
+        assert [item["number"] for item in found["items"]] == [13]  # a phrase, not "frame 130"
+        words = await get("/api/images?tab=kept&q=lantern%20bicycle&limit=200")
+        assert words["total"] > 0 and all(
+            "lantern" in i["caption"]["text"] and "bicycle" in i["caption"]["text"] for i in words["items"]
+        )
+        by_model = await get("/api/images?tab=kept&model=gemini-flash-lite-latest&key=key%232&limit=200")
+        assert by_model["total"] > 0 and {(i["caption"]["model"], i["caption"]["key"]) for i in by_model["items"]} == {
+            ("gemini-flash-lite-latest", "key#2")
+        }
+        dark = await get("/api/images?tab=rejected&reason=dark&limit=200")
+        assert dark["total"] > 0 and {i["filter"]["reason"] for i in dark["items"]} == {"dark"}
+
+        doubt = await get("/api/images?tab=rejected&sort=doubt&limit=200")
+        scores = [i["scores"]["yolo"] for i in doubt["items"]]
+        assert scores == sorted(scores, reverse=True)  # the strongest person evidence first
+        kept = await get("/api/images?tab=kept&sort=doubt&limit=200")
+        assert [i["scores"]["yolo"] for i in kept["items"]] == sorted(i["scores"]["yolo"] for i in kept["items"])
+
+        third = doubt["items"][3]["number"]
+        assert (await get(f"/api/position?tab=rejected&sort=doubt&number={third}"))["index"] == 3
+        assert (await get("/api/position?tab=kept&number=4"))["index"] == 2  # 1, 3, 4: frame 2 is rejected
+        assert (await get("/api/position?tab=kept&number=2"))["index"] is None
+        assert (await client.get("/api/images?tab=kept&sort=sideways")).status == 400
+        facets = await get("/api/facets")
+        assert facets["reason"] == ["blurry", "dark", "no_person"] and facets["detector"] == ["yolo"]
+
+    with_client(many, scenario)
+
+
+def test_bulk_reject_and_undo(many: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        write = {TOKEN_HEADER: TOKEN}
+        ids = [i["id"] for i in (await (await client.get("/api/images?tab=kept&limit=10")).json())["items"]]
+        assert (await client.post("/api/decisions", json={"ids": ids, "decision": "reject"})).status == 403
+        bad = await client.post("/api/decisions", json={"ids": "all", "decision": "reject"}, headers=write)
+        assert bad.status == 400
+        answer = await (
+            await client.post("/api/decisions", json={"ids": ids, "decision": "reject"}, headers=write)
+        ).json()
+        assert {i["filter"]["status"] for i in answer["items"]} == {"rejected"} and len(answer["items"]) == 10
+        assert (await (await client.get("/api/images?tab=kept")).json())["total"] == 240 - 10
+        undone = await (await client.post("/api/undo", json={"undo": answer["undo"]}, headers=write)).json()
+        assert {(i["filter"]["status"], i["filter"]["override"]) for i in undone["items"]} == {("kept", None)}
+        assert (await client.post("/api/undo", json={"undo": answer["undo"]}, headers=write)).status == 404
+
+    with_client(many, scenario)
+
+
+def test_stats_are_computed_off_the_loop_and_marked_stale_after_a_change(many: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        first = await (await client.get("/api/stats")).json()
+        assert first["fresh"] is True and first["tabs"]["kept"] == 240  # the first answer waits for them
+        item = (await (await client.get("/api/images?tab=kept&limit=1")).json())["items"][0]
+        flip = {"decision": "reject"}
+        await client.post(f"/api/images/{item['id']}/decision", json=flip, headers={TOKEN_HEADER: TOKEN})
+        stale = await (await client.get("/api/stats")).json()
+        assert stale["fresh"] is False and stale["tabs"]["kept"] == 240  # answered at once, from before
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            figures = await (await client.get("/api/stats")).json()
+            if figures["fresh"]:
+                break
+        assert figures["fresh"] and figures["tabs"]["kept"] == 239
+
+    with_client(many, scenario)

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import pytest
 from aiohttp import web
 from conftest import Project, scene_image
+from review_rows import build_review_state
 from test_filter import StubDetector, run_sync
 from thread_server import serving_in_thread
 
@@ -100,3 +101,78 @@ def test_report_file_opens_without_a_server(project: Project) -> None:
         assert page.locator(".tile").count() == 24
         assert "24" in page.locator("button[data-tab=kept]").inner_text()
         browser.close()
+
+
+FRAMES = 20_000
+MAX_TILES = 200  # what a tall window shows, with its buffer rows: the page never holds more
+
+
+def launch(playwright):  # noqa: ANN001, ANN201 - Playwright's own types
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    )
+
+
+def test_twenty_thousand_frames_in_a_virtual_grid(project: Project) -> None:
+    """Scroll to the end with a bounded number of tiles; go to frame 19,000 and flip it (only its
+    tile is redrawn); search captions; sort by doubt; reject a shift-selected range, then undo."""
+    project.write_config()
+    build_review_state(project.config.state_path, FRAMES)
+    state_db = project.config.state_path
+    with review_server(project) as url, sync_api.sync_playwright() as playwright:
+        browser = launch(playwright)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.wait_for_selector(".tile[data-id]")
+        most = 0
+        height = page.evaluate("document.body.scrollHeight")
+        for y in range(0, height + height // 40, height // 40):
+            page.evaluate(f"window.scrollTo(0, {y})")
+            page.wait_for_function("() => new Promise(r => requestAnimationFrame(() => r(true)))")
+            most = max(most, page.locator(".tile").count())
+        page.wait_for_selector(f".tile[data-position='{FRAMES * 4 // 5 - 1}'][data-id]")  # the last kept frame
+        assert 0 < most <= MAX_TILES
+
+        page.fill("#goto", "19000")
+        page.press("#goto", "Enter")
+        page.wait_for_selector(".tile.selected >> text=19000.jpg")
+        page.evaluate("document.querySelectorAll('.tile').forEach(n => n.dataset.before = '1')")
+        page.keyboard.press("x")
+        page.wait_for_selector(".tile.selected .badge.rejected")
+        redrawn = page.evaluate("[...document.querySelectorAll('.tile:not([data-before])')].map(n => n.textContent)")
+        assert len(redrawn) == 1 and "19000.jpg" in redrawn[0]
+        assert page.locator(".tile[data-before]").count() == page.locator(".tile").count() - 1
+
+        page.fill("#search", "lantern bicycle")
+        page.wait_for_function("document.querySelector('#footer').textContent !== '16000 image(s)'")
+        page.wait_for_selector(".tile[data-id]")
+        captions = page.eval_on_selector_all(".tile[data-id] .caption", "nodes => nodes.map(n => n.textContent)")
+        assert captions and all("lantern" in c and "bicycle" in c for c in captions)
+        page.fill("#search", "")
+
+        page.click("button[data-tab=rejected]")
+        page.select_option("#sort", "doubt")
+        with sqlite3.connect(state_db) as db:
+            strongest = db.execute(
+                "SELECT number FROM images WHERE filter_status = 'rejected' ORDER BY person_score DESC, sort_key"
+            ).fetchone()[0]
+        page.wait_for_selector(f".tile[data-position='0'] >> text={strongest}.jpg")
+
+        page.select_option("#sort", "natural")
+        page.click("button[data-tab=kept]")
+        page.wait_for_selector(".tile[data-position='0'] >> text=1.jpg")
+        page.click(".tile[data-position='0']")
+        page.click(".tile[data-position='5']", modifiers=["Shift"])
+        assert page.locator(".tile.picked").count() == 6
+        page.click("#reject-picked")
+        page.wait_for_selector(".tile[data-position='5'] .badge.rejected")
+        with sqlite3.connect(state_db) as db:
+            rejected = db.execute("SELECT COUNT(*) FROM images WHERE number <= 8 AND filter_status = 'rejected'")
+            assert rejected.fetchone()[0] == 8  # the six picked (1, 3–6, 8) and 2 and 7, rejected before
+        page.keyboard.press("u")
+        page.wait_for_selector(".tile[data-position='5'] .badge.kept")
+        browser.close()
+    with sqlite3.connect(state_db) as db:
+        states = dict(db.execute("SELECT number, filter_status FROM images WHERE number <= 8 OR number = 19000"))
+    kept, rejected = "kept", "rejected"
+    assert states == {1: kept, 2: rejected, 3: kept, 4: kept, 5: kept, 6: kept, 7: rejected, 8: kept, 19000: rejected}

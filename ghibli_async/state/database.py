@@ -144,6 +144,15 @@ MIGRATIONS: tuple[str, ...] = (
         heard_at    TEXT NOT NULL
     );
     """,
+    """
+    -- The strongest person evidence any detector found in a frame (its best box score; 0: none),
+    -- so the review page can sort by doubt without reading every frame's boxes.
+    ALTER TABLE images ADD COLUMN person_score REAL;
+    UPDATE images SET person_score = (
+        SELECT MAX(json_extract(box.value, '$[4]'))
+        FROM json_each(images.detections) AS detector, json_each(detector.value, '$.boxes') AS box
+    ) WHERE detections IS NOT NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

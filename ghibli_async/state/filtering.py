@@ -59,10 +59,11 @@ class FilterStore:
             detections = json.loads(stored) if stored else {}
             for name, found in boxes.items():
                 detections[name] = {"signature": signatures[name], "boxes": [_box_row(box) for box in found]}
+            score = max((row[4] for entry in detections.values() for row in entry["boxes"]), default=None)
             db.execute(
                 f"""UPDATE images SET brightness = ?, contrast = ?, sharpness = ?, phash = ?, detections = ?,
-                       updated_at = {NOW} WHERE id = ?""",
-                (look.brightness, look.contrast, look.sharpness, look.phash, json.dumps(detections), image_id),
+                       person_score = ?, updated_at = {NOW} WHERE id = ?""",
+                (look.brightness, look.contrast, look.sharpness, look.phash, json.dumps(detections), score, image_id),
             )
 
     def record_failure(self, image_id: int, reason: str) -> None:

@@ -3,6 +3,8 @@ tab, and captions written by hand."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,16 @@ _COLUMNS = (
 
 
 @dataclass(frozen=True)
+class Decided:
+    """A frame's filter columns before a keep/reject from the page, to undo it."""
+
+    image_id: int
+    status: str
+    reason: str | None
+    override: str | None
+
+
+@dataclass(frozen=True)
 class ReviewItem:
     """One image as the review page shows it (the source file's name only, never its path)."""
 
@@ -50,19 +62,162 @@ class ReviewItem:
     needs_review: bool
 
 
+@dataclass(frozen=True)
+class ReviewQuery:
+    """What narrows and orders a tab: caption search (words must all appear; "quoted phrases" as
+    they are), the filter's reason, a detector that found someone, the caption's model and key,
+    and the order: `natural` (file names) or `doubt` (the frames most likely wrong first)."""
+
+    search: str = ""
+    reason: str | None = None
+    detector: str | None = None
+    model: str | None = None
+    key: str | None = None
+    sort: str = "natural"
+
+
+SORTS = ("natural", "doubt")
+_SCORE = "COALESCE(person_score, 0)"
+
+
+def review_where(tab: str, query: ReviewQuery) -> tuple[str, list[object]]:
+    """The SQL condition (and its parameters) for a tab narrowed by a query."""
+    clauses, params = ["duplicate_of IS NULL", f"({REVIEW_TABS[tab]})"], []
+    for term in search_terms(query.search):
+        clauses.append("caption LIKE ? ESCAPE '\\'")
+        params.append("%" + re.sub(r"([%_\\])", r"\\\1", term) + "%")
+    if query.reason:
+        clauses.append("(filter_reason = ? OR filter_reason LIKE ? || ':%')")
+        params += [query.reason, query.reason]
+    if query.detector:
+        clauses.append("json_array_length(detections, '$.\"' || ? || '\".boxes') > 0")
+        params.append(query.detector)
+    for column, value in (("caption_model", query.model), ("caption_key", query.key)):
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def search_terms(text: str) -> list[str]:
+    """`"straw hat" girl` -> ["straw hat", "girl"]: phrases in quotes, other words one by one."""
+    return [phrase or word for phrase, word in re.findall(r'"([^"]+)"|(\S+)', text) if (phrase or word).strip()]
+
+
+def _order(tab: str, sort: str) -> tuple[str, str]:
+    """ORDER BY, and whether the score sorts descending: kept frames with the weakest person
+    evidence first; rejected ones with the strongest first (the likeliest mistakes either way)."""
+    if sort != "doubt":
+        return "sort_key, source_path", ""
+    direction = "DESC" if tab == "rejected" else "ASC"
+    return f"{_SCORE} {direction}, sort_key, source_path", direction
+
+
 class ReviewStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def page(self, tab: str, *, offset: int, limit: int) -> tuple[int, list[ReviewItem]]:
-        """One page of a review tab, in natural order, and the tab's total."""
-        where = f"duplicate_of IS NULL AND ({REVIEW_TABS[tab]})"
-        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}").fetchone()
+    def page(
+        self, tab: str, *, offset: int, limit: int, query: ReviewQuery = ReviewQuery()
+    ) -> tuple[int, list[ReviewItem]]:
+        """One page of a review tab as the query narrows and orders it, and the total it has."""
+        where, params = review_where(tab, query)
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", params).fetchone()
+        order, _ = _order(tab, query.sort)
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM images WHERE {where} ORDER BY sort_key, source_path LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"SELECT {_COLUMNS} FROM images WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
         )
         return total, [_review_item(row) for row in rows]
+
+    def iterate(self, tab: str) -> Iterator[ReviewItem]:
+        """Every frame of a tab in natural order, one row at a time (the report's pages)."""
+        where, params = review_where(tab, ReviewQuery())
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM images WHERE {where} ORDER BY sort_key, source_path", params)
+        return (_review_item(row) for row in rows)
+
+    def thumb_jobs(self) -> list[tuple[int, int | None, str]]:
+        """(id, number, source path) of every frame a review tab can show."""
+        return self._db.execute("SELECT id, number, source_path FROM images WHERE duplicate_of IS NULL").fetchall()
+
+    def position(self, tab: str, number: int, query: ReviewQuery = ReviewQuery()) -> int | None:
+        """Where frame `number` is in the tab's order (0-based); None when the tab does not hold it."""
+        where, params = review_where(tab, query)
+        row = self._db.execute(
+            f"SELECT {_SCORE}, sort_key, source_path FROM images WHERE {where} AND number = ?", [*params, number]
+        ).fetchone()
+        if row is None:
+            return None
+        score, sort_key, path = row
+        _, direction = _order(tab, query.sort)
+        before = "(sort_key, source_path) < (?, ?)"
+        if direction:
+            beats = ">" if direction == "DESC" else "<"
+            before = f"({_SCORE} {beats} ? OR ({_SCORE} = ? AND {before}))"
+            params += [score, score]
+        (index,) = self._db.execute(
+            f"SELECT COUNT(*) FROM images WHERE {where} AND {before}", [*params, sort_key, path]
+        ).fetchone()
+        return index
+
+    def decide(self, image_ids: Sequence[int], override: Override) -> list[Decided]:
+        """The user's keep or reject for these frames, in one transaction; returns what each was
+        before, for an undo."""
+        status = Status.KEPT if override == Override.KEEP else Status.REJECTED
+        with self._db.transaction() as db:
+            before = [
+                Decided(*row)
+                for chunk in _chunks(image_ids)
+                for row in db.execute(
+                    "SELECT id, filter_status, filter_reason, filter_override FROM images"
+                    f" WHERE duplicate_of IS NULL AND id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            ]
+            db.executemany(
+                f"""UPDATE images SET filter_override = ?, filter_status = ?, filter_reason = 'override',
+                       updated_at = {NOW} WHERE id = ?""",
+                [(override.value, status.value, decided.image_id) for decided in before],
+            )
+        return before
+
+    def restore(self, decided: Sequence[Decided]) -> None:
+        """Put frames back as `decide` found them (an undo)."""
+        with self._db.transaction() as db:
+            db.executemany(
+                f"""UPDATE images SET filter_status = ?, filter_reason = ?, filter_override = ?,
+                       updated_at = {NOW} WHERE id = ?""",
+                [(d.status, d.reason, d.override, d.image_id) for d in decided],
+            )
+
+    def items(self, image_ids: Sequence[int]) -> list[ReviewItem]:
+        return [
+            _review_item(row)
+            for chunk in _chunks(image_ids)
+            for row in self._db.execute(
+                f"SELECT {_COLUMNS} FROM images WHERE duplicate_of IS NULL AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        ]
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values the page's filters offer: reasons (without a duplicate's number), detectors,
+        models and keys that occur in the state."""
+
+        def distinct(sql: str) -> list[str]:
+            return sorted(value for (value,) in self._db.execute(sql) if value)
+
+        return {
+            "reason": distinct(
+                "SELECT DISTINCT CASE WHEN instr(filter_reason, ':') THEN substr(filter_reason, 1, "
+                "instr(filter_reason, ':') - 1) ELSE filter_reason END FROM images"
+            ),
+            "detector": distinct(
+                "SELECT DISTINCT detector.key FROM images, json_each(images.detections) AS detector"
+                " WHERE detections IS NOT NULL"
+            ),
+            "model": distinct("SELECT DISTINCT caption_model FROM images"),
+            "key": distinct("SELECT DISTINCT caption_key FROM images"),
+        }
 
     def item(self, image_id: int) -> ReviewItem | None:
         row = self._db.execute(
@@ -94,3 +249,10 @@ def _review_item(row: tuple) -> ReviewItem:
         boxes_from(detections), Status(r_status), Status(c_status), c_reason, caption, model, key, bool(edited),
         bool(review),
     )  # fmt: skip
+
+
+_CHUNK = 500  # ids per IN (...): well under SQLite's limit on parameters
+
+
+def _chunks(ids: Sequence[int]) -> list[list[int]]:
+    return [list(ids[start : start + _CHUNK]) for start in range(0, len(ids), _CHUNK)]
