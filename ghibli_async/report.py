@@ -98,8 +98,8 @@ def format_status(state: State, config: Config, keys: list[ApiKey], exported: in
 
 def _now_line(activity: Activity | None, wall: datetime) -> str:
     """What the process working on this dataset does now, if one is alive (heard from lately)."""
-    if activity is None or activity.doing == Doing.ENDED:
-        return "Now: no run is going."
+    if activity is None or activity.doing == Doing.ENDED or (activity.doing == Doing.FINISHED and not activity.modes):
+        return "Now: no run is going."  # (a single pass from a notebook ends at FINISHED)
     since = f"{activity.started_at.astimezone():%Y-%m-%d %H:%M}"
     who = f"{'service (' + activity.modes + ')' if activity.modes else 'run'} pid {activity.pid}, since {since}"
     if (wall - activity.heard_at).total_seconds() > GONE_AFTER_S:

@@ -17,7 +17,7 @@ from watchfiles import Change, watch
 from ghibli_async.stages.scan import IMAGE_SUFFIXES
 from ghibli_async.video import VIDEO_SUFFIXES
 
-POLL_MS = 500  # how long one question blocks a worker thread when nothing changes
+POLL_MS = 200  # how long one question blocks a worker thread when nothing changes (5 wake-ups a second idle)
 
 
 class InputWatcher:

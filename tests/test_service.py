@@ -15,7 +15,7 @@ from conftest import Project, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
 from virtual_time import START, VirtualClock, run_virtual
 
-from ghibli_async.config import load_config
+from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
 from ghibli_async.run_end import RunEnd
 from ghibli_async.service import Service, ServiceReport, Step, next_step
@@ -197,3 +197,10 @@ def test_a_run_leaves_its_log_in_the_work_dir_as_json_lines(project: Project) ->
     events = [json.loads(line) for line in (project.root / "work" / "logs" / "run.jsonl").read_text().splitlines()]
     assert [e["new"] for e in events if e["event"] == "scan_done"] == [2, 0]  # appended, run after run
     assert all(datetime.fromisoformat(e["timestamp"]).tzinfo is not None and "level" in e for e in events)
+
+
+def test_status_after_a_single_pass_from_a_notebook(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """`Pipeline.run` alone (no service around it) leaves its row at `finished`: no run is going."""
+    make_frames(project, 1, size=(64, 64))
+    asyncio.run(Pipeline(with_stages(project.config, caption=False)).run())
+    assert status_now_line(project, capsys) == "Now: no run is going."
