@@ -46,8 +46,6 @@ _STOPWORDS = frozenset(
 CONFIG_KEY = web.AppKey("config", Config)
 STATE_KEY = web.AppKey("state", State)
 TOKEN_KEY = web.AppKey("token", str)
-STATS_KEY = web.AppKey("stats", object)
-UNDO_KEY = web.AppKey("undo", object)
 HOSTS_KEY = web.AppKey("hosts", frozenset)
 LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 MAX_CAPTION_CHARS = 1000  # far above any training caption (SD 1.5's text encoder reads 77 tokens)
@@ -328,11 +326,16 @@ class StatsCache:
         fresh = self._computed_version == self._version and loop.time() - self._computed_at < STATS_TTL_S
         if not fresh and self._computing is None:
             self._computing = asyncio.create_task(self._compute())
-        if self._figures is None and self._computing is not None:
-            await asyncio.shield(self._computing)
+        if self._figures is None:
+            await self.settled()
             fresh = self._computed_version == self._version
         assert self._figures is not None
         return {**self._figures, "fresh": fresh}
+
+    async def settled(self) -> None:
+        """Until the computation under way, if any, has finished."""
+        if self._computing is not None:
+            await asyncio.shield(self._computing)
 
     async def _compute(self) -> None:
         version, loop = self._version, asyncio.get_running_loop()
@@ -345,6 +348,10 @@ class StatsCache:
     def _figures_now(self) -> dict[str, Any]:
         with State.open(self._config.state_path, readonly=True) as state:
             return stats_payload(state, self._config)
+
+
+STATS_KEY = web.AppKey("stats", StatsCache)
+UNDO_KEY = web.AppKey("undo", UndoLog)
 
 
 def stats_payload(state: State, config: Config) -> dict[str, Any]:

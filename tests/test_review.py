@@ -16,7 +16,14 @@ from review_rows import build_review_state
 from test_filter import StubDetector, filtered_project, run_sync
 
 from ghibli_async.config import load_config
-from ghibli_async.review import NOT_FILTERED, TOKEN_HEADER, make_app, served_names, stats_payload
+from ghibli_async.review import (
+    NOT_FILTERED,
+    STATS_KEY,
+    TOKEN_HEADER,
+    make_app,
+    served_names,
+    stats_payload,
+)
 from ghibli_async.state import State
 
 TOKEN = "test-token"
@@ -314,11 +321,8 @@ def test_stats_are_computed_off_the_loop_and_marked_stale_after_a_change(many: P
         await client.post(f"/api/images/{item['id']}/decision", json=flip, headers={TOKEN_HEADER: TOKEN})
         stale = await (await client.get("/api/stats")).json()
         assert stale["fresh"] is False and stale["tabs"]["kept"] == 240  # answered at once, from before
-        for _ in range(100):
-            await asyncio.sleep(0.01)
-            figures = await (await client.get("/api/stats")).json()
-            if figures["fresh"]:
-                break
+        await client.server.app[STATS_KEY].settled()  # the recomputation the stale answer started
+        figures = await (await client.get("/api/stats")).json()
         assert figures["fresh"] and figures["tabs"]["kept"] == 239
 
     with_client(many, scenario)

@@ -171,6 +171,18 @@ def test_twenty_thousand_frames_in_a_virtual_grid(project: Project) -> None:
             assert rejected.fetchone()[0] == 8  # the six picked (1, 3–6, 8) and 2 and 7, rejected before
         page.keyboard.press("u")
         page.wait_for_selector(".tile[data-position='5'] .badge.kept")
+
+        # A selection longer than the pages the page keeps in memory: every frame of it changes.
+        page.evaluate("anchor = 0; moveTo(1999, { keepSelection: true })")
+        page.click("#reject-picked")
+        page.wait_for_selector("#toast.show >> text=2000 rejected")
+        with sqlite3.connect(state_db) as db:
+            assert (
+                db.execute("SELECT COUNT(*) FROM images WHERE number <= 2500 AND filter_status = 'kept'").fetchone()[0]
+                == 0
+            )
+        page.keyboard.press("u")
+        page.wait_for_selector("#toast.show >> text=undone (2000)")
         browser.close()
     with sqlite3.connect(state_db) as db:
         states = dict(db.execute("SELECT number, filter_status FROM images WHERE number <= 8 OR number = 19000"))
