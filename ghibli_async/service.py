@@ -150,9 +150,7 @@ class Service:
                 report.add(last)
             if stop.requested:
                 return
-            changed = watcher is not None and await watcher.changed()
-            if changed:
-                await watcher.quiet()  # type: ignore[union-attr]  # a copy in progress: let it finish
+            changed = await _new_input(watcher)
             end = last.end if last is not None else RunEnd.DONE
             step = next_step(
                 end, wait=self.wait, watch=self.watch, input_changed=changed, captions_waiting=_captions_waiting(last)
@@ -196,10 +194,8 @@ class Service:
                 return
             await self.clock.sleep(min(left, SLICE_S), self._woken)
             self._activity().heard(os.getpid(), self.clock.wall())
-            if watcher is not None and await watcher.changed():
-                await watcher.quiet()
-                log.info("new_input", effect="a pass takes the new frames now; the wait goes on after it")
-                return
+            if await _new_input(watcher):
+                return  # a pass takes the new frames now; the wait goes on after it
 
     async def _watch(self, watcher: InputWatcher | None, passes: int) -> None:
         """Until frames or videos appear in the input folder (and copying them has finished), or a stop."""
@@ -209,9 +205,7 @@ class Service:
             self._on_idle(passes)
         heard = self.clock.wall()
         while not self.pipeline.stop.requested:
-            if await watcher.changed():
-                await watcher.quiet()
-                log.info("new_input", effect="a pass takes the new frames now")
+            if await _new_input(watcher):
                 return
             if (self.clock.wall() - heard).total_seconds() >= HEARTBEAT_S:
                 heard = self.clock.wall()
@@ -236,6 +230,15 @@ class Service:
                 watcher.close()
 
         return wake
+
+
+async def _new_input(watcher: InputWatcher | None) -> bool:
+    """Did frames or videos appear since the last look? If so, wait for the copy to finish first."""
+    if watcher is None or not await watcher.changed():
+        return False
+    await watcher.quiet()
+    log.info("new_input", effect="a pass takes the new frames now")
+    return True
 
 
 def _captions_waiting(report: RunReport | None) -> int:
