@@ -22,6 +22,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_resize import film_like_frame  # noqa: E402
@@ -43,7 +44,8 @@ def random_weights(folder: Path) -> Path:
     from ultralytics import YOLO
 
     model = YOLO("yolo11n.yaml")
-    model.model.names = {i: ("person" if i == 0 else f"class{i}") for i in range(len(model.names))}
+    net: Any = model.model  # the network built from the yaml (typed loosely by ultralytics)
+    net.names = {i: ("person" if i == 0 else f"class{i}") for i in range(len(model.names))}
     path = folder / "yolo11n-random.pt"
     model.save(path)
     return path
@@ -57,7 +59,8 @@ def random_head_model(scratch: Path) -> ImgutilsDetectorConfig:
 
     config = ImgutilsDetectorConfig(name="imgutils", target="head")
     model = YOLO("yolov8s.yaml")  # 80 classes where the real one has 1: a few % more work, no matter
-    model.model.names = {i: ("head" if i == 0 else f"class{i}") for i in range(len(model.names))}
+    net: Any = model.model
+    net.names = {i: ("head" if i == 0 else f"class{i}") for i in range(len(model.names))}
     exported = model.export(format="onnx", imgsz=640, simplify=False, verbose=False)  # into the cwd
     snapshot = scratch / "hub" / "models--deepghs--anime_head_detection" / "snapshots" / ("0" * 40)
     (snapshot / config.model_name).mkdir(parents=True)
@@ -90,7 +93,7 @@ def stage_rate(frames: int, detectors: list[DetectorConfig], scratch: Path) -> f
 def dedup_seconds(count: int = 50_000) -> tuple[float, int]:
     """Hashes of a film: runs of near-identical frames (a shot) and unrelated shots."""
     rng = random.Random(0)
-    hashes = []
+    hashes: list[str] = []
     while len(hashes) < count:
         shot = rng.getrandbits(64)
         for _ in range(rng.randrange(1, 12)):

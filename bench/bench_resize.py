@@ -86,6 +86,7 @@ def psnr_of(path: Path) -> float:
     with Image.open(path) as img:
         reference = img.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS, box=center_box(*img.size))
     candidate, _ = square_image(str(path), Config().resize)
+    assert candidate is not None, f"{path} is too small to resize"
     return psnr(reference, candidate)
 
 

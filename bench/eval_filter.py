@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig  # noqa: E402
+from ghibli_async.config import DetectorConfig, FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig  # noqa: E402
 from ghibli_async.detect import Detector, load_detectors  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
 from ghibli_async.facts import (
@@ -68,7 +68,7 @@ def main() -> None:
         f"({sum(1 for v in labels.values() if v == 'person')} person)."
     ]
     lines += junk_checks(names, looks, labels)
-    configs = [
+    configs: list[DetectorConfig] = [
         ImgutilsDetectorConfig(name="imgutils", target="person", model=args.person_model),
         ImgutilsDetectorConfig(name="imgutils", target="head", model=args.head_model),
     ]

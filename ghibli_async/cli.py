@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ghibli_async.caption.check import check_keys, format_checks
-from ghibli_async.clock import SystemClock
+from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import LOG_FILE, configure_logging, log_file
@@ -145,10 +145,12 @@ def _stop_as_for_ctrl_c(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> int:
+    """The CLI; `clock` (default: the system's) says what time and quota day it is."""
     args = build_parser().parse_args(argv)
+    clock = clock or SystemClock()
     configure_logging(json_lines=args.log_json, verbose=args.verbose)
-    handler: Callable[[Config, argparse.Namespace], int] = {
+    handler: Callable[[Config, argparse.Namespace, Clock], int] = {
         "run": _cmd_run,
         "status": _cmd_status,
         "export": _cmd_export,
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command or "run"]
     with _sigterm_as_ctrl_c():
         try:
-            return handler(_config_from(args), args)
+            return handler(_config_from(args), args, clock)
         except MachineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return int(RunEnd.FAILED)
@@ -205,12 +207,12 @@ def _config_from(args: argparse.Namespace) -> Config:
     return config
 
 
-def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+def _cmd_run(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if args.dry_run:
-        plan = plan_run(config, limit=args.limit)
+        plan = plan_run(config, clock, limit=args.limit)
         print(plan.text())
         return 2 if plan.blocking else 0
-    pipeline = Pipeline(config)
+    pipeline = Pipeline(config, clock=clock)
     service = Service(pipeline, wait=args.wait, watch=args.watch, poll=args.poll)
     with log_file(config.paths.work_dir / LOG_FILE):
         report = asyncio.run(_run_stopping_politely(pipeline, service.run(limit=args.limit)))
@@ -255,7 +257,7 @@ GRACE_S = 15.0
 _STOP_SIGNALS = {signal.SIGINT: RunEnd.INTERRUPTED, signal.SIGTERM: RunEnd.TERMINATED}
 
 
-def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+def _cmd_status(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if not config.state_path.exists():
         print(
             f"Nothing processed yet (no state at {config.state_path}): "
@@ -266,11 +268,11 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
     keys = load_caption_keys(config)
     with State.open(config.state_path, readonly=True) as state:
-        print(format_status(state, config, keys, exported, SystemClock().wall()))
+        print(format_status(state, config, keys, exported, clock.wall()))
     return 0
 
 
-def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
+def _cmd_check_keys(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     keys = load_caption_keys(config)
     if not keys:
         raise UserError(
@@ -281,7 +283,7 @@ def _cmd_check_keys(config: Config, args: argparse.Namespace) -> int:
     return 0 if any(check.works for check in checks) else 1
 
 
-def _cmd_filter_report(config: Config, args: argparse.Namespace) -> int:
+def _cmd_filter_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if not config.state_path.exists():
         raise UserError(f"no filter decisions yet: no state at {config.state_path} (run the pipeline first)")
     with State.open(config.state_path, readonly=True) as state:
@@ -294,7 +296,7 @@ def _cmd_filter_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_override(config: Config, args: argparse.Namespace) -> int:
+def _cmd_override(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     paths = [os.path.abspath(path) for path in args.paths]
     unknown = set_override(config, paths, args.command)
     done = len(paths) - len(unknown)
@@ -304,14 +306,14 @@ def _cmd_override(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_retry(config: Config, args: argparse.Namespace) -> int:
+def _cmd_retry(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     requeued = retry_failed(config, args.stage or list(RETRY_STAGES))
     shown = ", ".join(f"{stage} {n}" for stage, n in requeued.items()) or "nothing processed yet"
     print(f"Back in the queue: {sum(requeued.values())} failed frame(s) ({shown}); run again to process them.")
     return 0
 
 
-def _cmd_review(config: Config, args: argparse.Namespace) -> int:
+def _cmd_review(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to review yet: no state at {config.state_path} (run the pipeline first)")
     try:
@@ -321,7 +323,7 @@ def _cmd_review(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(config: Config, args: argparse.Namespace) -> int:
+def _cmd_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to report yet: no state at {config.state_path} (run the pipeline first)")
     dest = args.to.resolve() if args.to else config.paths.work_dir / "report"
@@ -329,7 +331,7 @@ def _cmd_report(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(config: Config, args: argparse.Namespace) -> int:
+def _cmd_export(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     result = export_only(config)
     print(f"Exported {result.images} captioned images to {result.output_dir} ({result.removed} stale files removed).")
     return 0

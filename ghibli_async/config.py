@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -169,10 +169,14 @@ class DuplicateCheck(_Section):
     max_distance: int = Field(6, ge=0, le=32)  # perceptual-hash bits that may differ (of 64)
 
 
+def _default_detector() -> DetectorConfig:
+    return YoloDetectorConfig()
+
+
 class FilterConfig(_Section):
     mode: Literal["any", "all"] = "any"  # keep a frame when any (or all) detectors find a person
     min_box_fraction: float = Field(0.0, ge=0, lt=1)  # smallest box area counted, as a share of the frame
-    detectors: list[DetectorConfig] = Field(default_factory=lambda: [YoloDetectorConfig()], min_length=1)
+    detectors: list[DetectorConfig] = Field(default_factory=lambda: [_default_detector()], min_length=1)
     dark: DarkCheck = DarkCheck()
     blur: BlurCheck = BlurCheck()
     duplicates: DuplicateCheck = DuplicateCheck()
@@ -470,6 +474,7 @@ def load_api_keys(
     as `key#0`), each its own project. With them: the N-th entry is `key#N`, in its named project.
     The same key twice counts once."""
     merged = _environment(env_dir, environ)
+    candidates: Sequence[tuple[str, str, str | None]]  # label, variable, project
     if assignments is None:
         numbered = sorted((int(m.group(1)), name) for name in merged if (m := _NUMBERED_KEY.fullmatch(name)))
         candidates = [(f"key#{n}", name, None) for n, name in numbered] + [("key#0", "GEMINI_API_KEY", None)]

@@ -18,6 +18,7 @@ from PIL import ExifTags, Image, ImageOps
 from ghibli_async.atomic import atomic_path
 from ghibli_async.config import ResizeConfig
 from ghibli_async.facts import Measurements
+from ghibli_async.statuses import Status
 
 # Decode JPEGs at a reduced DCT scale, and box-reduce other formats, only while the result stays
 # at least this many times the target size: measured at >= 40 dB PSNR against plain LANCZOS
@@ -28,7 +29,6 @@ _REDUCING_GAP = 2.0
 _SWAPS_AXES = {5, 6, 7, 8}
 
 
-MACHINE = "machine"
 _MACHINE_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
 )
@@ -36,12 +36,13 @@ _MACHINE_ERRNOS = frozenset(
 
 @dataclass(frozen=True)
 class ResizeOutcome:
-    """`status` is `done`, `rejected` (with reason `too_small`), `failed` (with the reason), or
-    MACHINE when the machine failed (the frame stays pending)."""
+    """`status` is `done`, `rejected` (with reason `too_small`) or `failed` (with the reason); when
+    the machine failed (`machine`: disk full, permissions) the frame stays `pending`."""
 
-    status: str
+    status: Status
     reason: str | None = None
     source_size: tuple[int, int] | None = None
+    machine: bool = False
 
 
 def resize_file(source: str, dest: str, settings: ResizeConfig) -> ResizeOutcome:
@@ -51,13 +52,13 @@ def resize_file(source: str, dest: str, settings: ResizeConfig) -> ResizeOutcome
         if square is not None:
             write_jpeg_atomic(square, Path(dest), settings)
     except Image.DecompressionBombError:
-        return ResizeOutcome("failed", "image too large (decompression bomb guard)")
+        return ResizeOutcome(Status.FAILED, "image too large (decompression bomb guard)")
     except Image.UnidentifiedImageError:
-        return ResizeOutcome("failed", "not an image Pillow can read")
+        return ResizeOutcome(Status.FAILED, "not an image Pillow can read")
     except Exception as exc:  # noqa: BLE001 - any decoder error is this file's problem, not the run's
         if (problem := machine_problem(exc)) is not None:
-            return ResizeOutcome(MACHINE, problem)
-        return ResizeOutcome("failed", f"corrupt image: {exc}")
+            return ResizeOutcome(Status.PENDING, problem, machine=True)
+        return ResizeOutcome(Status.FAILED, f"corrupt image: {exc}")
     return outcome
 
 
@@ -75,10 +76,10 @@ def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | Non
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         source_size = img.size[::-1] if orientation in _SWAPS_AXES else img.size
         if _too_small(source_size, settings):
-            return None, ResizeOutcome("rejected", "too_small", source_size)
+            return None, ResizeOutcome(Status.REJECTED, "too_small", source_size)
         _decode_reduced(img, settings.size)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        return fit_square(to_rgb(upright, settings.background), settings), ResizeOutcome("done", None, source_size)
+        return fit_square(to_rgb(upright, settings.background), settings), ResizeOutcome(Status.DONE, None, source_size)
 
 
 def _too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:

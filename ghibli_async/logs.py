@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from logging.handlers import RotatingFileHandler
@@ -57,7 +57,7 @@ _file_lines.setLevel(logging.DEBUG)
 _as_json = structlog.processors.JSONRenderer(ensure_ascii=False, default=str)
 
 
-def _copy_to_file(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _copy_to_file(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Every line, also as a JSON line in the log file (when one is open), stamped in UTC."""
     if _file_lines.handlers:
         stamped = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **event}

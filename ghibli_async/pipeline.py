@@ -11,10 +11,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import structlog
 from filelock import FileLock, Timeout
@@ -159,14 +160,30 @@ class Pipeline:
         loop = asyncio.new_event_loop()
         task = loop.create_task(self.run(limit=limit))
         with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
-            running = thread.submit(_run_to_the_end, loop, task)
             try:
-                return running.result()
-            except KeyboardInterrupt:
-                loop.call_soon_threadsafe(task.cancel)
-                with suppress(asyncio.CancelledError):
-                    running.result()
-                raise
+                return _result_or_cancel(thread.submit(loop.run_until_complete, task), loop, task)
+            finally:
+                # Closed only here, after the interrupt (if any) was handled: an interrupt that lands
+                # as the run ends still finds the loop open to take the cancel.
+                thread.submit(_close, loop).result()
+
+
+def _result_or_cancel(running: Future[RunReport], loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> RunReport:
+    try:
+        return running.result()
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)  # a no-op when the run has just ended
+        with suppress(asyncio.CancelledError):
+            running.result()
+        raise
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
 
 
 def _called_while_a_worker_imports_the_script() -> bool:
@@ -174,21 +191,12 @@ def _called_while_a_worker_imports_the_script() -> bool:
     level (no `if __name__ == "__main__":`) would start a whole run inside the worker."""
     if multiprocessing.parent_process() is None:
         return False
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":
             return True
         frame = frame.f_back
     return False
-
-
-def _run_to_the_end(loop: asyncio.AbstractEventLoop, task: asyncio.Task[RunReport]) -> RunReport:
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(task)
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def run(config: Config | str | os.PathLike[str], *, limit: int | None = None) -> RunReport:

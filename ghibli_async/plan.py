@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from ghibli_async.caption.buckets import build_buckets, quota_day
-from ghibli_async.clock import SystemClock
+from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.detect import load_detectors
 from ghibli_async.errors import UserError
@@ -36,7 +36,7 @@ class RunPlan:
         return "\n".join(lines)
 
 
-def plan_run(config: Config, *, limit: int | None = None) -> RunPlan:
+def plan_run(config: Config, clock: Clock, *, limit: int | None = None) -> RunPlan:
     plan = RunPlan()
     try:
         inputs = list_inputs(config.paths.input_dir, config.extracted_dir)
@@ -51,7 +51,7 @@ def plan_run(config: Config, *, limit: int | None = None) -> RunPlan:
     )
     _plan_filter(plan, config, counts, len(fresh), limit)
     _plan_resize(plan, config, counts, len(fresh), limit)
-    _plan_caption(plan, config, counts, limit)
+    _plan_caption(plan, config, counts, limit, clock)
     plan.stages.append(("export", f"{config.paths.output_dir} rebuilt from the state"))
     return plan
 
@@ -106,13 +106,13 @@ def _plan_resize(plan: RunPlan, config: Config, counts: Counts | None, fresh: in
     plan.stages.append(("resize", f"up to {_capped(waiting, limit)} frames to resize{kept}"))
 
 
-def _plan_caption(plan: RunPlan, config: Config, counts: Counts | None, limit: int | None) -> None:
+def _plan_caption(plan: RunPlan, config: Config, counts: Counts | None, limit: int | None, clock: Clock) -> None:
     if not config.stages.caption:
         plan.stages.append(("caption", "off"))
         return
     keys = load_caption_keys(config)
     waiting = counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0) if counts else 0
-    buckets = build_buckets(config.caption, keys, day=quota_day(SystemClock().wall()), used_today={}, learned={})
+    buckets = build_buckets(config.caption, keys, day=quota_day(clock.wall()), used_today={}, learned={})
     names = ", ".join(bucket.name for bucket in buckets[:4]) + (", …" if len(buckets) > 4 else "")
     plan.stages.append(
         ("caption", f"{_capped(waiting, limit)} resized frames wait (plus those resized now); "

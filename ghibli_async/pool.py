@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from ghibli_async.errors import UserError
@@ -21,9 +21,9 @@ from ghibli_async.errors import UserError
 class LazyPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None  # processes; tests may put threads here
 
-    def executor(self) -> ProcessPoolExecutor:
+    def executor(self) -> Executor:
         """The pool, started now if this is the first job."""
         if self._pool is None:
             # forkserver, not fork: fork()ing a process that runs threads (tqdm, asyncio) can deadlock.

@@ -170,12 +170,12 @@ def _forecast(live: list[Bucket], waiting: int) -> list[str]:
     """Captions left today from the live buckets only, and how many days the rest needs at this quota."""
     if not live:
         return ["  no bucket can take a request today"]
-    capped = [bucket for bucket in live if bucket.limits.rpd is not None]
+    capped = [(bucket.limits.rpd, bucket.used_today) for bucket in live if bucket.limits.rpd is not None]
     if len(capped) < len(live):
         return ["  a live bucket has no daily limit: the rest goes as fast as that endpoint answers"]
-    left = sum(max(0, bucket.limits.rpd - bucket.used_today) for bucket in capped)
+    left = sum(max(0, rpd - used) for rpd, used in capped)
     lines = [f"  about {left} more captions today from the live buckets"]
-    per_day = sum(bucket.limits.rpd for bucket in capped)
+    per_day = sum(rpd for rpd, _ in capped)
     if waiting > left and per_day:
         days = 1 + math.ceil((waiting - left) / per_day)
         lines.append(

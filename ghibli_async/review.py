@@ -19,6 +19,7 @@ import shutil
 import socket
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ async def _require_token_for_writes(request: web.Request, handler: Any) -> web.S
 def _page_html(token: str) -> str:
     """The page with its write token and the server's status and override values filled in."""
     html = resources.files("ghibli_async").joinpath("review_page.html").read_text(encoding="utf-8")
-    enums = {"{{STATUS}}": Status, "{{OVERRIDE}}": Override}
+    enums: dict[str, type[Enum]] = {"{{STATUS}}": Status, "{{OVERRIDE}}": Override}
     for placeholder, enum in enums.items():
         html = html.replace(placeholder, json.dumps({member.name: member.value for member in enum}))
     return html.replace("{{TOKEN}}", token)
@@ -288,7 +289,7 @@ async def _set_caption(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     state.review.edit_caption(item.image_id, caption)
     request.app[STATS_KEY].changed()
-    return web.json_response(item_json(state.review.item(item.image_id), request.app[CONFIG_KEY]))
+    return web.json_response(item_json(_known_item(request), request.app[CONFIG_KEY]))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

@@ -43,7 +43,8 @@ class InputWatcher:
         """One question (blocks a worker thread for at most POLL_MS when nothing changed)."""
         if self._stop.is_set():
             return False
-        changes = await asyncio.get_running_loop().run_in_executor(None, next, self._changes, set())
+        nothing: set[tuple[Change, str]] = set()
+        changes = await asyncio.get_running_loop().run_in_executor(None, next, self._changes, nothing)
         return bool(changes)
 
     async def quiet(self) -> None:

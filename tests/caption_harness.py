@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 
+from aiohttp import web
 from conftest import Project
-from fake_gemini import FakeGemini
 from virtual_time import VirtualClock
 
 from ghibli_async.config import load_config
@@ -29,8 +30,15 @@ def write_env(project: Project, **keys: str) -> None:
     project.root.joinpath(".env").write_text("".join(f"{name}={value}\n" for name, value in keys.items()))
 
 
+class Fake(Protocol):
+    async def start(self) -> web.AppRunner: ...
+
+
+F = TypeVar("F", bound=Fake)
+
+
 @asynccontextmanager
-async def serving(fake: FakeGemini) -> AsyncIterator[FakeGemini]:
+async def serving(fake: F) -> AsyncIterator[F]:
     runner = await fake.start()
     try:
         yield fake

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from ghibli_async.cli import main
+from ghibli_async.clock import Clock
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no update checks or downloads from tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Hugging Face hub (imgutils models): the local cache only
@@ -47,7 +48,10 @@ def save_frame(path: Path, size: tuple[int, int] = (1000, 1000), *, seed: int = 
     elif mode != "RGB":
         img = img.convert(mode)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **({"compress_level": 1} if path.suffix == ".png" else {}))  # fast to write, same pixels
+    if path.suffix == ".png":
+        img.save(path, compress_level=1)  # fast to write, same pixels
+    else:
+        img.save(path)
     return path
 
 
@@ -97,9 +101,10 @@ class Project:
         folder = self.root / "work" / "resized"
         return {int(p.stem): Image.open(p) for p in sorted(folder.iterdir()) if p.suffix == ".jpg"}
 
-    def cli(self, *args: str) -> int:
-        """Run the CLI in this process, as `python -m ghibli_async --config config.yaml ARGS`."""
-        return main(["--config", str(self.config_path), *args])
+    def cli(self, *args: str, clock: Clock | None = None) -> int:
+        """Run the CLI in this process, as `python -m ghibli_async --config config.yaml ARGS`; a test
+        that ran on a virtual clock passes it, so `status` and the quota day are that clock's."""
+        return main(["--config", str(self.config_path), *args], clock=clock)
 
     def subprocess(self, *args: str, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(

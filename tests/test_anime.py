@@ -18,7 +18,7 @@ pytest.importorskip("imgutils", reason="the imgutils detector needs the [imgutil
 onnx = pytest.importorskip("onnx", reason="building the test model needs onnx (the [dev] extra)")
 
 from huggingface_hub import constants as hub  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import ModelProto, TensorProto, helper, numpy_helper  # noqa: E402
 
 from ghibli_async.config import ImgutilsDetectorConfig, load_config  # noqa: E402
 from ghibli_async.detect.anime import ImgutilsDetector  # noqa: E402
@@ -31,7 +31,7 @@ INPUT = 640
 HEADS = [((320, 160, 64, 64), 0.9), ((100, 500, 40, 40), 0.2), ((600, 600, 20, 20), 0.01)]
 
 
-def constant_yolo_model(label: str, found: list[tuple[tuple[int, int, int, int], float]]) -> onnx.ModelProto:
+def constant_yolo_model(label: str, found: list[tuple[tuple[int, int, int, int], float]]) -> ModelProto:
     """A one-class YOLOv8-shaped model (images -> output0 [1, 4 + 1, boxes]) with ultralytics'
     metadata (`names`, `imgsz`), which is what imgutils reads."""
     output = np.zeros((1, 5, 8), np.float32)

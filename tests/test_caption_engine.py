@@ -74,7 +74,7 @@ def test_three_keys_four_models_300_images(project: Project) -> None:
     assert not [s for s in fake.seen if s.kind == "minute"], "the engine went over a per-minute limit"
     by_bucket: dict[tuple[str, str], list[float]] = defaultdict(list)
     for seen in fake.seen:
-        by_bucket[(seen.project, seen.model)].append(seen.at)
+        by_bucket[(seen.project or "", seen.model)].append(seen.at)
     for (project_name, model), times in by_bucket.items():
         assert max_in_any_window(times) <= limits[model].rpm, (project_name, model)
         assert len(times) <= limits[model].rpd

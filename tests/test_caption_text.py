@@ -57,11 +57,11 @@ def test_classify_errors_by_what_the_body_says() -> None:
     minute = classify_api_error(429, quota_body("GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "10", "37s"))
     assert minute == RateLimited("minute", 37.0, 10, "quota")
     day = classify_api_error(429, quota_body("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "20", "3s"))
-    assert (day.scope, day.quota_value) == ("day", 20)
+    assert isinstance(day, RateLimited) and (day.scope, day.quota_value) == ("day", 20)
     tokens = classify_api_error(429, quota_body("GenerateContentInputTokensPerModelPerMinute-FreeTier", "250000", None))
-    assert (tokens.scope, tokens.retry_after) == ("tokens", None)
+    assert isinstance(tokens, RateLimited) and (tokens.scope, tokens.retry_after) == ("tokens", None)
     bare = classify_api_error(429, {"error": {"code": 429, "message": "Resource exhausted"}})
-    assert (bare.scope, bare.retry_after, bare.quota_value) == ("minute", None, None)
+    assert isinstance(bare, RateLimited) and (bare.scope, bare.retry_after, bare.quota_value) == ("minute", None, None)
     invalid = {
         "error": {
             "code": 400,

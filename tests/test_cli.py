@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 from caption_harness import serving
 from conftest import Project, clean_env, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
-from virtual_time import VirtualClock, run_virtual
+from virtual_time import SteadyClock, VirtualClock, run_virtual
 
 import ghibli_async
+from ghibli_async import pipeline as pipeline_module
 from ghibli_async.caption.answers import KeyRejected
 from ghibli_async.caption.check import check_keys, verdict_of
-from ghibli_async.clock import SystemClock
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
+from ghibli_async.pipeline import Pipeline, RunReport
+
+T = TypeVar("T")
 
 
 def test_help_lists_every_command_with_one_line() -> None:
@@ -91,7 +96,7 @@ def test_json_logs_and_no_key_in_any_output(project: Project) -> None:
     save_frame(project.frames / "b.jpg", (600, 600), seed=2)
     secret, bad = "fake-key-test-secret-that-must-not-leak-00000", "fake-key-invalid-secret-must-not-leak-0000"
     (project.root / ".env").write_text(f"GEMINI_API_KEY_1={bad}\nGEMINI_API_KEY_2={secret}\n")
-    fake = FakeGemini(SystemClock(), keys={secret: "p"}, models={"m": ModelLimits()})
+    fake = FakeGemini(SteadyClock(), keys={secret: "p"}, models={"m": ModelLimits()})
 
     with fake.serving_in_thread():
         project.write_config(
@@ -142,7 +147,7 @@ def test_second_run_on_the_same_work_dir_is_refused(project: Project, capsys: py
 
 def test_check_keys_reports_every_pair_and_exit_code(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     (project.root / ".env").write_text("GEMINI_API_KEY_1=good\nGEMINI_API_KEY_2=wrong\n")
-    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits(), "spent": ModelLimits(rpd=0)})
+    fake = FakeGemini(SteadyClock(), keys={"good": "p"}, models={"m": ModelLimits(), "spent": ModelLimits(rpd=0)})
     with fake.serving_in_thread():
         project.write_config(
             f"caption:\n  base_url: {fake.base_url}\n  models:\n"
@@ -173,15 +178,15 @@ def test_status_shows_quota_use_per_bucket(project: Project, capsys: pytest.Capt
     save_frame(project.frames / "a.jpg", (600, 600))
     save_frame(project.frames / "b.jpg", (600, 600), seed=2)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=good\n")
-    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits()})
+    fake = FakeGemini(SteadyClock(), keys={"good": "p"}, models={"m": ModelLimits()})
     with fake.serving_in_thread():
         project.write_config(
             f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 60, rpd: 50, tpm: 100000}}]\n"
         )
-        project.cli()
+        project.cli(clock=fake.clock)
     capsys.readouterr()
 
-    project.cli("status")
+    project.cli("status", clock=fake.clock)
     out = capsys.readouterr().out
     assert "key#1/m" in out and "2/50" in out
     assert "about 48 more captions today" in out
@@ -191,7 +196,7 @@ def test_sdk_base_url_variable_works_when_the_field_is_unset(
     project: Project, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (project.root / ".env").write_text("GEMINI_API_KEY_1=good\n")
-    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits()})
+    fake = FakeGemini(SteadyClock(), keys={"good": "p"}, models={"m": ModelLimits()})
     with fake.serving_in_thread():
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.base_url)
         project.write_config("caption:\n  models: [{name: m, rpm: 5, rpd: 5, tpm: 100000}]\n")
@@ -203,17 +208,17 @@ def test_status_shows_cooldowns_and_retired_keys(project: Project, capsys: pytes
     for i in range(3):
         save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=wrong\nGEMINI_API_KEY_2=good\n")
-    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m1": ModelLimits(rpm=1), "m2": ModelLimits()})
+    fake = FakeGemini(SteadyClock(), keys={"good": "p"}, models={"m1": ModelLimits(rpm=1), "m2": ModelLimits()})
     with fake.serving_in_thread():
         project.write_config(
             f"caption:\n  base_url: {fake.base_url}\n  concurrency: 1\n  models:\n"
             "    - {name: m1, rpm: 60, rpd: 50, tpm: 100000}\n"
             "    - {name: m2, rpm: 60, rpd: 50, tpm: 100000}\n"
         )
-        assert project.cli() == 0
+        assert project.cli(clock=fake.clock) == 0
     capsys.readouterr()
 
-    project.cli("status")
+    project.cli("status", clock=fake.clock)
     out = capsys.readouterr().out
     assert "key#1: refused on" in out and "check-keys" in out
     assert re.search(r"key#2/m1 .* cooling until \d\d:\d\d:\d\d", out)
@@ -226,16 +231,16 @@ def test_status_after_an_invalid_key_a_learned_limit_and_a_skipped_filter(
     for i in range(6):
         save_frame(project.frames / f"{i}.jpg", (600, 600), seed=i)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=wrong\nGEMINI_API_KEY_2=good\n")
-    fake = FakeGemini(SystemClock(), keys={"good": "p"}, models={"m": ModelLimits(rpd=3)})
+    fake = FakeGemini(SteadyClock(), keys={"good": "p"}, models={"m": ModelLimits(rpd=3)})
     with fake.serving_in_thread():
         project.write_config(
             f"caption:\n  base_url: {fake.base_url}\n  models:\n    - {{name: m, rpm: 60, rpd: 50, tpm: 100000}}\n",
             person_filter=True,
         )
-        assert project.cli("--skip-filter") == 3  # three captions, then the server's daily limit
+        assert project.cli("--skip-filter", clock=fake.clock) == 3  # three captions, then the server's daily limit
     capsys.readouterr()
 
-    assert project.cli("status") == 0
+    assert project.cli("status", clock=fake.clock) == 0
     out = capsys.readouterr().out
     assert re.search(r"key#1/m +0/50 +requests \(table limit\).* key invalid \(last run\)", out)
     assert re.search(r"key#2/m +3/3 +requests \(server limit\).* spent until", out)  # 429s do not count as used
@@ -286,7 +291,7 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
     """Jupyter's stop button raises KeyboardInterrupt in the cell; the run in its thread must stop too."""
     make_frames(project, 60)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
-    fake = FakeGemini(SystemClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
+    fake = FakeGemini(SteadyClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
     with fake.serving_in_thread():
         project.write_config(
             f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  concurrency: 2\n"
@@ -296,9 +301,11 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
         async def notebook_cell() -> None:
             ghibli_async.run(project.config_path)
 
+        cell_thread = threading.get_ident()
+
         def press_stop_once_captioning_runs() -> None:
             fake.wait_for_successes(1)
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.pthread_kill(cell_thread, signal.SIGINT)  # the kernel's SIGINT, taken by the cell's thread
 
         threading.Thread(target=press_stop_once_captioning_runs, daemon=True).start()
         kernel_loop = asyncio.new_event_loop()  # a kernel's loop: SIGINT raises KeyboardInterrupt in the cell
@@ -307,6 +314,45 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
         kernel_loop.close()
         sent = len(fake.seen)
     assert 0 < sent < 60  # stopped part way, and nothing was sent after the cell returned
+
+
+def test_an_interrupt_that_lands_as_the_notebook_run_ends_is_an_interrupt(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop button pressed just as the run in its thread has ended: the cell sees
+    KeyboardInterrupt, never `RuntimeError: Event loop is closed` from cancelling a finished run."""
+
+    class StopPressedAsTheRunEnds(ThreadPoolExecutor):
+        """The first job it runs is the run; waiting for it ends in the stop button's interrupt."""
+
+        pressed = False
+
+        def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+            future = super().submit(fn, *args, **kwargs)
+            if not self.pressed:
+                self.pressed = True
+                ended = future.result
+
+                def interrupted(timeout: float | None = None) -> T:
+                    ended(timeout)  # the run is over (and whatever its thread does at the end, done)
+                    raise KeyboardInterrupt
+
+                future.result = interrupted  # type: ignore[method-assign]
+            return future
+
+    class FinishedRun(Pipeline):
+        async def run(self, *, limit: int | None = None) -> RunReport:
+            return RunReport()
+
+    monkeypatch.setattr(pipeline_module, "ThreadPoolExecutor", StopPressedAsTheRunEnds)
+    kernel_loop = asyncio.new_event_loop()
+
+    async def notebook_cell() -> None:
+        FinishedRun(project.config).run_sync()
+
+    with pytest.raises(KeyboardInterrupt):
+        kernel_loop.run_until_complete(notebook_cell())
+    kernel_loop.close()
 
 
 def test_a_script_without_the_main_guard_is_told_what_to_add(project: Project) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, save_frame
 
-from ghibli_async.config import Config, load_api_keys, load_config
+from ghibli_async.config import Config, ImgutilsDetectorConfig, YoloDetectorConfig, load_api_keys, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,6 +99,8 @@ def test_detectors_of_both_kinds(project: Project) -> None:
         "    - {name: imgutils, target: person, model: person_detect_v1.1_m}\n"
     )
     yolo, head, person = project.config.filter.detectors
+    assert isinstance(yolo, YoloDetectorConfig) and isinstance(head, ImgutilsDetectorConfig)
+    assert isinstance(person, ImgutilsDetectorConfig)
     assert (yolo.key, yolo.weights) == ("yolo", str(project.root / "models" / "y.pt"))
     assert (head.key, head.model_name, head.confidence) == ("imgutils-head", "head_detect_v2.0_s", 0.25)
     assert (person.key, person.model_name) == ("imgutils-person", "person_detect_v1.1_m")

@@ -22,6 +22,13 @@ from ghibli_async.state import State
 from ghibli_async.video import seconds_of
 
 
+def at_s(name: str) -> float:
+    """The time in the film that an extracted frame's name gives."""
+    seconds = seconds_of(name)
+    assert seconds is not None, name
+    return seconds
+
+
 def extract_only(project: Project, extra: str = ""):
     project.write_config("resize:\n  size: 128\n" + extra)
     config = with_stages(load_config(project.config_path), filter=False, resize=False, caption=False)
@@ -37,7 +44,7 @@ def test_interval_takes_one_frame_every_n_seconds_and_skips_black(project: Proje
 
     report = extract_only(project, "extract:\n  every_s: 1.0\n")
 
-    times = [seconds_of(p.name) for p in extracted(project)]
+    times = [at_s(p.name) for p in extracted(project)]
     assert times == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]  # 4 s and 9 s are black
     assert report.outcomes("extract")["frames"] == 12 and report.outcomes("scan")["new"] == 12
     assert extracted(project)[0].name == "clip_00-00-00.000.png"
@@ -48,7 +55,7 @@ def test_shots_mode_finds_the_three_shots(project: Project) -> None:
 
     extract_only(project, "extract:\n  mode: shots\n")
 
-    times = [seconds_of(p.name) for p in extracted(project)]
+    times = [at_s(p.name) for p in extracted(project)]
     assert len(times) == 3
     assert 0 <= times[0] < 4 and 5 <= times[1] < 9 and 10 <= times[2] < 14
 
@@ -74,12 +81,12 @@ def test_rerun_extracts_nothing_and_interrupted_video_resumes(project: Project) 
     with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
         db.execute("DELETE FROM videos")
     for path in extracted(project):
-        if seconds_of(path.name) > 7:
+        if at_s(path.name) > 7:
             path.unlink()
     extract_only(project, "extract:\n  every_s: 1.0\n")
     after = {p.name: p.stat().st_mtime_ns for p in extracted(project)}
     assert set(after) == set(first)
-    assert all(after[name] == first[name] for name in first if seconds_of(name) <= 7)
+    assert all(after[name] == first[name] for name in first if at_s(name) <= 7)
 
 
 def test_damaged_video_is_reported_and_the_rest_goes_on(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +134,7 @@ def test_keyframe_mode_takes_each_keyframe_once(project: Project) -> None:
 
     extract_only(project, "extract:\n  every_s: 1.0\n  exact: false\n")
 
-    times = [seconds_of(p.name) for p in extracted(project)]
+    times = [at_s(p.name) for p in extracted(project)]
     assert times == [0, 2, 6, 8, 10, 12]  # 4 s is black
 
 
@@ -136,7 +143,7 @@ def test_credits_are_skipped_at_both_ends(project: Project) -> None:
 
     extract_only(project, "extract:\n  every_s: 1.0\n  skip_start_s: 5.0\n  skip_end_s: 4.5\n")
 
-    assert [seconds_of(p.name) for p in extracted(project)] == [5, 6, 7, 8]  # 9 s is black; the end is cut
+    assert [at_s(p.name) for p in extracted(project)] == [5, 6, 7, 8]  # 9 s is black; the end is cut
 
 
 def test_a_stop_ends_a_video_at_its_next_frame_and_it_resumes_later(project: Project) -> None:
@@ -160,4 +167,4 @@ def test_a_stop_ends_a_video_at_its_next_frame_and_it_resumes_later(project: Pro
     assert status is None and report.videos_done == 0  # not recorded done: the next run resumes it
     assert len(extracted(project)) == 3  # the frame after the stop was never written
     extract_only(project, "extract:\n  every_s: 1.0\n")
-    assert [seconds_of(p.name) for p in extracted(project)] == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]
+    assert [at_s(p.name) for p in extracted(project)] == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from ghibli_async.pool import LazyPool
 def in_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """Worker threads instead of processes, so a patched disk reaches the workers."""
 
-    def threads(self: LazyPool) -> ThreadPoolExecutor:
+    def threads(self: LazyPool) -> Executor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(2)
         return self._pool

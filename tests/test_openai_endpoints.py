@@ -80,7 +80,7 @@ def test_gemini_first_then_the_local_server_when_gemini_is_spent(
     metadata = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(metadata) == 24 and all(json.loads(line)["text"].startswith("Ghibli style") for line in metadata)
     capsys.readouterr()
-    assert project.cli("status") == 0
+    assert project.cli("status", clock=clock) == 0
     status = capsys.readouterr().out
     assert "key#1/gm" in status and "spent" in status
     assert "gpu/qwen-vl" in status and "18/-      requests (no daily limit)" in status

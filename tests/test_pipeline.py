@@ -19,7 +19,9 @@ from conftest import (
 from PIL import Image
 
 
-def close_to(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 40) -> bool:
+def close_to(pixel: object, colour: tuple[int, int, int], tolerance: int = 40) -> bool:
+    """An RGB(A) pixel, as `getpixel` gives it, within `tolerance` of `colour` on every channel."""
+    assert isinstance(pixel, tuple), pixel
     return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour))
 
 
@@ -122,7 +124,7 @@ def test_changed_source_is_resized_again_under_its_number(project: Project) -> N
     project.cli()
     assert numbers_by_name(project) == {"a.jpg": 1}
     pixel = project.resized()[1].getpixel((10, 10))
-    assert pixel[0] == pixel[1] == pixel[2]  # the grey version replaced the colour one
+    assert isinstance(pixel, tuple) and pixel[0] == pixel[1] == pixel[2]  # the grey version replaced the colour one
 
 
 def test_copies_of_a_changed_file_are_processed_with_its_old_bytes(project: Project) -> None:

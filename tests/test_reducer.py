@@ -26,6 +26,7 @@ from ghibli_async.caption.reducer import (
 )
 from ghibli_async.config import CaptionConfig
 from ghibli_async.run_end import RunEnd
+from ghibli_async.statuses import Status
 
 RULES = CaptionConfig(min_words=4, max_words=30, banned_words=["Totoro"], blocked_retries=1, max_attempts=3)
 GOOD = "Ghibli style, a girl in a red coat walks past a bakery"
@@ -114,7 +115,7 @@ CASES = [
         0,
         True,
         [Served(B, None, 600)],
-        GiveUp("blocked", "prompt blocked: PROHIBITED_CONTENT"),
+        GiveUp(Status.BLOCKED, "prompt blocked: PROHIBITED_CONTENT"),
         (True, True),
     ),
     (
@@ -214,7 +215,7 @@ CASES = [
         3,
         True,
         [],
-        GiveUp("failed", "503 UNAVAILABLE"),
+        GiveUp(Status.FAILED, "503 UNAVAILABLE"),
         (False, False),
     ),
     (
@@ -281,7 +282,7 @@ def test_a_refused_image_waits_for_a_model_it_has_not_tried() -> None:
     [
         (Attempt(1), False, False, StopRun("no usable key or model is left", RunEnd.NO_KEYS)),
         (Attempt(1), False, True, StopRun("every quota bucket is spent for today", RunEnd.QUOTA)),
-        (Attempt(1, refused_by=frozenset({"m1"})), True, True, GiveUp("blocked", "refused by every model: m1")),
+        (Attempt(1, refused_by=frozenset({"m1"})), True, True, GiveUp(Status.BLOCKED, "refused by every model: m1")),
         (Attempt(1), True, True, LeavePending()),
     ],
     ids=["all retired", "all spent", "blocked, no other model", "avoided every bucket"],
@@ -291,7 +292,7 @@ def test_no_bucket_left(attempt: Attempt, usable: bool, left: bool, verdict) -> 
         attempt, any_usable=usable, any_key_or_model_left=left, untried_models=False, reset_at="2026-11-27 09:00 CET"
     )
     assert type(found) is type(verdict)
-    if isinstance(verdict, StopRun):
+    if isinstance(verdict, StopRun) and isinstance(found, StopRun):
         assert found.reason.startswith(verdict.reason) and found.end == verdict.end
     else:
         assert found == verdict

@@ -321,7 +321,8 @@ def test_stats_are_computed_off_the_loop_and_marked_stale_after_a_change(many: P
         await client.post(f"/api/images/{item['id']}/decision", json=flip, headers={TOKEN_HEADER: TOKEN})
         stale = await (await client.get("/api/stats")).json()
         assert stale["fresh"] is False and stale["tabs"]["kept"] == 240  # answered at once, from before
-        await client.server.app[STATS_KEY].settled()  # the recomputation the stale answer started
+        assert client.app is not None
+        await client.app[STATS_KEY].settled()  # the recomputation the stale answer started
         figures = await (await client.get("/api/stats")).json()
         assert figures["fresh"] and figures["tabs"]["kept"] == 239
 

@@ -18,6 +18,13 @@ def bucket(
     return Bucket(project, model, Limits(rpm, rpd, tpm), list(keys), day=DAY)
 
 
+def granted(policy: Scheduler, now: float, day: str = DAY) -> Grant:
+    """The policy's decision at `now`, which the test expects to be a grant."""
+    decision = policy.acquire(now, day)
+    assert isinstance(decision, Grant), decision
+    return decision
+
+
 def scheduler(*buckets: Bucket) -> Scheduler:
     policy = Scheduler(list(buckets))
     policy.proven.update({"key#1", "key#2", "key#3", *(b.model for b in buckets)})
@@ -27,7 +34,9 @@ def scheduler(*buckets: Bucket) -> Scheduler:
 def drive(policy: Scheduler, *, seconds: float, latency: float = 2.0) -> list[float]:
     """Take every slot the policy grants over `seconds`, each request answered after `latency`;
     returns the send times. Time jumps straight to each next decision (no real waiting)."""
-    now, sent, answers = 0.0, [], []
+    now = 0.0
+    sent: list[float] = []
+    answers: list[tuple[float, Grant]] = []
     while now < seconds:
         for at, grant in [a for a in answers if a[0] <= now]:
             policy.answered(grant, at, key_works=True, model_works=True)
@@ -69,20 +78,21 @@ def test_full_bucket_hands_over_to_the_next_and_waits_for_the_earliest() -> None
     first, second = bucket("m1", rpm=1), bucket("m2", rpm=1)
     policy = scheduler(first, second)
 
-    a = policy.acquire(0.0, DAY)
-    b = policy.acquire(0.0, DAY)
+    a = granted(policy, 0.0)
+    b = granted(policy, 0.0)
     assert (a.bucket.model, b.bucket.model) == ("m1", "m2")
     policy.answered(a, 1.0, key_works=True, model_works=True)
     policy.answered(b, 3.0, key_works=True, model_works=True)
     wait = policy.acquire(5.0, DAY)
-    assert isinstance(wait, Wait) and 61.0 <= wait.until <= 61.5  # m1 frees first: 60 s after its answer
+    assert isinstance(wait, Wait) and wait.until is not None
+    assert 61.0 <= wait.until <= 61.5  # m1 frees first: 60 s after its answer
 
 
 def test_daily_limit_and_pacific_midnight() -> None:
     spent = bucket(rpd=2)
     policy = scheduler(spent)
     for _ in range(2):
-        grant = policy.acquire(0.0, DAY)
+        grant = granted(policy, 0.0)
         policy.answered(grant, 0.5, key_works=True, model_works=True)
     assert isinstance(policy.acquire(100.0, DAY), Exhausted)
     assert isinstance(policy.acquire(100.0, "2026-11-26"), Grant)
@@ -99,7 +109,7 @@ def test_per_day_429_spends_the_bucket_whatever_the_delay() -> None:
     first, second = bucket("m1"), bucket("m2")
     policy = scheduler(first, second)
     policy.apply(SpendForToday(first.name), 0.0)
-    grant = policy.acquire(0.0, DAY)
+    grant = granted(policy, 0.0)
     assert grant.bucket.model == "m2"
 
 
@@ -110,7 +120,7 @@ def test_cooldown_rests_the_bucket_and_counts_strikes_until_served() -> None:
     policy.apply(CoolDown(cooling.name, 10.0, "minute"), 0.0)  # a shorter one does not cut the first short
     assert cooling.strikes == 2
     assert policy.acquire(36.0, DAY) == Wait(37.0, cooling.name)
-    grant = policy.acquire(37.0, DAY)
+    grant = granted(policy, 37.0)
     policy.answered(grant, 38.0, key_works=True, model_works=True)
     policy.apply(Served(cooling.name, 700, grant.tokens_reserved), 38.0)
     assert cooling.strikes == 0
@@ -127,21 +137,21 @@ def test_learned_limit_replaces_the_table_value() -> None:
 def test_unproven_key_gets_one_request_at_a_time() -> None:
     policy = Scheduler([bucket(rpm=100, keys=("key#1", "key#2"))])
     policy.proven.add("m")
-    first = policy.acquire(0.0, DAY)
-    second = policy.acquire(0.0, DAY)
+    first = granted(policy, 0.0)
+    second = granted(policy, 0.0)
     assert (first.key, second.key) == ("key#1", "key#2")
     assert policy.acquire(0.0, DAY) == Wait(None)  # both keys have a probe out
     policy.answered(first, 1.0, key_works=False, model_works=True)
     policy.apply(RetireKey("key#1", "invalid"), 1.0)
     assert policy.acquire(1.0, DAY) == Wait(None)
     policy.answered(second, 1.5, key_works=True, model_works=True)
-    assert {policy.acquire(2.0, DAY).key for _ in range(3)} == {"key#2"}
+    assert {granted(policy, 2.0).key for _ in range(3)} == {"key#2"}
 
 
 def test_retired_model_and_keys_leave_nothing() -> None:
     policy = scheduler(bucket("m1"), bucket("m2"))
     policy.apply(RetireModel("m1", "404"), 0.0)
-    assert policy.acquire(0.0, DAY).bucket.model == "m2"
+    assert granted(policy, 0.0).bucket.model == "m2"
     policy.apply(RetireKey("key#1", "invalid"), 0.0)
     assert isinstance(policy.acquire(0.0, DAY), Exhausted)
 
@@ -168,18 +178,18 @@ def test_a_better_bucket_being_probed_is_waited_for_not_skipped() -> None:
     """Short runs used the weaker model: the second worker must wait for the probe's answer."""
     best, worse = bucket("best", rpm=100), bucket("worse", rpm=100)
     policy = Scheduler([best, worse])
-    probe = policy.acquire(0.0, DAY)
+    probe = granted(policy, 0.0)
     assert probe.bucket is best
     assert policy.acquire(0.0, DAY) == Wait(None)  # not `worse`
     policy.answered(probe, 2.0, key_works=True, model_works=True)
-    assert [policy.acquire(2.0, DAY).bucket.model for _ in range(3)] == ["best"] * 3
+    assert [granted(policy, 2.0).bucket.model for _ in range(3)] == ["best"] * 3
 
 
 def test_a_full_local_server_is_waited_for_until_an_answer() -> None:
     local = Bucket("p", "vl", Limits(None, None, None, max_in_flight=2), ["local"], day=DAY)
     policy = scheduler(local)
     policy.proven.add("local")
-    grants = [policy.acquire(0.0, DAY) for _ in range(2)]
+    grants = [granted(policy, 0.0) for _ in range(2)]
     assert policy.acquire(0.0, DAY) == Wait(None)  # no timer: only an answer frees a place
     policy.answered(grants[0], 0.5, key_works=True, model_works=True)
     assert isinstance(policy.acquire(0.5, DAY), Grant)

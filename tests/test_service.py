@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -53,7 +54,7 @@ def quota_day_of(clock_start: datetime, at: float) -> str:
     return (clock_start + timedelta(seconds=at)).astimezone(PACIFIC).date().isoformat()
 
 
-def serve_for_days(project: Project, fake: FakeGemini, clock: VirtualClock, **options: object) -> ServiceReport:
+def serve_for_days(project: Project, fake: FakeGemini, clock: VirtualClock, **options: Any) -> ServiceReport:
     async def scenario() -> ServiceReport:
         async with serving(fake):
             write_caption_config(project, fake.base_url, ["{name: m, rpm: 60, rpd: 5, tpm: 1000000}"])

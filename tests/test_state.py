@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def numbers(store: State) -> dict[str, int]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> State:
+def store(tmp_path: Path) -> Iterator[State]:
     with State.open(tmp_path / "state.sqlite") as opened:
         yield opened
 

@@ -20,8 +20,8 @@ def shot_picture(seed: int, frame: int, bars: int) -> np.ndarray:
     for _ in range(4):
         x, y = rng.integers(0, width - 60), rng.integers(0, height - 40)
         picture[y : y + 40, x : x + 60] = rng.integers(0, 256, 3)
-    x = (frame * 4) % (width - 10)
-    picture[:, x : x + 10] = 250
+    bar_x = (frame * 4) % (width - 10)
+    picture[:, bar_x : bar_x + 10] = 250
     if bars:
         picture[:bars] = 0
         picture[-bars:] = 0

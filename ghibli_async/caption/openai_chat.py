@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import structlog
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from PIL import Image
 
 from ghibli_async.caption.answers import (
@@ -95,11 +96,12 @@ class OpenAIClient:
         return [model.id for model in page.data]
 
     async def _call(self, key: str, model: str, content: Any, *, max_tokens: int, temperature: float | None) -> Reply:
-        extra = {} if temperature is None else {"temperature": temperature}
+        extra: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": content}]
         try:
             response = await self._clients[key].chat.completions.create(
                 model=model,
-                messages=[{"role": "user", "content": content}],
+                messages=messages,
                 max_tokens=max_tokens,
                 stream=False,
                 **extra,

@@ -244,9 +244,10 @@ class CaptionEngine:
                 return decision
             if not isinstance(decision, Wait):
                 return None
-            if decision.bucket is not None and decision.until - now > 1.0:
-                self._progress.waiting_for(decision.bucket, decision.until - now)
-            await self.clock.sleep(None if decision.until is None else decision.until - now, self._answered)
+            wait_s = None if decision.until is None else decision.until - now
+            if decision.bucket is not None and wait_s is not None and wait_s > 1.0:
+                self._progress.waiting_for(decision.bucket, wait_s)
+            await self.clock.sleep(wait_s, self._answered)
         return None
 
     def _restore_windows(self, buckets: list[Bucket]) -> None:

@@ -105,9 +105,11 @@ def _detect(detectors: Sequence[Detector], jobs: list[FilterJob], looks: list[Fr
     found: list[dict[str, list[Box]]] = [{} for _ in jobs]
     for detector in detectors:
         wanted = [
-            i for i, (job, look) in enumerate(zip(jobs, looks)) if look.error is None and detector.key in job.detectors
+            (i, look.pixels)
+            for i, (job, look) in enumerate(zip(jobs, looks))
+            if look.pixels is not None and detector.key in job.detectors
         ]
         if wanted:
-            for i, boxes in zip(wanted, detector.detect([looks[i].pixels for i in wanted])):
+            for (i, _), boxes in zip(wanted, detector.detect([pixels for _, pixels in wanted])):
                 found[i][detector.key] = boxes
     return found

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
-from ghibli_async.imaging import MACHINE, ResizeOutcome, resize_file
+from ghibli_async.imaging import ResizeOutcome, resize_file
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
@@ -69,7 +69,7 @@ async def run_resize(context: RunContext) -> Counter[str]:
             jobs, submit, window=workers * 4, keep_going=lambda: not context.stop.requested
         ):
             _record(state, job, outcome)
-            tally[outcome.status] += 1
+            tally[outcome.status.value] += 1
             bar.update()
     return tally
 
@@ -100,7 +100,7 @@ async def _bounded(
 
 
 def _record(state: State, job: ResizeJob, outcome: ResizeOutcome) -> None:
-    if outcome.status == MACHINE:
+    if outcome.machine:
         raise MachineError(
             f"resize stopped: {outcome.reason} (with {Path(job.source_path).name}); free space or fix the "
             "permissions of the work dir, then rerun: the frames not resized stay pending"

@@ -30,6 +30,9 @@ class FilterRow:
     number: int | None
 
 
+_STATUS_OF = {Override.KEEP: Status.KEPT, Override.REJECT: Status.REJECTED}  # what the user's word makes a frame
+
+
 class FilterStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -118,7 +121,7 @@ class FilterStore:
 
     def set_override(self, source_paths: Sequence[str], override: Override | None) -> list[str]:
         """The user's keep/reject for these files (None clears it); returns the paths not known."""
-        status = {Override.KEEP: Status.KEPT, Override.REJECT: Status.REJECTED}.get(override, Status.PENDING)
+        status = Status.PENDING if override is None else _STATUS_OF[override]
         unknown = []
         with self._db.transaction() as db:
             for path in source_paths:

@@ -82,7 +82,8 @@ _SCORE = "COALESCE(person_score, 0)"
 
 def review_where(tab: str, query: ReviewQuery) -> tuple[str, list[object]]:
     """The SQL condition (and its parameters) for a tab narrowed by a query."""
-    clauses, params = ["duplicate_of IS NULL", f"({REVIEW_TABS[tab]})"], []
+    clauses: list[str] = ["duplicate_of IS NULL", f"({REVIEW_TABS[tab]})"]
+    params: list[object] = []
     for term in search_terms(query.search):
         clauses.append("caption LIKE ? ESCAPE '\\'")
         params.append("%" + re.sub(r"([%_\\])", r"\\\1", term) + "%")

@@ -24,7 +24,9 @@ class RunStore:
 
     def start(self, stages: dict[str, bool]) -> int:
         with self._db.transaction() as db:
-            return db.execute("INSERT INTO runs (stages) VALUES (?)", (json.dumps(stages),)).lastrowid
+            run_id = db.execute("INSERT INTO runs (stages) VALUES (?)", (json.dumps(stages),)).lastrowid
+        assert run_id is not None  # an INSERT always sets it
+        return run_id
 
     def finish(self, run_id: int, end_code: int) -> None:
         with self._db.transaction() as db:

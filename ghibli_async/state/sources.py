@@ -69,7 +69,7 @@ class SourceStore:
         """A known path now holds other bytes: keep its number, redo every stage for it."""
         pending = Status.PENDING.sql
         with self._db.transaction() as db:
-            original = _originals_among(db, [file.content_hash]).get(file.content_hash)
+            original = _originals_among(db, [file.content_hash]).get(file.content_hash) if file.content_hash else None
             duplicate_of = original if original != image_id else None
             db.execute(
                 f"""UPDATE images SET content_hash = ?, file_size = ?, mtime_ns = ?, duplicate_of = ?,
