@@ -30,7 +30,7 @@ from ghibli_async.report import filter_row_json, format_filter_report, format_se
 from ghibli_async.review import serve, write_report
 from ghibli_async.run_end import RunEnd
 from ghibli_async.service import Service
-from ghibli_async.stages.export import METADATA_FILE
+from ghibli_async.stages.export import exported_count
 from ghibli_async.state import State
 
 T = TypeVar("T")
@@ -264,8 +264,7 @@ def _cmd_status(config: Config, args: argparse.Namespace, clock: Clock) -> int:
             f"run `python -m ghibli_async --config {args.config}`."
         )
         return 0
-    metadata = config.paths.output_dir / METADATA_FILE
-    exported = sum(1 for _ in metadata.open(encoding="utf-8")) if metadata.exists() else 0
+    exported = exported_count(config.paths.output_dir)
     keys = load_caption_keys(config)
     with State.open(config.state_path, readonly=True) as state:
         print(format_status(state, config, keys, exported, clock.wall()))

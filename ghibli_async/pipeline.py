@@ -28,7 +28,7 @@ from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, Stage, StageReport, StopRequest
 from ghibli_async.stages.caption import CaptionStage
-from ghibli_async.stages.export import ExportResult, ExportStage, export_dataset
+from ghibli_async.stages.export import ExportResult, ExportStage, export_dataset, exported_count
 from ghibli_async.stages.extract import ExtractStage
 from ghibli_async.stages.filter import FilterStage
 from ghibli_async.stages.resize import ResizeStage
@@ -101,12 +101,13 @@ class Pipeline:
         started = time.monotonic()
         report = RunReport()
         stages = [stage for stage in STAGES if stage.enabled(config)]
-        inputs = list_inputs(config.paths.input_dir, config.extracted_dir)  # nothing to do: say so first
+        inputs = list_inputs(config)  # nothing to do: say so first
         # Detectors load before any work: a missing package or weights file stops the run at once.
         detectors = self.detectors
         if detectors is None:
             detectors = load_detectors(config.filter) if config.stages.filter else []
         ensure_writable(config.paths.work_dir, config.paths.output_dir.parent)  # before any work is paid for
+        refuse_a_lost_state(config)
         with (
             exclusive(config.paths.work_dir),
             State.open(config.state_path) as state,
@@ -233,8 +234,20 @@ def exclusive(work_dir: Path) -> Iterator[None]:
         raise WorkDirBusy(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
 
 
+def refuse_a_lost_state(config: Config) -> None:
+    """No state beside an exported dataset: the state was lost, and a fresh one would pay for every
+    caption again and then empty the dataset to match."""
+    if not config.state_path.exists() and (rows := exported_count(config.paths.output_dir)):
+        raise UserError(
+            f"no state at {config.state_path}, but {config.paths.output_dir} holds an exported dataset of {rows} "
+            "images. Nothing was changed: put back a copy of the state, or move that folder away to start "
+            "afresh (a fresh state pays for every caption again)"
+        )
+
+
 def export_only(config: Config) -> ExportResult:
     """Rewrite the output folder from the state, without running any stage."""
+    refuse_a_lost_state(config)
     if not config.state_path.exists():
         raise UserError(f"nothing to export: no state at {config.state_path} (run the pipeline first)")
     with exclusive(config.paths.work_dir), State.open(config.state_path) as state:

@@ -14,6 +14,7 @@ from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.detect import load_detectors
 from ghibli_async.errors import UserError
+from ghibli_async.pipeline import refuse_a_lost_state
 from ghibli_async.stages.base import plural
 from ghibli_async.stages.scan import InputFiles, list_inputs
 from ghibli_async.state import State
@@ -39,10 +40,14 @@ class RunPlan:
 def plan_run(config: Config, clock: Clock, *, limit: int | None = None) -> RunPlan:
     plan = RunPlan()
     try:
-        inputs = list_inputs(config.paths.input_dir, config.extracted_dir)
+        inputs = list_inputs(config)
     except UserError as exc:
         plan.blocking.append(str(exc))
         return plan
+    try:
+        refuse_a_lost_state(config)
+    except UserError as exc:
+        plan.blocking.append(str(exc))
     known, counts, extracted = _state_now(config)
     fresh = [path for path in inputs.images if _is_new_or_changed(inputs.stats[path], known.get(str(path)))]
     _plan_extract(plan, config, inputs, extracted)

@@ -95,7 +95,7 @@ def test_newer_schema_is_refused_with_a_clear_message(tmp_path: Path) -> None:
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(UserError, match="cannot open the state database"):
+    with pytest.raises(UserError, match="not a readable SQLite file"):
         State.open(path)
 
 

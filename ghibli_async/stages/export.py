@@ -82,6 +82,15 @@ def export_dataset(state: State, config: Config) -> ExportResult:
     return ExportResult(count, removed, output_dir)
 
 
+def exported_count(output_dir: Path) -> int:
+    """Rows in the dataset the last export wrote (0 when there is none)."""
+    metadata = output_dir / METADATA_FILE
+    if not metadata.exists():
+        return 0
+    with metadata.open(encoding="utf-8") as lines:
+        return sum(1 for _ in lines)
+
+
 def _count_removed(previous: Path, output_dir: Path) -> int:
     """Files the export manages that the previous export had and this one has not."""
     if not previous.exists():

@@ -47,7 +47,7 @@ class ExtractStage:
         with context.stop.listening(stop.set):
             extracted = await run_extract(context.state, context.config, context.inputs.videos, stop)
         if extracted.frames:  # new frame files on disk: walk the folders once more
-            context.inputs = list_inputs(context.config.paths.input_dir, context.config.extracted_dir)
+            context.inputs = list_inputs(context.config)
         failed = f", {len(extracted.failed)} failed: {', '.join(extracted.failed[:5])}" if extracted.failed else ""
         return StageReport(
             Counter(frames=extracted.frames, videos=extracted.videos_done, failed=len(extracted.failed)),

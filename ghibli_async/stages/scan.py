@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,13 +87,17 @@ class InputFiles:
     stats: dict[Path, os.stat_result] = field(default_factory=dict)  # taken while walking: not again
 
 
-def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
-    """Images and videos under `input_dir` (recursively, hidden names skipped) and the frames already
-    extracted from the videos, in natural order; an error line when there is nothing to work on."""
+def list_inputs(config: Config) -> InputFiles:
+    """Images and videos under the input folder (recursively, hidden names skipped) and the frames
+    already extracted from the videos, in natural order; an error line when there is nothing to
+    work on. The work and output folders are never entered, wherever they are: a dataset exported
+    inside the input folder must not come back as new frames."""
+    input_dir, extracted_dir = config.paths.input_dir, config.extracted_dir
     if not input_dir.is_dir():
         raise UserError(f"input folder not found: {input_dir} (set paths.input_dir in the config or pass --input)")
     skipped: list[tuple[str, str]] = []
-    stats = dict(_walk(input_dir, skipped))
+    own = {_identity(folder) for folder in (config.paths.work_dir, config.paths.output_dir) if folder.is_dir()}
+    stats = dict(_walk(input_dir, skipped, never_enter=own))
     if extracted_dir.is_dir():
         stats.update(_walk(extracted_dir, skipped))
     found = list(stats)
@@ -105,17 +109,25 @@ def list_inputs(input_dir: Path, extracted_dir: Path) -> InputFiles:
     return InputFiles(images, videos, skipped, stats)
 
 
-def _walk(folder: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[Path, os.stat_result]]:
+def _identity(folder: Path) -> tuple[int, int]:
+    """The real folder behind a path, however it is reached (links, `..`)."""
+    found = os.stat(folder)
+    return found.st_dev, found.st_ino
+
+
+def _walk(
+    folder: Path, skipped: list[tuple[str, str]], *, never_enter: Collection[tuple[int, int]] = ()
+) -> Iterator[tuple[Path, os.stat_result]]:
     """Frame and video files under `folder` with their stat, following symlinked folders (each real
-    folder once, so a link loop ends); an entry that cannot be one is added to `skipped` with its
-    reason and never opened."""
-    seen_folders: set[tuple[int, int]] = set()
+    folder once, so a link loop ends; none of `never_enter`); an entry that cannot be one is added
+    to `skipped` with its reason and never opened."""
+    seen_folders: set[tuple[int, int]] = set(never_enter)
     for root, dirs, names in os.walk(folder, followlinks=True):
-        here = os.stat(root)
-        if (here.st_dev, here.st_ino) in seen_folders:
+        here = _identity(Path(root))
+        if here in seen_folders:
             dirs[:] = []
             continue
-        seen_folders.add((here.st_dev, here.st_ino))
+        seen_folders.add(here)
         dirs[:] = [name for name in dirs if not name.startswith(".")]
         for name in names:
             path = Path(root) / name

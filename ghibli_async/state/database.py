@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ghibli_async.errors import UserError
+from ghibli_async.errors import MachineError, UserError
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+RESTORE_HINT = (
+    "Nothing was changed: put back a copy of it, or move it and the output folder away to start afresh "
+    "(a fresh state pays for every caption again)"
+)
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -157,6 +161,18 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def open_error(path: Path, exc: sqlite3.DatabaseError) -> UserError:
+    """What SQLite's complaint about the state file means for the user, in one line."""
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return UserError(f"{path} is not a readable SQLite file ({text}): the state was damaged. {RESTORE_HINT}")
+    if "readonly" in text or "read-only" in text:
+        return UserError(f"{path} cannot be written ({text}): fix the permissions of it and its folder, then rerun")
+    if "full" in text or "I/O" in text:
+        return MachineError(f"{path}: {text}: free space on that disk, then rerun; the state is as it was")
+    return UserError(f"{path}: cannot open the state database ({text}): check that the file and its folder are yours")
+
+
 class Database:
     """One connection; stores share it and write through `transaction()`."""
 
@@ -165,21 +181,27 @@ class Database:
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> Database:
-        """Open (and create or migrate, unless read-only) the state database at `path`."""
+        """Open (and create or migrate, unless read-only) the state database at `path`. A file that
+        is there but empty is a damaged state, never a fresh one: starting afresh over it would
+        pay for every caption again and empty the exported dataset."""
+        if path.exists() and path.stat().st_size == 0:
+            raise UserError(f"{path} is empty (0 bytes): the state was damaged. {RESTORE_HINT}")
         try:
             if readonly:
                 db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(path, isolation_level=None)
+            database = cls(db)
+            database._check_ours(path)  # before anything is written to it
+            if not readonly:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
             db.execute("PRAGMA foreign_keys=ON")
-            database = cls(db)
             database._migrate(readonly=readonly)
         except sqlite3.DatabaseError as exc:
-            raise UserError(f"{path}: cannot open the state database ({exc}); is it a ghibli_async work dir?") from None
+            raise open_error(path, exc) from None
         return database
 
     def execute(self, sql: str, parameters: tuple | list = ()) -> sqlite3.Cursor:
@@ -199,9 +221,19 @@ class Database:
     def close(self) -> None:
         self.connection.close()
 
+    def _tables(self) -> list[str]:
+        return [row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
     @property
     def schema_version(self) -> int:
         return self.connection.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check_ours(self, path: Path) -> None:
+        """A database with tables but no schema version of ours was never this tool's state."""
+        if self.schema_version == 0 and (foreign := self._tables()):
+            raise UserError(
+                f"{path} is not a ghibli_async state (unknown schema: tables {', '.join(foreign[:5])}). {RESTORE_HINT}"
+            )
 
     def _migrate(self, *, readonly: bool) -> None:
         version = self.schema_version
