@@ -45,6 +45,7 @@ class FakeOpenAI:
     latency: Callable[[int], float] = lambda in_flight: 0.0  # seconds, given the requests in flight
     filtered_images: set[str] = field(default_factory=set)  # sha256 of images the content filter stops
     retry_after_s: int = 20
+    batch: int | None = None  # a local server with this many slots: one more request gets a 503
     caption_words: int = 22
     seen: list[Seen] = field(default_factory=list)
     most_in_flight: int = 0
@@ -62,7 +63,11 @@ class FakeOpenAI:
         now = self.clock.now()
         status, kind, payload, headers = self._decide(key, model, image, now)
         self.seen.append(Seen(now, key, model, image, status, kind))
+        if status == 200 and self.batch is not None and self._in_flight >= self.batch:
+            status, kind = 503, "full"
+            payload = {"error": {"message": "the server is busy: no free slot", "type": "unavailable_error"}}
         if status != 200:
+            self.seen[-1] = Seen(now, key, model, image, status, kind)
             return web.json_response(payload, status=status, headers=headers)
         self._in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self._in_flight)

@@ -105,6 +105,28 @@ def test_the_in_flight_cap_of_a_local_server_is_never_exceeded(project: Project)
     assert all(s.key == "none" for s in local.seen)  # a local server gets no real key
 
 
+def test_a_local_server_with_fewer_slots_than_max_in_flight_teaches_its_width(project: Project) -> None:
+    """A batching server that answers 503 when its 3 slots are full, configured for 8: the bucket
+    learns to keep at most the server's width in flight, and every frame is captioned (none failed)."""
+    make_frames(project, 120)
+    clock = VirtualClock()
+    local = FakeOpenAI(clock, models={"vl": ServedModel()}, latency=batching_latency(), batch=3)
+
+    def configure() -> None:
+        write_config(
+            project,
+            providers={"gpu": f"{{base_url: '{local.base_url}'}}"},
+            models=["{name: vl, provider: gpu, max_in_flight: 8}"],
+        )
+
+    report = run_with(project, local, configure=configure, clock=clock)
+
+    assert report.outcomes("caption") == {"done": 120}
+    full = [s for s in local.seen if s.kind == "full"]
+    assert 0 < len(full) <= 8, "the bucket did not learn the server's width"
+    assert all(s.at < min(ok.at for ok in local.successes()[-10:]) for s in full)  # only while it learned
+
+
 def test_invalid_key_unknown_model_and_imageless_model_are_retired(project: Project) -> None:
     make_frames(project, 12)
     write_env(project, ROUTER_KEY_1="wrong", ROUTER_KEY_2="sk-good")

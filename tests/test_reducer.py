@@ -15,6 +15,7 @@ from ghibli_async.caption.reducer import (
     GiveUp,
     LearnLimit,
     LeavePending,
+    NarrowInFlight,
     RetireKey,
     RetireModel,
     Retry,
@@ -242,6 +243,21 @@ def test_each_kind_of_answer(reply, attempt, streak, other, effects, verdict, pr
     assert outcome.verdict == verdict
     assert (outcome.key_works, outcome.model_works) == proves
     assert outcome.attempt.requests == attempt.requests + 1
+
+
+def test_a_full_server_narrows_its_in_flight_cap_and_the_image_waits() -> None:
+    full = TransientError("503: the server is busy: no free slot", server_full=True)
+
+    def capped(width: int) -> Grant:
+        return Grant(Bucket("p", "m1", Limits(None, None, None, max_in_flight=width), ["local"], day="d"), "local", 0)
+
+    narrowed = reduce(full, Attempt(7, transient_errors=2), g=capped(8))
+    assert narrowed.effects == (NarrowInFlight(B),) and narrowed.verdict == Retry()
+    assert narrowed.attempt.transient_errors == 2  # not held against the image
+    at_one = reduce(full, Attempt(7, transient_errors=2), g=capped(1))  # nothing left to narrow: a server error
+    assert at_one.effects == () and at_one.verdict == GiveUp(Status.FAILED, full.reason)
+    uncapped = reduce(full, Attempt(7, transient_errors=2))
+    assert uncapped.verdict == GiveUp(Status.FAILED, full.reason)
 
 
 def test_repeated_minute_limits_back_off_further() -> None:

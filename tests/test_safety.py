@@ -3,6 +3,7 @@ or an edit on the review page must never cost. The real pipeline against the fak
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -14,6 +15,8 @@ from fake_gemini import FakeGemini, ModelLimits
 from virtual_time import VirtualClock, run_virtual
 
 from ghibli_async.pipeline import RunReport
+from ghibli_async.state import State
+from ghibli_async.statuses import Override
 
 MODEL = "{name: m, rpm: 600, rpd: 10000, tpm: 10000000}"
 
@@ -103,3 +106,33 @@ def test_a_missing_state_beside_an_exported_dataset_is_not_a_fresh_start(
     output = project.root / "out" / "train"
     assert {path.name: path.read_bytes() for path in output.iterdir()} == exported
     assert not (project.root / "work" / "state.sqlite").exists()
+
+
+def test_frames_edited_or_rejected_on_the_review_page_are_not_sent(project: Project) -> None:
+    """While the first requests are out, the user writes captions for frames 11-20 and rejects
+    21-25 on the review page: none of those 15 frames is sent, and the export shows the edits."""
+    make_frames(project, 30)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    reviewed: list[bool] = []
+
+    def review_during_the_first_request() -> float:
+        if not reviewed:
+            reviewed.append(True)
+            with State.open(project.root / "work" / "state.sqlite") as state:
+                ids = dict(state.db.execute("SELECT number, id FROM images WHERE number IS NOT NULL").fetchall())
+                for number in range(11, 21):
+                    state.review.edit_caption(ids[number], f"Ghibli style, written by hand for frame {number}")
+                state.review.decide([ids[number] for number in range(21, 26)], Override.REJECT)
+        return 1.0
+
+    fake = FakeGemini(clock, keys={"k1": "p"}, models={"m": ModelLimits()}, latency=review_during_the_first_request)
+    caption_run(project, fake, clock)
+
+    resized = project.root / "work" / "resized"
+    number_of = {hashlib.sha256((resized / f"{n}.jpg").read_bytes()).hexdigest(): n for n in range(1, 31)}
+    sent = sorted(number_of[seen.image] for seen in fake.seen)
+    assert not set(sent) & set(range(11, 26)), f"paid for frames edited or rejected before they were sent: {sent}"
+    rows = {row["file_name"]: row["text"] for row in metadata_rows(project.root / "out" / "train")}
+    assert len(rows) == 25 and not {f"{n}.jpg" for n in range(21, 26)} & set(rows)
+    assert all(rows[f"{n}.jpg"] == f"Ghibli style, written by hand for frame {n}" for n in range(11, 21))

@@ -48,9 +48,11 @@ class ModelUnavailable:
 
 @dataclass(frozen=True)
 class TransientError:
-    """5xx, timeout or a lost connection: worth another try after a pause."""
+    """5xx, timeout or a lost connection: worth another try after a pause. `server_full`: a 503
+    from a server that is up but has no free slot (a local batching server)."""
 
     reason: str
+    server_full: bool = False
 
 
 NO_IMAGES = "the model does not take images"  # how a ModelUnavailable for a text-only model starts

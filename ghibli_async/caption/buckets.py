@@ -115,6 +115,10 @@ class Bucket:
         start = self._next_key % len(self.keys)
         return self.keys[start:] + self.keys[:start]
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def take(self, now: float, key: str, tokens_reserved: int) -> None:
         """Record one request now, before it is sent."""
         self._in_flight += 1

@@ -154,7 +154,7 @@ def classify_status_error(status: int, body: Any, headers: Mapping[str, str]) ->
         return ModelUnavailable(f"{status} model not found: {message}")
     if status < 500 and status not in (408, 409):
         log.debug("caption_unknown_error", status=status, body=str(body)[:2000])
-    return TransientError(f"{status}: {message}")
+    return TransientError(f"{status}: {message}", server_full=status == 503)
 
 
 def _rate_limited(code: str, message: str, headers: Mapping[str, str]) -> RateLimited:

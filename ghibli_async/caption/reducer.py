@@ -84,6 +84,14 @@ class LearnLimit:
 
 
 @dataclass(frozen=True)
+class NarrowInFlight:
+    """A server with an in-flight cap was full (503): keep at most as many requests in flight as it
+    holds now, for the rest of the run (its real batch is narrower than `max_in_flight`)."""
+
+    bucket: str
+
+
+@dataclass(frozen=True)
 class RetireKey:
     key: str
     reason: str
@@ -95,7 +103,7 @@ class RetireModel:
     reason: str
 
 
-Effect = Served | CoolDown | SpendForToday | LearnLimit | RetireKey | RetireModel
+Effect = Served | CoolDown | SpendForToday | LearnLimit | NarrowInFlight | RetireKey | RetireModel
 
 
 # --- verdicts for the image -----------------------------------------------------------------------
@@ -194,6 +202,8 @@ def _reduce(
         return [RetireKey(grant.key, reply.reason)], Retry(), attempt
     if isinstance(reply, ModelUnavailable):
         return [RetireModel(bucket.model, reply.reason)], Retry(), attempt
+    if reply.server_full and (bucket.limits.max_in_flight or 0) > 1:
+        return [NarrowInFlight(bucket.name)], Retry(), attempt  # it waits for a slot: not the image's fault
     attempt = replace(attempt, transient_errors=attempt.transient_errors + 1)
     if streak >= max(10, 2 * rules.concurrency):
         stop = StopRun(

@@ -13,6 +13,7 @@ from ghibli_async.caption.reducer import (
     CoolDown,
     Effect,
     LearnLimit,
+    NarrowInFlight,
     RetireKey,
     RetireModel,
     Served,
@@ -122,6 +123,8 @@ class Scheduler:
             bucket.spent_day = bucket.day
         elif isinstance(effect, LearnLimit):
             bucket.limits = replace(bucket.limits, **{effect.kind: effect.value})
+        elif isinstance(effect, NarrowInFlight):
+            bucket.limits = replace(bucket.limits, max_in_flight=max(1, bucket.in_flight))
 
     # --- questions (read only) --------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from ghibli_async.caption.reducer import (
     GiveUp,
     LearnLimit,
     LeavePending,
+    NarrowInFlight,
     RetireKey,
     RetireModel,
     Retry,
@@ -61,6 +62,7 @@ from ghibli_async.statuses import Status
 log = structlog.get_logger(__name__)
 
 LEFT = "left"  # the outcome of an image this run did not get to: pending for the next run
+WITHDRAWN = "withdrawn"  # captioned by hand or rejected on the review page before its request went out
 
 
 class CaptionStage:
@@ -199,9 +201,15 @@ class CaptionEngine:
         except OSError as exc:
             return self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None)
         while True:
+            if not self.results.still_wants_caption(attempt.number):
+                return WITHDRAWN
             grant = await self._acquire(attempt)
             if grant is None:
                 return self._finish(attempt, self._no_bucket_verdict(attempt), None)
+            if not self.results.still_wants_caption(attempt.number):  # the wait for a slot can be long
+                self.scheduler.answered(grant, self.clock.now(), key_works=False, model_works=False)
+                self._wake_waiters()
+                return WITHDRAWN
             reply = await self.client.generate(grant.key, grant.bucket.model, image)
             now = self.clock.now()
             self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
@@ -309,6 +317,10 @@ class CaptionEngine:
                 limit=effect.kind,
                 configured=effect.configured,
                 server=effect.value,
+            )
+        elif isinstance(effect, NarrowInFlight):
+            self._say_once(
+                "in_flight_narrowed", bucket.name, bucket=bucket.name, max_in_flight=bucket.limits.max_in_flight
             )
         elif isinstance(effect, RetireKey):
             if self._say_once("key_retired", effect.key, key=effect.key, reason=effect.reason):

@@ -12,6 +12,9 @@ from ghibli_async.statuses import Status
 
 _PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
 _FAILED, _B = Status.FAILED.sql, Status.BLOCKED.sql
+# Still wants a caption from the service: not written by hand (that makes it `done`), not rejected.
+_WANTS_CAPTION = f"""resize_status = {_DONE} AND duplicate_of IS NULL AND filter_status != {_REJECTED}
+    AND (caption_status IN ({_PENDING}, {_FAILED}) OR (caption_status = {_B} AND caption_refused_by IS NOT NULL))"""
 _EXPORTABLE = f"""resize_status = {_DONE} AND caption_status = {_DONE} AND duplicate_of IS NULL
     AND needs_review = 0 AND filter_status != {_REJECTED}"""
 
@@ -99,11 +102,8 @@ class ResultStore:
         """Resized images without a caption: pending and failed ones, and blocked ones that one of
         `models` (the configured ones) has not refused yet."""
         rows = self._db.execute(
-            f"""SELECT id, number, caption_refused_by, caption_status = {_B} FROM images
-               WHERE resize_status = {_DONE} AND duplicate_of IS NULL AND filter_status != {_REJECTED}
-                 AND (caption_status IN ({_PENDING}, {_FAILED})
-                      OR (caption_status = {_B} AND caption_refused_by IS NOT NULL))
-               ORDER BY number"""
+            f"SELECT id, number, caption_refused_by, caption_status = {_B} FROM images WHERE {_WANTS_CAPTION}"
+            " ORDER BY number"
         )
         jobs = []
         for image_id, number, refused, blocked in rows:
@@ -114,6 +114,14 @@ class ResultStore:
             if limit is not None and len(jobs) >= limit:
                 break
         return jobs
+
+    def still_wants_caption(self, number: int) -> bool:
+        """Asked right before a request goes out: the review page may have captioned or rejected
+        the frame since the run listed it, and a request for it would be paid for nothing."""
+        return (
+            self._db.execute(f"SELECT 1 FROM images WHERE number = ? AND {_WANTS_CAPTION}", (number,)).fetchone()
+            is not None
+        )
 
     def record_refusals(self, number: int, refused_by: Collection[str]) -> None:
         """Models that refused the image for safety; it stays pending for a model it has not tried."""
