@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -228,6 +229,19 @@ class ProviderConfig(_Section):
     base_url: str = Field(min_length=1)
     api_key_env: list[str] = Field(default_factory=list)
 
+    @field_validator("base_url")
+    @classmethod
+    def _a_url(cls, url: str) -> str:
+        return http_url(url)
+
+
+def http_url(url: str) -> str:
+    """An endpoint must be an http(s) URL with a host: anything else fails on every request."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host (for example http://localhost:8000/v1)")
+    return url
+
 
 class KeyAssignment(_Section):
     """Which environment variable holds a key, and which project it belongs to (keys of one
@@ -243,6 +257,12 @@ class BackoffConfig(_Section):
     initial_s: float = Field(5.0, gt=0)
     max_s: float = Field(80.0, gt=0)
     multiplier: float = Field(2.0, ge=1)
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> BackoffConfig:
+        if self.max_s < self.initial_s:
+            raise ValueError(f"max_s ({self.max_s}) is below initial_s ({self.initial_s}): raise max_s")
+        return self
 
 
 class SafetySetting(_Section):
@@ -295,7 +315,16 @@ class CaptionConfig(_Section):
             missing = [limit for limit in ("rpm", "rpd", "tpm") if getattr(model, limit) is None]
             if model.provider == GEMINI and missing:
                 raise ValueError(f"{model.name}: a Gemini model needs its {', '.join(missing)} (see AI Studio)")
+            if model.provider == GEMINI and "/" in model.name:
+                raise ValueError(
+                    f"{model.name}: write a Gemini model's name alone, without a '/' (gemini-flash-latest)"
+                )
         return models
+
+    @field_validator("base_url")
+    @classmethod
+    def _a_url(cls, url: str | None) -> str | None:
+        return None if url is None else http_url(url)
 
     @field_validator("providers")
     @classmethod
@@ -310,6 +339,21 @@ class CaptionConfig(_Section):
             raise ValueError(
                 f"min_words ({self.min_words}) is above max_words ({self.max_words}): no caption would pass"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_for_known_projects(self) -> CaptionConfig:
+        """A project is what `load_caption_keys` makes of the keys: a caption.keys project (or
+        key#N), a keyless provider's name, or `<provider>:key#N`."""
+        endpoints = [rf"{re.escape(name)}(:key#\d+)?" for name in self.providers]
+        if self.keys is None:
+            patterns, known = [r"key#\d+", *endpoints], "without caption.keys, each key is its own project: key#1, …"
+        else:
+            projects = sorted({a.project or f"key#{n}" for n, a in enumerate(self.keys, start=1)})
+            patterns, known = [*map(re.escape, projects), *endpoints], f"caption.keys names: {', '.join(projects)}"
+        unknown = [name for name in self.project_limits if not any(re.fullmatch(p, name) for p in patterns)]
+        if unknown:
+            raise ValueError(f"project_limits for a project no key belongs to: {', '.join(unknown)} ({known})")
         return self
 
     @model_validator(mode="after")

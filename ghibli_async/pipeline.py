@@ -227,11 +227,19 @@ def ensure_writable(*folders: Path) -> None:
 def exclusive(work_dir: Path) -> Iterator[None]:
     """One run per work dir: two would resize and caption the same images."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(work_dir / ".lock", timeout=0)
     try:
-        with FileLock(work_dir / ".lock", timeout=0):
-            yield
+        lock.acquire()
     except Timeout:
         raise WorkDirBusy(f"another ghibli_async run is using {work_dir}: wait for it or stop it") from None
+    except OSError as exc:
+        raise UserError(
+            f"cannot lock {work_dir} ({exc.strerror or exc}): the work dir must be writable; fix its permissions"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def refuse_a_lost_state(config: Config) -> None:

@@ -35,6 +35,7 @@ from ghibli_async.statuses import Override, Status
 from ghibli_async.thumbs import ThumbJob, make_missing_thumbnails, make_thumbnail, thumb_path, thumb_source
 
 MAX_PAGE = 200
+MAX_OFFSET = 2**62  # past any dataset, and inside SQLite's 64-bit integers
 MAX_BULK = 5000  # frames one keep/reject from the page may change at once
 UNDO_KEPT = 50  # keep/reject actions the page can undo
 STATS_TTL_S = 30.0  # the side panel's figures are recomputed at most this often unless the page changed something
@@ -126,7 +127,7 @@ async def _page(request: web.Request) -> web.Response:
 async def _list_images(request: web.Request) -> web.Response:
     tab, query = _tab_and_query(request)
     try:
-        offset = max(0, int(request.query.get("offset", "0")))
+        offset = min(max(0, int(request.query.get("offset", "0"))), MAX_OFFSET)
         limit = min(MAX_PAGE, max(1, int(request.query.get("limit", "60"))))
     except ValueError:
         raise web.HTTPBadRequest(text="offset and limit are whole numbers") from None

@@ -38,6 +38,21 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
         ("caption:\n  models: [{name: m}]\n", "caption.models: m: a Gemini model needs its rpm, rpd, tpm"),
         ("resize: {size: [\n", "not valid YAML (line 2"),
         ("- a\n- b\n", "the top level must be a mapping"),
+        (
+            "caption:\n  backoff: {initial_s: 30, max_s: 10}\n",
+            "caption.backoff: max_s (10.0) is below initial_s (30.0)",
+        ),
+        (
+            "caption:\n  keys: [{env: A, project: paid}]\n  project_limits: {ghost: []}\n",
+            "caption: project_limits for a project no key belongs to: ghost (caption.keys names: paid)",
+        ),
+        ("caption:\n  project_limits: {paid: []}\n", "project_limits for a project no key belongs to: paid"),
+        ("caption:\n  providers: {gpu: {base_url: 'localhost:8000'}}\n", "is not an http(s) URL with a host"),
+        ("caption:\n  base_url: gemini\n", "caption.base_url: 'gemini' is not an http(s) URL"),
+        (
+            "caption:\n  models: [{name: models/gemini-flash-latest, rpm: 5, rpd: 20, tpm: 250000}]\n",
+            "without a '/'",
+        ),
         ("filter:\n  detectors: [{name: haar}]\n", "filter.detectors.0: unknown detector name (use yolo or imgutils)"),
         ("filter:\n  detectors: [{name: imgutils, weights: x.pt}]\n", "filter.detectors.0.imgutils.weights: unknown"),
         (

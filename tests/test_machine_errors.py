@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Project, make_frames
+from filelock import FileLock
 
 import ghibli_async.imaging
+from ghibli_async.errors import MachineError
 from ghibli_async.pool import LazyPool
+from ghibli_async.state import State
+from ghibli_async.state.sources import SourceFile
 
 
 @pytest.fixture
@@ -93,3 +97,29 @@ def test_a_failed_frame_is_tried_again_when_its_file_changes(project: Project) -
     broken.write_bytes(good)  # replaced by a good copy
     assert project.cli("--skip-caption") == 0
     assert statuses(project) == {"done": 2}
+
+
+def test_the_state_on_a_full_disk_stops_with_one_line_and_stays_as_it_was(tmp_path: Path) -> None:
+    with State.open(tmp_path / "state.sqlite") as state:
+        pages = state.db.execute("PRAGMA page_count").fetchone()[0]
+        state.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own 'database or disk is full'
+        files = [SourceFile(f"/in/{i}.png", f"{i:08d}", 1, 1, f"{i:032x}" + "x" * 200) for i in range(2000)]
+        with pytest.raises(MachineError, match="database or disk is full: free space"):
+            state.sources.register(files)
+        assert state.db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 0
+
+
+def test_a_work_dir_that_cannot_be_locked_is_one_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_frames(project, 2)
+    assert project.cli("--skip-caption") == 0
+
+    def read_only(self: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(project.root / "work" / ".lock"))
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    capsys.readouterr()
+    assert project.cli("export") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot lock") and "Permission denied" in err and "\n" not in err

@@ -68,6 +68,8 @@ def test_page_carries_the_token_and_tabs_list_images(reviewed: Project) -> None:
         assert [item["caption"]["text"] for item in review["items"]] == ["Ghibli style a girl by a well"]
         assert all("/" not in item["name"] for item in rejected["items"])  # names only, no paths
         assert (await client.get("/api/images?tab=nope")).status == 400
+        beyond = await client.get(f"/api/images?tab=kept&offset={2**70}")  # past SQLite's 64-bit integers
+        assert beyond.status == 200 and (await beyond.json())["items"] == []
 
     with_client(reviewed, scenario)
 

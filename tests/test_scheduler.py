@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from ghibli_async.caption.buckets import WINDOW_S, Bucket, Grant, Limits, build_buckets, next_quota_reset, quota_day
 from ghibli_async.caption.reducer import CoolDown, LearnLimit, RetireKey, RetireModel, Served, SpendForToday
 from ghibli_async.caption.scheduler import Exhausted, Scheduler, Wait
-from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
+from ghibli_async.config import ApiKey, CaptionConfig, KeyAssignment, ModelQuota
 
 DAY = "2026-11-25"
 
@@ -166,6 +166,7 @@ def test_project_limits_and_learned_limits_override_the_table() -> None:
     keys = [ApiKey("key#1", "E1", "s1", "paid"), ApiKey("key#2", "E2", "s2", "free")]
     caption = CaptionConfig(
         models=[ModelQuota(name="m", rpm=10, rpd=250, tpm=10**6)],
+        keys=[KeyAssignment(env="E1", project="paid"), KeyAssignment(env="E2", project="free")],
         project_limits={"paid": [ModelQuota(name="m", rpm=1000, rpd=10_000, tpm=10**7)]},
     )
     buckets = build_buckets(caption, keys, day=DAY, used_today={("free", "m"): 7}, learned={("free", "m"): {"rpd": 20}})

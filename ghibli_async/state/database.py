@@ -161,6 +161,11 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _is_the_machines(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc)
+    return any(word in text for word in ("full", "I/O", "readonly", "read-only"))
+
+
 def open_error(path: Path, exc: sqlite3.DatabaseError) -> UserError:
     """What SQLite's complaint about the state file means for the user, in one line."""
     text = str(exc)
@@ -210,16 +215,27 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.connection.execute("BEGIN IMMEDIATE")
+        """One write; a full disk or a state that cannot be written stops the command with one line
+        (the transaction is rolled back, so the state stays as it was)."""
         try:
-            yield self.connection
-        except BaseException:
-            self.connection.execute("ROLLBACK")
+            self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.connection
+            except BaseException:
+                if self.connection.in_transaction:
+                    self.connection.execute("ROLLBACK")
+                raise
+            self.connection.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if _is_the_machines(exc):
+                raise MachineError(f"{self._path()}: {exc}: free space or fix permissions, then rerun") from None
             raise
-        self.connection.execute("COMMIT")
 
     def close(self) -> None:
         self.connection.close()
+
+    def _path(self) -> str:
+        return self.connection.execute("PRAGMA database_list").fetchone()[2] or "the state"
 
     def _tables(self) -> list[str]:
         return [row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
