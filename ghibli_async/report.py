@@ -102,6 +102,8 @@ def _now_line(activity: Activity | None, wall: datetime) -> str:
         return "Now: no run is going."  # (a single pass from a notebook ends at FINISHED)
     since = f"{activity.started_at.astimezone():%Y-%m-%d %H:%M}"
     who = f"{'service (' + activity.modes + ')' if activity.modes else 'run'} pid {activity.pid}, since {since}"
+    if activity.known_dead():
+        return f"Now: no run is going (the last, {who}, is no longer running: it was killed or crashed)."
     if (wall - activity.heard_at).total_seconds() > GONE_AFTER_S:
         heard = f"{activity.heard_at.astimezone():%Y-%m-%d %H:%M}"
         return f"Now: no run is going (the last, {who}, was last heard from at {heard}: killed or the machine stopped)."

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -177,18 +180,34 @@ def test_status_tells_a_waiting_service_from_a_gone_one(project: Project, capsys
     project.cli("--skip-caption")
     assert status_now_line(project, capsys) == "Now: no run is going."
 
-    now = datetime.now(timezone.utc)
+    now, alive = datetime.now(timezone.utc), os.getpid()  # a service that is still running: this process
     until = now + timedelta(hours=5)
     with State.open(project.config.state_path) as state:
-        state.activity.claim(4242, "wait, watch", now - timedelta(hours=2))
-        state.activity.doing(4242, Doing.WAITING_FOR_QUOTA, now, until=until)
+        state.activity.claim(alive, "wait, watch", now - timedelta(hours=2))
+        state.activity.doing(alive, Doing.WAITING_FOR_QUOTA, now, until=until)
     line = status_now_line(project, capsys)
-    assert line.startswith("Now: service (wait, watch) pid 4242, since ")
+    assert line.startswith(f"Now: service (wait, watch) pid {alive}, since ")
     assert line.endswith(f"waiting for quota until {until.astimezone():%Y-%m-%d %H:%M %Z}.")
 
     with State.open(project.config.state_path) as state:
-        state.activity.heard(4242, now - timedelta(minutes=10))
-    assert "no run is going (the last, service (wait, watch) pid 4242" in status_now_line(project, capsys)
+        state.activity.heard(alive, now - timedelta(minutes=10))
+    assert f"no run is going (the last, service (wait, watch) pid {alive}" in status_now_line(project, capsys)
+
+
+def test_status_knows_at_once_a_killed_service_is_gone(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILLed a second ago, heartbeat still fresh: on the same machine its pid says it is gone."""
+    make_frames(project, 1, size=(64, 64))
+    project.cli("--skip-caption")
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    now = datetime.now(timezone.utc)
+    with State.open(project.config.state_path) as state:
+        state.activity.claim(killed.pid, "wait", now)
+        state.activity.doing(killed.pid, Doing.WAITING_FOR_QUOTA, now, until=now + timedelta(hours=5))
+    line = status_now_line(project, capsys)
+    assert line.startswith(f"Now: no run is going (the last, service (wait) pid {killed.pid}")
+    assert line.endswith("is no longer running: it was killed or crashed).")
 
 
 def test_a_run_leaves_its_log_in_the_work_dir_as_json_lines(project: Project) -> None:

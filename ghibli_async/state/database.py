@@ -157,6 +157,11 @@ MIGRATIONS: tuple[str, ...] = (
         FROM json_each(images.detections) AS detector, json_each(detector.value, '$.boxes') AS box
     ) WHERE detections IS NOT NULL;
     """,
+    """
+    -- The machine the running process is on: there, `status` asks whether its pid is still alive
+    -- instead of waiting for its heartbeat to go stale.
+    ALTER TABLE activity ADD COLUMN host TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,6 +5,8 @@ process is doing now (`ActivityStore`)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -63,6 +65,19 @@ class Activity:
     until: datetime | None  # the end of a wait
     started_at: datetime
     heard_at: datetime  # the process was alive then
+    host: str | None = None  # the machine it runs on
+
+    def known_dead(self) -> bool:
+        """On this machine, whether its pid is gone (killed, even with SIGKILL): no heartbeat to wait for."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
 
 class ActivityStore:
@@ -75,13 +90,13 @@ class ActivityStore:
         """This process is the one running now (a service keeps its start time across passes)."""
         with self._db.transaction() as db:
             db.execute(
-                """INSERT INTO activity (id, pid, modes, doing, until, started_at, heard_at)
-                   VALUES (1, ?, ?, ?, NULL, ?, ?)
+                """INSERT INTO activity (id, pid, modes, doing, until, started_at, heard_at, host)
+                   VALUES (1, ?, ?, ?, NULL, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET
                        started_at = CASE WHEN pid = excluded.pid THEN started_at ELSE excluded.started_at END,
                        pid = excluded.pid, modes = excluded.modes, doing = excluded.doing,
-                       until = NULL, heard_at = excluded.heard_at""",
-                (pid, modes, Doing.STARTING, now.isoformat(), now.isoformat()),
+                       until = NULL, heard_at = excluded.heard_at, host = excluded.host""",
+                (pid, modes, Doing.STARTING, now.isoformat(), now.isoformat(), socket.gethostname()),
             )
 
     def doing(self, pid: int, doing: str, now: datetime, *, until: datetime | None = None) -> None:
@@ -97,11 +112,11 @@ class ActivityStore:
 
     def current(self) -> Activity | None:
         row = self._db.execute(
-            "SELECT pid, modes, doing, until, started_at, heard_at FROM activity WHERE id = 1"
+            "SELECT pid, modes, doing, until, started_at, heard_at, host FROM activity WHERE id = 1"
         ).fetchone()
         if row is None:
             return None
-        pid, modes, doing, until, started, heard = row
+        pid, modes, doing, until, started, heard, host = row
         return Activity(
             pid,
             modes,
@@ -109,4 +124,5 @@ class ActivityStore:
             datetime.fromisoformat(until) if until else None,
             datetime.fromisoformat(started),
             datetime.fromisoformat(heard),
+            host,
         )
