@@ -86,19 +86,26 @@ def test_gemini_first_then_the_local_server_when_gemini_is_spent(
     assert "gpu/qwen-vl" in status and "18/-      requests (no daily limit)" in status
 
 
-def test_the_in_flight_cap_of_a_local_server_is_never_exceeded(project: Project) -> None:
-    make_frames(project, 40)
+def caption_locally(
+    project: Project, frames: int, *, max_in_flight: int, batch: int | None = None
+) -> tuple[RunReport, FakeOpenAI]:
+    """`frames` frames captioned by a local batching server (`batch` slots; None: no limit)."""
+    make_frames(project, frames)
     clock = VirtualClock()
-    local = FakeOpenAI(clock, models={"vl": ServedModel()}, latency=batching_latency())
+    local = FakeOpenAI(clock, models={"vl": ServedModel()}, latency=batching_latency(), batch=batch)
 
     def configure() -> None:
         write_config(
             project,
             providers={"gpu": f"{{base_url: '{local.base_url}'}}"},
-            models=["{name: vl, provider: gpu, max_in_flight: 3}"],
+            models=[f"{{name: vl, provider: gpu, max_in_flight: {max_in_flight}}}"],
         )
 
-    report = run_with(project, local, configure=configure, clock=clock)
+    return run_with(project, local, configure=configure, clock=clock), local
+
+
+def test_the_in_flight_cap_of_a_local_server_is_never_exceeded(project: Project) -> None:
+    report, local = caption_locally(project, 40, max_in_flight=3)
 
     assert report.outcomes("caption") == {"done": 40}
     assert local.most_in_flight == 3  # concurrency 8, cap 3: the cap holds, and is used
@@ -108,18 +115,7 @@ def test_the_in_flight_cap_of_a_local_server_is_never_exceeded(project: Project)
 def test_a_local_server_with_fewer_slots_than_max_in_flight_teaches_its_width(project: Project) -> None:
     """A batching server that answers 503 when its 3 slots are full, configured for 8: the bucket
     learns to keep at most the server's width in flight, and every frame is captioned (none failed)."""
-    make_frames(project, 120)
-    clock = VirtualClock()
-    local = FakeOpenAI(clock, models={"vl": ServedModel()}, latency=batching_latency(), batch=3)
-
-    def configure() -> None:
-        write_config(
-            project,
-            providers={"gpu": f"{{base_url: '{local.base_url}'}}"},
-            models=["{name: vl, provider: gpu, max_in_flight: 8}"],
-        )
-
-    report = run_with(project, local, configure=configure, clock=clock)
+    report, local = caption_locally(project, 120, max_in_flight=8, batch=3)
 
     assert report.outcomes("caption") == {"done": 120}
     full = [s for s in local.seen if s.kind == "full"]
