@@ -12,6 +12,7 @@ from collections import Counter
 
 from conftest import Project, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
+from watchfiles import watch
 
 from ghibli_async.clock import SystemClock
 
@@ -26,6 +27,19 @@ def resized_count(state: os.PathLike[str]) -> int:
         return 0
 
 
+def wait_for_resized(project: Project, run: subprocess.Popen, count: int, within_s: float = 60.0) -> None:
+    """Until the run has resized `count` frames (or ended): looked at each time its work dir changes
+    (file events, no polling loop), so the kill lands as soon as the work is that far."""
+    work = project.root / "work"
+    work.mkdir(exist_ok=True)
+    state, deadline = work / "state.sqlite", time.monotonic() + within_s
+    if resized_count(state) >= count:
+        return
+    for _ in watch(work, debounce=0, step=10, rust_timeout=500, yield_on_timeout=True):
+        if resized_count(state) >= count or run.poll() is not None or time.monotonic() > deadline:
+            return
+
+
 def test_sigkill_mid_resize_then_rerun_gives_every_image_once(project: Project) -> None:
     for i in range(1, FRAMES + 1):
         save_frame(project.frames / f"frame{i}.jpg", seed=i)
@@ -33,9 +47,7 @@ def test_sigkill_mid_resize_then_rerun_gives_every_image_once(project: Project) 
     state = project.root / "work" / "state.sqlite"
 
     run = project.subprocess(start_new_session=True)
-    deadline = time.monotonic() + 60
-    while resized_count(state) < 10 and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_resized(project, run, 10)
     os.killpg(run.pid, signal.SIGKILL)  # the CLI, its forkserver and its resize worker
     run.wait()
     assert 10 <= resized_count(state) < FRAMES, "the kill must land in the middle of the run"
@@ -159,11 +171,8 @@ def test_workers_end_when_the_run_is_killed(project: Project) -> None:
     for i in range(1, 25):
         save_frame(project.frames / f"frame{i}.jpg", seed=i)
     project.write_config("resize:\n  workers: 2\n")
-    state = project.root / "work" / "state.sqlite"
     run = project.subprocess("--skip-caption", start_new_session=True)
-    deadline = time.monotonic() + 60
-    while resized_count(state) < 2 and run.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_resized(project, run, 2)
     assert run.poll() is None, "the run ended before the kill"
     run.kill()  # the run only: its workers must not live on (they held ~260 MB before)
     run.wait()

@@ -198,7 +198,7 @@ def test_status_knows_at_once_a_killed_service_is_gone(project: Project, capsys:
     """SIGKILLed a second ago, heartbeat still fresh: on the same machine its pid says it is gone."""
     make_frames(project, 1, size=(64, 64))
     project.cli("--skip-caption")
-    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     killed.kill()
     killed.wait()
     now = datetime.now(timezone.utc)
