@@ -201,15 +201,11 @@ class CaptionEngine:
         except OSError as exc:
             return self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None)
         while True:
-            if not self.results.still_wants_caption(attempt.number):
-                return WITHDRAWN
             grant = await self._acquire(attempt)
             if grant is None:
                 return self._finish(attempt, self._no_bucket_verdict(attempt), None)
-            if not self.results.still_wants_caption(attempt.number):  # the wait for a slot can be long
-                self.scheduler.answered(grant, self.clock.now(), key_works=False, model_works=False)
-                self._wake_waiters()
-                return WITHDRAWN
+            if isinstance(grant, str):  # WITHDRAWN
+                return grant
             reply = await self.client.generate(grant.key, grant.bucket.model, image)
             now = self.clock.now()
             self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
@@ -235,9 +231,13 @@ class CaptionEngine:
                 continue
             return self._finish(attempt, outcome.verdict, grant)
 
-    async def _acquire(self, attempt: Attempt) -> Grant | None:
-        """The best bucket with room, waiting for the earliest one if none has; None if none is left."""
+    async def _acquire(self, attempt: Attempt) -> Grant | str | None:
+        """The best bucket with room, waiting for the earliest one if none has; None if none is left;
+        WITHDRAWN when the frame no longer wants a caption (asked before each try for a slot, so a
+        frame captioned by hand or rejected on the review page, even during a long wait, is not sent)."""
         while not self._no_new_work():
+            if not self.results.still_wants_caption(attempt.number):
+                return WITHDRAWN
             day = quota_day(self.clock.wall())
             now = self.clock.now()
             decision = self.scheduler.acquire(

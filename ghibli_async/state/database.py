@@ -166,21 +166,20 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _is_the_machines(exc: sqlite3.DatabaseError) -> bool:
-    text = str(exc)
-    return any(word in text for word in ("full", "I/O", "readonly", "read-only"))
+def machine_error(path: Path | str, exc: sqlite3.DatabaseError) -> MachineError | None:
+    """SQLite's complaint as the machine's fault (a full disk, a state that cannot be written), or None."""
+    if any(word in str(exc) for word in ("full", "I/O", "readonly", "read-only")):
+        return MachineError(f"{path}: {exc}: free space or fix the permissions of it and its folder, then rerun")
+    return None
 
 
 def open_error(path: Path, exc: sqlite3.DatabaseError) -> UserError:
     """What SQLite's complaint about the state file means for the user, in one line."""
-    text = str(exc)
-    if "not a database" in text or "malformed" in text:
-        return UserError(f"{path} is not a readable SQLite file ({text}): the state was damaged. {RESTORE_HINT}")
-    if "readonly" in text or "read-only" in text:
-        return UserError(f"{path} cannot be written ({text}): fix the permissions of it and its folder, then rerun")
-    if "full" in text or "I/O" in text:
-        return MachineError(f"{path}: {text}: free space on that disk, then rerun; the state is as it was")
-    return UserError(f"{path}: cannot open the state database ({text}): check that the file and its folder are yours")
+    if "not a database" in str(exc) or "malformed" in str(exc):
+        return UserError(f"{path} is not a readable SQLite file ({exc}): the state was damaged. {RESTORE_HINT}")
+    return machine_error(path, exc) or UserError(
+        f"{path}: cannot open the state database ({exc}): check that the file and its folder are yours"
+    )
 
 
 class Database:
@@ -232,8 +231,8 @@ class Database:
                 raise
             self.connection.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            if _is_the_machines(exc):
-                raise MachineError(f"{self._path()}: {exc}: free space or fix permissions, then rerun") from None
+            if (machine := machine_error(self._path(), exc)) is not None:
+                raise machine from None
             raise
 
     def close(self) -> None:
