@@ -324,7 +324,7 @@ class CaptionConfig(_Section):
     @field_validator("base_url")
     @classmethod
     def _a_url(cls, url: str | None) -> str | None:
-        return None if url is None else http_url(url)
+        return http_url(url) if url else None  # empty: Google's (or $GOOGLE_GEMINI_BASE_URL), as null
 
     @field_validator("providers")
     @classmethod

@@ -148,3 +148,8 @@ def test_keys_never_show_in_repr_or_fingerprint(tmp_path: Path) -> None:
 
 def test_no_keys_at_all(tmp_path: Path) -> None:
     assert load_api_keys(tmp_path, {"GEMINI_API_KEY_1": "  "}) == []
+
+
+def test_an_empty_gemini_base_url_means_google_as_null_does(project: Project) -> None:
+    project.config_path.write_text('caption:\n  base_url: ""\n')
+    assert project.config.caption.base_url is None
