@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -57,6 +58,7 @@ class FakeGemini:
     blocking_models: set[str] | None = None  # which models refuse them (None: every model)
     unavailable_first: int = 0  # answer the first N requests with 503
     caption_words: int = 22
+    day_turns_late_s: float = 0.0  # the server's quota day turns this long after midnight Pacific
     seen: list[Seen] = field(default_factory=list)
     _windows: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
     _days: dict[tuple[str, str, str], int] = field(default_factory=dict)
@@ -107,7 +109,8 @@ class FakeGemini:
         window = self._windows.setdefault((project, model), deque())
         while window and window[0] <= now - 60:
             window.popleft()
-        day = self.clock.wall().astimezone(ZoneInfo("America/Los_Angeles")).date().isoformat()
+        late = timedelta(seconds=self.day_turns_late_s)
+        day = (self.clock.wall() - late).astimezone(ZoneInfo("America/Los_Angeles")).date().isoformat()
         if self._days.get((project, model, day), 0) >= limits.rpd:
             return 429, "day", _quota_exceeded(model, "PerDay", limits.rpd, retry_s=37), 0.0
         if len(window) >= limits.rpm:

@@ -43,8 +43,18 @@ def grant(*, strikes: int = 0) -> Grant:
     return Grant(bucket, "key#1", 600)
 
 
-def reduce(reply, attempt: Attempt = FIRST_TRY, *, streak: int = 0, other: bool = True, g: Grant | None = None):
-    return reduce_reply(g or grant(), reply, attempt, RULES, failing_streak=streak, other_bucket_free=other)
+def reduce(
+    reply,
+    attempt: Attempt = FIRST_TRY,
+    *,
+    streak: int = 0,
+    other: bool = True,
+    g: Grant | None = None,
+    since: float = 6 * 3600.0,  # 06:00 Pacific unless a case says otherwise
+):
+    return reduce_reply(
+        g or grant(), reply, attempt, RULES, failing_streak=streak, other_bucket_free=other, since_reset_s=since
+    )
 
 
 # (name, reply, attempt so far, failing streak, another bucket free) -> (effects, verdict, proves key, proves model)
@@ -258,6 +268,20 @@ def test_a_full_server_narrows_its_in_flight_cap_and_the_image_waits() -> None:
     assert at_one.effects == () and at_one.verdict == GiveUp(Status.FAILED, full.reason)
     uncapped = reduce(full, Attempt(7, transient_errors=2))
     assert uncapped.verdict == GiveUp(Status.FAILED, full.reason)
+
+
+@pytest.mark.parametrize(
+    ("since", "strikes", "effects"),
+    [
+        (600.0, 0, (CoolDown(B, 120.0, "day"),)),  # 00:10: the server's day may not have turned yet
+        (1800.0, 2, (CoolDown(B, 480.0, "day"),)),  # asked again after minutes, doubling
+        (1800.0, 9, (CoolDown(B, 1200.0, "day"),)),  # never more than 20 minutes
+        (3600.0, 0, (SpendForToday(B),)),  # an hour after midnight: spent for today
+    ],
+)
+def test_a_per_day_429_just_after_midnight_is_asked_again_in_minutes(since: float, strikes: int, effects) -> None:
+    outcome = reduce(RateLimited("day", None, None, "per day"), g=grant(strikes=strikes), since=since)
+    assert outcome.effects == effects and outcome.verdict == Retry()
 
 
 def test_repeated_minute_limits_back_off_further() -> None:

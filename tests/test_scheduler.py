@@ -126,6 +126,16 @@ def test_cooldown_rests_the_bucket_and_counts_strikes_until_served() -> None:
     assert cooling.strikes == 0
 
 
+def test_a_refused_request_does_not_count_against_the_day() -> None:
+    day_bucket = bucket(rpd=2)
+    policy = scheduler(day_bucket)
+    refused = granted(policy, 0.0)
+    policy.answered(refused, 0.5, key_works=True, model_works=True, refused=True)  # a 429
+    for at in (1.0, 2.0):
+        policy.answered(granted(policy, at), at + 0.5, key_works=True, model_works=True)
+    assert day_bucket.used_today == 2 and isinstance(policy.acquire(10.0, DAY), Exhausted)
+
+
 def test_learned_limit_replaces_the_table_value() -> None:
     learning = bucket(rpm=10)
     policy = scheduler(learning)

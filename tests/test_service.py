@@ -90,6 +90,26 @@ def test_wait_captions_everything_over_three_quota_days(project: Project) -> Non
         assert (local.hour, local.minute) == (0, 1)
 
 
+def test_a_server_day_that_turns_late_costs_minutes_not_a_day(project: Project) -> None:
+    """The server's quota day turns 10 minutes after midnight Pacific: the first requests of our new
+    day meet its per-day 429; they are asked again within minutes (a few 429s), not the next day."""
+    make_frames(project, 8, size=(64, 64))
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    fake = FakeGemini(clock, {"k1": "p"}, {"m": ModelLimits(rpm=60, rpd=4)}, day_turns_late_s=600)
+    report = serve_for_days(project, fake, clock, wait=True)
+
+    assert report.end == RunEnd.DONE
+    served = Counter(quota_day_of(START, s.at) for s in fake.seen if s.kind == "ok")
+    first, second = quota_day_of(START, 0), quota_day_of(START, 24 * 3600)
+    assert served == {first: 4, second: 4}, "the second day's frames waited for a third day"
+    first_served = min(s.at for s in fake.seen if s.kind == "ok" and quota_day_of(START, s.at) == second)
+    local = (START + timedelta(seconds=first_served)).astimezone(PACIFIC)
+    assert local.hour == 0 and 10 <= local.minute < 30, local
+    early_refusals = [s for s in fake.seen if s.kind == "day" and quota_day_of(START, s.at) == second]
+    assert 1 <= len(early_refusals) <= 5
+
+
 class JumpingClock(VirtualClock):
     """The wall clock leaps `jump` ahead at virtual second `at` (a laptop lid closed overnight: the
     monotonic clock did not move, the wall clock did)."""

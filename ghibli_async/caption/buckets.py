@@ -29,6 +29,12 @@ def quota_day(wall: datetime) -> str:
     return wall.astimezone(PACIFIC).date().isoformat()
 
 
+def seconds_into_quota_day(wall: datetime) -> float:
+    """How long ago the midnight Pacific time that began `wall`'s quota day was."""
+    began = datetime.combine(wall.astimezone(PACIFIC).date(), time(0), tzinfo=PACIFIC)
+    return (wall - began).total_seconds()
+
+
 def next_quota_reset(wall: datetime) -> datetime:
     """The next midnight Pacific time, as an aware datetime."""
     today = wall.astimezone(PACIFIC).date()
@@ -130,8 +136,11 @@ class Bucket:
         """Answers from before a restart, on this run's time scale, oldest first."""
         self._answered_at.extendleft(reversed(answered_at))
 
-    def settle(self, now: float) -> None:
-        """A request came back: from now on it counts at this time, the latest it can have arrived."""
+    def settle(self, now: float, *, refused: bool = False) -> None:
+        """A request came back: from now on it counts at this time, the latest it can have arrived.
+        One the server refused with a 429 does not count against the day (the server says so)."""
+        if refused:
+            self.used_today -= 1
         self._in_flight -= 1
         self._answered_at.append(now)
 

@@ -26,6 +26,11 @@ from ghibli_async.config import CaptionConfig
 from ghibli_async.run_end import RunEnd
 from ghibli_async.statuses import Status
 
+# A per-day 429 this soon after midnight Pacific may come from a server whose day has not turned
+# yet: it is asked again after EARLY_DAY_RETRY_S, doubling (a few requests in that hour).
+LATE_RESET_S = 3600.0
+EARLY_DAY_RETRY_S = 120.0
+
 # --- one image's way through the buckets ------------------------------------------------------
 
 
@@ -165,20 +170,28 @@ def reduce_reply(
     *,
     failing_streak: int,
     other_bucket_free: bool,
+    since_reset_s: float,
 ) -> Outcome:
     """What `reply` to the request sent under `grant` means. `failing_streak` counts the transient
     errors in a row across all workers (this one included); `other_bucket_free` says whether a
-    bucket other than this one could still take the image (for a second opinion on a bad caption)."""
+    bucket other than this one could still take the image (for a second opinion on a bad caption);
+    `since_reset_s`: how long ago the quota day began (midnight Pacific)."""
     attempt = replace(attempt, requests=attempt.requests + 1)
     reached = not isinstance(reply, TransientError)
     key_works = reached and not isinstance(reply, KeyRejected)
     model_works = key_works and not isinstance(reply, ModelUnavailable)
-    effects, verdict, attempt = _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free)
+    effects, verdict, attempt = _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s)
     return Outcome(tuple(effects), verdict, attempt, key_works, model_works)
 
 
 def _reduce(
-    grant: Grant, reply: Reply, attempt: Attempt, rules: CaptionConfig, streak: int, other_bucket_free: bool
+    grant: Grant,
+    reply: Reply,
+    attempt: Attempt,
+    rules: CaptionConfig,
+    streak: int,
+    other_bucket_free: bool,
+    since_reset_s: float,
 ) -> tuple[list[Effect], Verdict, Attempt]:
     bucket = grant.bucket
     if isinstance(reply, Answer):
@@ -197,7 +210,7 @@ def _reduce(
         verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if enough else Retry()
         return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], verdict, attempt
     if isinstance(reply, RateLimited):
-        return _rate_limited(grant, reply, rules), Retry(), attempt
+        return _rate_limited(grant, reply, rules, since_reset_s), Retry(), attempt
     if isinstance(reply, KeyRejected):
         return [RetireKey(grant.key, reply.reason)], Retry(), attempt
     if isinstance(reply, ModelUnavailable):
@@ -215,7 +228,7 @@ def _reduce(
     return [], Retry(backoff_delay(rules.backoff, attempt.transient_errors)), attempt
 
 
-def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> list[Effect]:
+def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig, since_reset_s: float) -> list[Effect]:
     bucket = grant.bucket
     kind = {"day": "rpd", "tokens": "tpm"}.get(reply.scope, "rpm")
     configured = getattr(bucket.limits, kind)
@@ -224,6 +237,9 @@ def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig) -> lis
     # the next day asks once more.
     if reply.quota_value and reply.quota_value != configured:
         effects.append(LearnLimit(bucket.name, kind, reply.quota_value, configured))
+    if reply.scope == "day" and since_reset_s < LATE_RESET_S:
+        # The server's day may turn a little after midnight Pacific: ask again in minutes, not tomorrow.
+        return [*effects, CoolDown(bucket.name, min(EARLY_DAY_RETRY_S * 2**bucket.strikes, LATE_RESET_S / 3), "day")]
     if reply.scope == "day":
         return [*effects, SpendForToday(bucket.name)]
     seconds = reply.retry_after if reply.retry_after is not None else backoff_delay(rules.backoff, bucket.strikes + 1)

@@ -89,9 +89,9 @@ class Scheduler:
     def _may_send(self, key: str, model: str) -> bool:
         return all(name in self.proven or not self._in_flight[name] for name in (key, model))
 
-    def answered(self, grant: Grant, now: float, *, key_works: bool, model_works: bool) -> None:
+    def answered(self, grant: Grant, now: float, *, key_works: bool, model_works: bool, refused: bool = False) -> None:
         """A request came back: settle it in its bucket, free its probe slot, note what it proved."""
-        grant.bucket.settle(now)
+        grant.bucket.settle(now, refused=refused)
         self._in_flight.subtract((grant.key, grant.bucket.model))
         if key_works:
             self.proven.add(grant.key)

@@ -18,7 +18,7 @@ from datetime import timedelta
 import aiofiles
 import structlog
 
-from ghibli_async.caption.answers import Answer, Blocked, Reply, TransientError
+from ghibli_async.caption.answers import Answer, Blocked, RateLimited, Reply, TransientError
 from ghibli_async.caption.buckets import (
     WINDOW_MARGIN_S,
     WINDOW_S,
@@ -27,6 +27,7 @@ from ghibli_async.caption.buckets import (
     build_buckets,
     next_quota_reset,
     quota_day,
+    seconds_into_quota_day,
 )
 from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.progress import CaptionProgress
@@ -216,8 +217,15 @@ class CaptionEngine:
                 self.caption,
                 failing_streak=self._failing_streak,
                 other_bucket_free=self.scheduler.other_bucket_free(grant.bucket.day, grant, attempt.avoid_buckets),
+                since_reset_s=seconds_into_quota_day(self.clock.wall()),
             )
-            self.scheduler.answered(grant, now, key_works=outcome.key_works, model_works=outcome.model_works)
+            self.scheduler.answered(
+                grant,
+                now,
+                key_works=outcome.key_works,
+                model_works=outcome.model_works,
+                refused=isinstance(reply, RateLimited),
+            )
             self.books.note_answered(grant.bucket.project, grant.bucket.model, self.clock.wall().timestamp())
             self._wake_waiters()
             for effect in outcome.effects:
