@@ -9,10 +9,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import Project, make_frames
+from conftest import Project, make_frames, save_frame
 from filelock import FileLock
 
 import ghibli_async.imaging
+import ghibli_async.state.database
 from ghibli_async.errors import MachineError
 from ghibli_async.pool import LazyPool
 from ghibli_async.state import State
@@ -123,3 +124,33 @@ def test_a_work_dir_that_cannot_be_locked_is_one_line(
     assert project.cli("export") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot lock") and "Permission denied" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("read-only", "attempt to write a readonly database"), ("full", "database or disk is full")],
+)
+def test_a_state_that_cannot_be_written_stops_a_run_with_one_line(
+    project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fault: str, said: str
+) -> None:
+    """SQLite's own errors, through the CLI: a read-only state file, or a disk that is full as the
+    scan writes the new frames (root ignores file modes, so both are made by SQLite itself)."""
+    make_frames(project, 3)
+    assert project.cli("--skip-caption") == 0
+    for i in range(4, 400):
+        save_frame(project.frames / f"more{i}.png", (16, 16), seed=i)
+    connect = sqlite3.connect
+
+    def faulty(path: object, *args: object, **kwargs: object) -> sqlite3.Connection:
+        if fault == "read-only":
+            return connect(f"file:{path}?mode=ro", *args, uri=True, **kwargs)  # type: ignore[arg-type]
+        db = connect(path, *args, **kwargs)  # type: ignore[arg-type]
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        return db
+
+    monkeypatch.setattr(ghibli_async.state.database.sqlite3, "connect", faulty)
+    capsys.readouterr()
+    assert project.cli("--skip-caption") == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # beside the progress bars
+    assert len(errors) == 1 and said in errors[0] and "Traceback" not in err, err
