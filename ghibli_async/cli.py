@@ -24,7 +24,7 @@ from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import LOG_FILE, configure_logging, log_file
-from ghibli_async.pipeline import Pipeline, export_only, retry_failed, set_override
+from ghibli_async.pipeline import Pipeline, export_only, refuse_a_lost_state, retry_failed, set_override
 from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_service_summary, format_status
 from ghibli_async.review import serve, write_report
@@ -164,7 +164,10 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
     }[args.command or "run"]
     with _sigterm_as_ctrl_c():
         try:
-            return handler(_config_from(args), args, clock)
+            config = _config_from(args)
+            if args.command not in (None, "run"):  # a run (and its --dry-run) says so in its own way
+                refuse_a_lost_state(config)
+            return handler(config, args, clock)
         except MachineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return int(RunEnd.FAILED)

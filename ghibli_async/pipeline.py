@@ -255,7 +255,6 @@ def refuse_a_lost_state(config: Config) -> None:
 
 def export_only(config: Config) -> ExportResult:
     """Rewrite the output folder from the state, without running any stage."""
-    refuse_a_lost_state(config)
     if not config.state_path.exists():
         raise UserError(f"nothing to export: no state at {config.state_path} (run the pipeline first)")
     with exclusive(config.paths.work_dir), State.open(config.state_path) as state:

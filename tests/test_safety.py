@@ -98,7 +98,7 @@ def test_a_missing_state_beside_an_exported_dataset_is_not_a_fresh_start(
 ) -> None:
     fake, exported = captioned_dataset(project)
     shutil.rmtree(project.root / "work")
-    for command in (["run"], ["export"]):
+    for command in COMMANDS:
         capsys.readouterr()
         assert project.cli(*command) == 2, command
         err = capsys.readouterr().err.strip()
