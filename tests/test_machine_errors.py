@@ -7,6 +7,7 @@ import errno
 import sqlite3
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Project, make_frames, save_frame
@@ -141,10 +142,10 @@ def test_a_state_that_cannot_be_written_stops_a_run_with_one_line(
         save_frame(project.frames / f"more{i}.png", (16, 16), seed=i)
     connect = sqlite3.connect
 
-    def faulty(path: object, *args: object, **kwargs: object) -> sqlite3.Connection:
+    def faulty(path: str, **kwargs: Any) -> sqlite3.Connection:
         if fault == "read-only":
-            return connect(f"file:{path}?mode=ro", *args, uri=True, **kwargs)  # type: ignore[arg-type]
-        db = connect(path, *args, **kwargs)  # type: ignore[arg-type]
+            return connect(f"file:{path}?mode=ro", **{**kwargs, "uri": True})
+        db = connect(path, **kwargs)
         db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
         return db
 
