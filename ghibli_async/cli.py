@@ -27,6 +27,7 @@ from ghibli_async.logs import LOG_FILE, configure_logging, log_file
 from ghibli_async.pipeline import Pipeline, export_only, refuse_a_lost_state, retry_failed, set_override
 from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_service_summary, format_status
+from ghibli_async.restore import restore_state
 from ghibli_async.review import serve, write_report
 from ghibli_async.run_end import RunEnd
 from ghibli_async.service import Service
@@ -46,6 +47,7 @@ COMMANDS = {
     "retry": "put the frames that failed (in one stage, or all) back in the queue for the next run",
     "review": "serve a local page to look through the dataset, flip decisions and fix captions",
     "report": "write the review page as a read-only folder (index.html + thumbnails) to share",
+    "restore": "rebuild a lost or damaged state from the exported dataset (no caption is paid for again)",
 }
 
 
@@ -161,11 +163,12 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         "retry": _cmd_retry,
         "review": _cmd_review,
         "report": _cmd_report,
+        "restore": _cmd_restore,
     }[args.command or "run"]
     with _sigterm_as_ctrl_c():
         try:
             config = _config_from(args)
-            if args.command not in (None, "run"):  # a run (and its --dry-run) says so in its own way
+            if args.command not in (None, "run", "restore"):  # a run (and --dry-run) says so its own way
                 refuse_a_lost_state(config)
             return handler(config, args, clock)
         except MachineError as exc:
@@ -330,6 +333,18 @@ def _cmd_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:
         raise UserError(f"nothing to report yet: no state at {config.state_path} (run the pipeline first)")
     dest = args.to.resolve() if args.to else config.paths.work_dir / "report"
     print(f"Report written: {write_report(config, dest)}")
+    return 0
+
+
+def _cmd_restore(config: Config, args: argparse.Namespace, clock: Clock) -> int:
+    done = restore_state(config, clock.wall())
+    aside = f"; the damaged file is kept as {done.set_aside}" if done.set_aside else ""
+    print(
+        f"Restored {done.restored} of {done.rows} exported images into a new state at {config.state_path}{aside}. "
+        "Run again to continue: what is captioned is not paid for again."
+    )
+    if done.restored < done.rows:
+        print(f"{done.rows - done.restored} exported images were not restored (their rows were damaged).")
     return 0
 
 

@@ -14,6 +14,10 @@ class MachineError(UserError):
     the stage stops, its frames stay pending, and the CLI exits 1."""
 
 
+class StateDamaged(UserError):
+    """The state file is there but is not a readable ghibli_async state (empty, foreign, corrupt)."""
+
+
 class NoInput(UserError):
     """The input folder holds no frame or video yet (`run --watch` waits for some)."""
 

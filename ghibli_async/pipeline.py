@@ -248,8 +248,8 @@ def refuse_a_lost_state(config: Config) -> None:
     if not config.state_path.exists() and (rows := exported_count(config.paths.output_dir)):
         raise UserError(
             f"no state at {config.state_path}, but {config.paths.output_dir} holds an exported dataset of {rows} "
-            "images. Nothing was changed: put back a copy of the state, or move that folder away to start "
-            "afresh (a fresh state pays for every caption again)"
+            "images. Nothing was changed: run `python -m ghibli_async restore` to rebuild the state from it "
+            "(no caption is paid for again), or move that folder away to start afresh"
         )
 
 

@@ -39,7 +39,7 @@ def test_output_holds_exactly_the_captioned_images(captioned: Project) -> None:
     assert captioned.cli("export") == 0
 
     names = sorted(p.name for p in output(captioned).iterdir())
-    assert names == ["1.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]
+    assert names == [".ghibli_async.jsonl", "1.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]  # the first: restore's
     lines = output(captioned).joinpath("metadata.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == [
         {"file_name": f"{n}.jpg", "text": text} for n, text in CAPTIONS.items()
@@ -80,7 +80,8 @@ def test_export_removes_its_stale_files_but_not_foreign_ones(captioned: Project)
     (out / "README.txt").write_text("the user's own notes")
 
     captioned.cli("export")
-    assert sorted(p.name for p in out.iterdir()) == ["1.jpg", "3.jpg", "4.jpg", "README.txt", "metadata.jsonl"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".ghibli_async.jsonl", "1.jpg", "3.jpg", "4.jpg", "README.txt", "metadata.jsonl"]
 
 
 def test_export_before_any_run_says_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
@@ -112,7 +113,8 @@ def test_a_full_output_disk_leaves_the_previous_export_whole(
 
     monkeypatch.setattr(os, "link", link)
     assert captioned.cli("export") == 0
-    assert sorted(p.name for p in output(captioned).iterdir()) == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]
+    names = sorted(p.name for p in output(captioned).iterdir())
+    assert names == [".ghibli_async.jsonl", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "metadata.jsonl"]
 
 
 def test_an_unwritable_output_folder_stops_the_run_before_any_request(

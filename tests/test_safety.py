@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 from caption_harness import run_pipeline, serving, write_caption_config, write_env
-from conftest import Project, make_frames
+from conftest import Project, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
 from virtual_time import VirtualClock, run_virtual
 
@@ -136,3 +136,34 @@ def test_frames_edited_or_rejected_on_the_review_page_are_not_sent(project: Proj
     rows = {row["file_name"]: row["text"] for row in metadata_rows(project.root / "out" / "train")}
     assert len(rows) == 25 and not {f"{n}.jpg" for n in range(21, 26)} & set(rows)
     assert all(rows[f"{n}.jpg"] == f"Ghibli style, written by hand for frame {n}" for n in range(11, 21))
+
+
+@pytest.mark.parametrize("loss", ["work dir deleted", "state emptied"])
+def test_restore_rebuilds_the_state_from_the_export_and_nothing_is_paid_again(
+    project: Project, capsys: pytest.CaptureFixture[str], loss: str
+) -> None:
+    fake, exported = captioned_dataset(project)
+    state = project.root / "work" / "state.sqlite"
+    if loss == "work dir deleted":
+        shutil.rmtree(project.root / "work")
+    else:
+        state.write_bytes(b"")
+    save_frame(project.frames / "new.png", (160, 160), seed=99)  # a frame added meanwhile
+
+    assert project.cli("restore") == 0
+    out = capsys.readouterr().out
+    assert "Restored 6 of 6 exported images" in out
+    if loss == "state emptied":
+        kept = [p for p in state.parent.iterdir() if p.name.startswith("state.sqlite.damaged-")]
+        assert len(kept) == 1 and kept[0].read_bytes() == b""  # set aside, never deleted
+
+    clock = VirtualClock()
+    again = FakeGemini(clock, keys={"k1": "p"}, models={"m": ModelLimits()})
+    caption_run(project, again, clock)
+    assert len(again.seen) == 1, "only the new frame is paid for"
+    output = project.root / "out" / "train"
+    images = {name: data for name, data in exported.items() if name.endswith(".jpg")}
+    assert {name: (output / name).read_bytes() for name in images} == images  # the same pictures, numbers
+    before = [json.loads(line) for line in exported["metadata.jsonl"].decode().splitlines()]
+    assert metadata_rows(output)[:6] == before and len(metadata_rows(output)) == 7  # and captions, + the new
+    assert project.cli("restore") == 2  # a sound state is never replaced

@@ -14,6 +14,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ from ghibli_async.state.results import CaptionedImage
 log = structlog.get_logger(__name__)
 
 METADATA_FILE = "metadata.jsonl"
-_MANAGED = re.compile(r"\d+\.(jpg|txt)")
+# What the export wrote, row by row, with each frame's source and content hash: a hidden file that
+# trainers and `datasets` skip, from which `restore` rebuilds a lost state without a request.
+MANIFEST_FILE = ".ghibli_async.jsonl"
+_MANAGED = re.compile(r"\d+\.(jpg|txt)|" + re.escape(MANIFEST_FILE))
 
 
 class ExportStage:
@@ -120,29 +124,28 @@ def _build(staging: Path, items: Iterable[CaptionedImage], config: Config, *, ca
     """The whole export in `staging`: images hard-linked from the work dir, sidecars, metadata,
     and the user's own files from the current export (linked, never moved)."""
     staging.mkdir(parents=True)
-    metadata = None
-    try:
+    with ExitStack() as files:
+        metadata = manifest = None
         for item in items:
             name = output_name(item.number)
-            _link(config.resized_dir / name, staging / name)
+            link_or_copy(config.resized_dir / name, staging / name)
             if config.export.kohya_txt:
                 (staging / f"{item.number}.txt").write_text(item.caption, encoding="utf-8")
-            if metadata is None:  # no caption, no metadata file
-                metadata = (staging / METADATA_FILE).open("w", encoding="utf-8")
+            if metadata is None or manifest is None:  # no caption, no metadata file
+                metadata = files.enter_context((staging / METADATA_FILE).open("w", encoding="utf-8"))
+                manifest = files.enter_context((staging / MANIFEST_FILE).open("w", encoding="utf-8"))
             metadata.write(metadata_line(item))
-    finally:
-        if metadata is not None:
-            metadata.close()
+            manifest.write(manifest_line(item))
     for entry in carry_from.iterdir() if carry_from.exists() else ():
         if entry.name == METADATA_FILE or _MANAGED.fullmatch(entry.name) or is_partial(entry.name):
             continue
         if entry.is_dir():
-            shutil.copytree(entry, staging / entry.name, copy_function=_link)
+            shutil.copytree(entry, staging / entry.name, copy_function=link_or_copy)
         else:
-            _link(entry, staging / entry.name)
+            link_or_copy(entry, staging / entry.name)
 
 
-def _link(source: Path | str, dest: Path | str) -> None:
+def link_or_copy(source: Path | str, dest: Path | str) -> None:
     """A hard link (no bytes copied), or a copy across file systems."""
     try:
         os.link(source, dest)
@@ -157,11 +160,24 @@ def metadata_line(item: CaptionedImage) -> str:
     return json.dumps({"file_name": output_name(item.number), "text": item.caption}, ensure_ascii=False) + "\n"
 
 
+def manifest_line(item: CaptionedImage) -> str:
+    row = {
+        "file_name": output_name(item.number),
+        "source": item.source_path,
+        "content_hash": item.content_hash,
+        "caption": item.caption,
+        "model": item.model,
+        "key": item.key,
+        "edited": item.edited,
+    }
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
 def _warn_about_foreign_files(output_dir: Path) -> None:
     foreign = sorted(
         entry.name
         for entry in output_dir.iterdir()
-        if entry.name != METADATA_FILE and not _MANAGED.fullmatch(entry.name)
+        if entry.name != METADATA_FILE and not _MANAGED.fullmatch(entry.name) and not entry.name.startswith(".")
     )
     if foreign:
         log.warning(

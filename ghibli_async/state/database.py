@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ghibli_async.errors import MachineError, UserError
+from ghibli_async.errors import MachineError, StateDamaged, UserError
 
 NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 RESTORE_HINT = (
-    "Nothing was changed: put back a copy of it, or move it and the output folder away to start afresh "
-    "(a fresh state pays for every caption again)"
+    "Nothing was changed: run `python -m ghibli_async restore` to rebuild it from the exported dataset "
+    "(no caption is paid for again), or put back a copy of it"
 )
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -176,7 +176,7 @@ def machine_error(path: Path | str, exc: sqlite3.DatabaseError) -> MachineError 
 def open_error(path: Path, exc: sqlite3.DatabaseError) -> UserError:
     """What SQLite's complaint about the state file means for the user, in one line."""
     if "not a database" in str(exc) or "malformed" in str(exc):
-        return UserError(f"{path} is not a readable SQLite file ({exc}): the state was damaged. {RESTORE_HINT}")
+        return StateDamaged(f"{path} is not a readable SQLite file ({exc}): the state was damaged. {RESTORE_HINT}")
     return machine_error(path, exc) or UserError(
         f"{path}: cannot open the state database ({exc}): check that the file and its folder are yours"
     )
@@ -194,7 +194,7 @@ class Database:
         is there but empty is a damaged state, never a fresh one: starting afresh over it would
         pay for every caption again and empty the exported dataset."""
         if path.exists() and path.stat().st_size == 0:
-            raise UserError(f"{path} is empty (0 bytes): the state was damaged. {RESTORE_HINT}")
+            raise StateDamaged(f"{path} is empty (0 bytes): the state was damaged. {RESTORE_HINT}")
         try:
             if readonly:
                 db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
@@ -251,7 +251,7 @@ class Database:
     def _check_ours(self, path: Path) -> None:
         """A database with tables but no schema version of ours was never this tool's state."""
         if self.schema_version == 0 and (foreign := self._tables()):
-            raise UserError(
+            raise StateDamaged(
                 f"{path} is not a ghibli_async state (unknown schema: tables {', '.join(foreign[:5])}). {RESTORE_HINT}"
             )
 

@@ -36,8 +36,15 @@ class CaptionJob:
 
 @dataclass(frozen=True)
 class CaptionedImage:
+    """One exported row, with what a lost state needs to be rebuilt from the export (`restore`)."""
+
     number: int
     caption: str
+    source_path: str
+    content_hash: str | None
+    model: str | None
+    key: str | None
+    edited: bool
 
 
 class ResultStore:
@@ -115,6 +122,22 @@ class ResultStore:
                 break
         return jobs
 
+    def restore_exported(self, rows: Sequence[CaptionedImage]) -> int:
+        """Rows of an earlier export, for frames already registered by content hash: kept (as the
+        user's keep: they were in the dataset), resized and captioned as they were. Returns how many
+        rows found their frame."""
+        with self._db.transaction() as db:
+            return sum(
+                db.execute(
+                    f"""UPDATE images SET number = ?, filter_status = {_KEPT}, filter_reason = 'override',
+                           filter_override = 'keep', resize_status = {_DONE}, caption_status = {_DONE},
+                           caption = ?, caption_model = ?, caption_key = ?, caption_edited = ?, updated_at = {NOW}
+                       WHERE content_hash = ? AND duplicate_of IS NULL""",
+                    (row.number, row.caption, row.model, row.key, int(row.edited), row.content_hash),
+                ).rowcount
+                for row in rows
+            )
+
     def still_wants_caption(self, number: int) -> bool:
         """Asked right before a request goes out: the review page may have captioned or rejected
         the frame since the run listed it, and a request for it would be paid for nothing."""
@@ -175,8 +198,14 @@ class ResultStore:
     def captioned_images(self) -> Iterator[CaptionedImage]:
         """Images ready for the dataset: resized and captioned, in output order, one row at a time
         (an export of 100,000 holds one caption in memory, not all of them)."""
-        rows = self._db.execute(f"SELECT number, caption FROM images WHERE {_EXPORTABLE} ORDER BY number")
-        return (CaptionedImage(*row) for row in rows)
+        rows = self._db.execute(
+            "SELECT number, caption, source_path, content_hash, caption_model, caption_key, caption_edited"
+            f" FROM images WHERE {_EXPORTABLE} ORDER BY number"
+        )
+        return (
+            CaptionedImage(n, text, source, digest, model, key, bool(edited))
+            for n, text, source, digest, model, key, edited in rows
+        )
 
     def captioned_count(self) -> int:
         return self._db.execute(f"SELECT COUNT(*) FROM images WHERE {_EXPORTABLE}").fetchone()[0]
