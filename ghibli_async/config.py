@@ -281,8 +281,10 @@ class CaptionConfig(_Section):
     prompt: str = Field(DEFAULT_PROMPT, min_length=1)
     models: list[ModelQuota] = Field(
         default_factory=lambda: [
-            ModelQuota(name="gemini-flash-latest", rpm=10, rpd=250, tpm=250_000),
-            ModelQuota(name="gemini-flash-lite-latest", rpm=15, rpd=1000, tpm=250_000),
+            # Google's free tier for one project, mid-2026 (config.yaml gives the sources).
+            ModelQuota(name="gemini-flash-latest", rpm=5, rpd=20, tpm=250_000),
+            ModelQuota(name="gemini-flash-lite-latest", rpm=15, rpd=500, tpm=250_000),
+            ModelQuota(name="gemma-3-27b-it", rpm=30, rpd=14_400, tpm=15_000),
         ],
         min_length=1,
     )

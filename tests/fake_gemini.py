@@ -33,6 +33,15 @@ _RPC = "type.googleapis.com/google.rpc."
 class ModelLimits:
     rpm: int = 1000
     rpd: int = 100_000
+    plain: bool = False  # a hosted Gemma: 400 for a system instruction, JSON mode or a thinking config
+
+
+# What a plain model names in its 400 for each request feature (generationConfig / request field).
+_FEATURES = {
+    "systemInstruction": "Developer instruction",
+    "responseMimeType": "JSON mode",
+    "thinkingConfig": "Thinking",
+}
 
 
 @dataclass
@@ -84,13 +93,23 @@ class FakeGemini:
         image = _image_digest(body)
         now = self.clock.now()
         project = self.keys.get(key)
-        status, kind, payload, delay = self._decide(project, model, image, now)
+        status, kind, payload, delay = self._refuse_features(model, body) or self._decide(project, model, image, now)
         self.seen.append(Seen(now, project, key, model, image, status, kind))
         with self._served:
             self._served.notify_all()
         if delay:
             await self.clock.sleep(delay)
         return web.json_response(payload, status=status)
+
+    def _refuse_features(self, model: str, body: dict[str, Any]) -> tuple[int, str, dict, float] | None:
+        if model not in self.models or not self.models[model].plain:
+            return None
+        asked = {**body, **body.get("generationConfig", {})}
+        for field_name, feature in _FEATURES.items():
+            if asked.get(field_name):
+                message = f"{feature} is not enabled for models/{model}"
+                return 400, "feature", _error(400, "INVALID_ARGUMENT", message), 0.0
+        return None
 
     def _decide(self, project: str | None, model: str, image: str, now: float) -> tuple[int, str, dict, float]:
         if project is None:

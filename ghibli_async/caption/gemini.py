@@ -11,6 +11,7 @@ import asyncio
 import re
 from typing import Any
 
+import structlog
 from google import genai
 from google.genai import errors, types
 
@@ -34,7 +35,17 @@ _BLOCK_FINISH_REASONS = {
     "BLOCKLIST",
     "SPII",
 }
+log = structlog.get_logger(__name__)
+
 _TYPE_PREFIX = "type.googleapis.com/google.rpc."
+# A model without a request feature says "<feature> is not enabled for models/<name>" (400): the
+# hosted Gemma models refuse a system instruction, JSON mode and a thinking config.
+_NOT_ENABLED = re.compile(r"(?P<feature>[\w ]+?) is not enabled for models/")
+_FEATURE_FIELDS = {  # words of the feature's name -> the request fields that carry it
+    "thinking": ("thinking_config",),
+    "instruction": ("system_instruction",),
+    "json": ("response_mime_type", "response_schema"),
+}
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -66,7 +77,24 @@ class GeminiClient:
 
     async def generate(self, key: str, model: str, image: bytes, prompt: str) -> Reply:
         contents = [types.Part.from_bytes(data=image, mime_type="image/jpeg"), prompt]
-        return await self._call(key, model, contents, self._configs[model])
+        reply = await self._call(key, model, contents, self._configs[model])
+        if isinstance(reply, ModelUnavailable) and self._drop_refused_feature(model, reply.reason):
+            reply = await self._call(key, model, contents, self._configs[model])
+        return reply
+
+    def _drop_refused_feature(self, model: str, reason: str) -> bool:
+        """The model refused a feature this request carried: leave it out for this model from now on
+        (said once) rather than lose the model. False when there is nothing to leave out."""
+        match = _NOT_ENABLED.search(reason)
+        words = match.group("feature").lower() if match else ""
+        fields = next((fields for word, fields in _FEATURE_FIELDS.items() if word in words), ())
+        config = self._configs[model]
+        carried = {name: None for name in fields if getattr(config, name) is not None}
+        if not carried:
+            return False
+        self._configs[model] = config.model_copy(update=carried)
+        log.warning("model_feature_dropped", model=model, feature=match.group("feature") if match else "")
+        return True
 
     async def ping(self, key: str, model: str) -> Reply:
         """The cheapest real request (a few tokens of text): proves the key, the model and the quota."""
