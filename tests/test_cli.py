@@ -169,6 +169,21 @@ def test_check_keys_reports_every_pair_and_exit_code(project: Project, capsys: p
     assert "good" not in table and "wrong" not in table
 
 
+def test_check_keys_names_each_keys_kind_and_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """Google takes auth keys (AQ.…) and refuses standard ones (AIza…) since 2026: say which is which."""
+    (project.root / ".env").write_text("GEMINI_API_KEY_1=AQ.Ab8RN6-fine\nGEMINI_API_KEY_2=AIzaSyOld-standard\n")
+    fake = FakeGemini(SteadyClock(), keys={"AQ.Ab8RN6-fine": "p"}, models={"m": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"caption:\n  base_url: {fake.base_url}\n  models: [{{name: m, rpm: 5, rpd: 5, tpm: 1000}}]\n"
+        )
+        assert project.cli("check-keys") == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert re.search(r"key#1 .* auth +ok", rows["key#1"])
+    assert re.search(r"key#2 .* standard +invalid key +\(Google refuses standard keys .* auth key \(AQ", rows["key#2"])
+    assert "AQ.Ab8" not in rows["key#1"] and "AIzaSy" not in rows["key#2"]  # kinds, never the keys
+
+
 def test_check_keys_without_keys_says_what_to_do(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     assert project.cli("check-keys") == 2
     assert "no API keys" in capsys.readouterr().err

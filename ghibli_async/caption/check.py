@@ -11,7 +11,20 @@ from aiolimiter import AsyncLimiter
 from ghibli_async.caption.answers import NO_IMAGES, Answer, Blocked, KeyRejected, ModelUnavailable, RateLimited, Reply
 from ghibli_async.caption.buckets import build_buckets
 from ghibli_async.caption.clients import CaptionClients
-from ghibli_async.config import ApiKey, CaptionConfig
+from ghibli_async.config import GEMINI, ApiKey, CaptionConfig
+
+STANDARD_KEY_HINT = (
+    "Google refuses standard keys (AIza…) since 2026: create an auth key (AQ.…) in AI Studio and put it in .env"
+)
+
+
+def key_kind(key: ApiKey) -> str:
+    """A Gemini key's kind, read from its prefix (the key itself is never shown)."""
+    if key.provider != GEMINI:
+        return "-"
+    if key.secret.startswith("AQ."):
+        return "auth"
+    return "standard" if key.secret.startswith("AIza") else "unknown"
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,7 @@ class KeyCheck:
     model: str
     verdict: str  # ok, rate limited, quota spent, invalid key, model not found, unreachable
     detail: str
+    kind: str = "-"  # a Gemini key's kind: auth, standard or unknown
 
     @property
     def works(self) -> bool:
@@ -55,7 +69,17 @@ async def check_keys(caption: CaptionConfig, keys: list[ApiKey]) -> list[KeyChec
         replies = await asyncio.gather(*(ping(key, model) for key, model in pairs))
     finally:
         await clients.aclose()
-    return [KeyCheck(key.label, key.project, model, *verdict_of(reply)) for (key, model), reply in zip(pairs, replies)]
+    return [_check(key, model, reply) for (key, model), reply in zip(pairs, replies)]
+
+
+def _check(key: ApiKey, model: str, reply: Reply) -> KeyCheck:
+    verdict, detail = verdict_of(reply)
+    kind = key_kind(key)
+    if verdict == "invalid key" and kind == "standard":
+        detail = f"{STANDARD_KEY_HINT}; {detail}"
+    elif verdict == "invalid key":
+        detail = f"check the key in .env (or make a new one); {detail}"
+    return KeyCheck(key.label, key.project, model, verdict, detail, kind)
 
 
 async def _listed_models(clients: CaptionClients, keys: list[ApiKey]) -> dict[str, list[str] | Reply]:
@@ -89,12 +113,11 @@ def format_checks(checks: list[KeyCheck]) -> str:
     width = max(len(check.model) for check in checks)
     key_width = max(8, *(len(check.key) for check in checks))
     project_width = max(10, *(len(check.project) for check in checks))
-    lines = [f"{'key':<{key_width}} {'project':<{project_width}} {'model':<{width}}  result"]
+    lines = [f"{'key':<{key_width}} {'project':<{project_width}} {'model':<{width}}  {'kind':<8}  result"]
     for check in checks:
         detail = f"  ({check.detail})" if check.detail and not check.works else ""
-        lines.append(
-            f"{check.key:<{key_width}} {check.project:<{project_width}} {check.model:<{width}}  {check.verdict}{detail}"
-        )
+        columns = f"{check.key:<{key_width}} {check.project:<{project_width}} {check.model:<{width}}  {check.kind:<8}"
+        lines.append(f"{columns}  {check.verdict}{detail}")
     working = sum(check.works for check in checks)
     lines.append(f"{working} of {len(checks)} key/model pairs work.")
     return "\n".join(lines)
