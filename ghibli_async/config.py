@@ -292,6 +292,7 @@ class CaptionConfig(_Section):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     project_limits: dict[str, list[ModelQuota]] = Field(default_factory=dict)
     route: Literal["model_first", "key_first"] = "model_first"
+    even_pacing: bool = True  # one request every 60 s / rpm per bucket, not a burst at each minute's start
     concurrency: int = Field(8, ge=1, le=256)
     base_url: str | None = None
     request_timeout_s: float = Field(60.0, ge=1)  # under a second no caption comes back (and ms round to 0)

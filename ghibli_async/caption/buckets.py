@@ -65,6 +65,8 @@ class Bucket:
     cooldown_until: float = float("-inf")
     strikes: int = 0
     retired: str | None = None
+    paced: bool = False  # sends at most one request every 60 s / rpm (no burst at a window's start)
+    _last_sent: float = float("-inf")
     _answered_at: deque[float] = field(default_factory=deque)  # requests back from the server, in order
     _in_flight: int = 0
     _tokens: deque[tuple[float, int]] = field(default_factory=deque)
@@ -101,7 +103,8 @@ class Bucket:
             rpm_free = now + WINDOW_S + WINDOW_MARGIN_S
         elif len(self._answered_at) >= room:
             rpm_free = self._answered_at[-room] + WINDOW_S + WINDOW_MARGIN_S
-        return max(now, self.cooldown_until, rpm_free, self._tpm_free_at(now, tokens_needed))
+        paced_free = self._last_sent + WINDOW_S / self.limits.rpm if self.paced else now
+        return max(now, self.cooldown_until, rpm_free, paced_free, self._tpm_free_at(now, tokens_needed))
 
     def _tpm_free_at(self, now: float, tokens_needed: int) -> float:
         if self.limits.tpm is None:
@@ -128,6 +131,7 @@ class Bucket:
     def take(self, now: float, key: str, tokens_reserved: int) -> None:
         """Record one request now, before it is sent."""
         self._in_flight += 1
+        self._last_sent = now
         self._tokens.append((now, tokens_reserved))
         self.used_today += 1
         self._next_key = self.keys.index(key) + 1
@@ -186,7 +190,7 @@ def build_buckets(
             if quota.provider != provider:
                 continue
             limits = _limits(overrides.get(quota.name, quota), learned.get((project, quota.name), {}))
-            bucket = Bucket(project, quota.name, limits, list(labels), day=day)
+            bucket = Bucket(project, quota.name, limits, list(labels), day=day, paced=caption.even_pacing)
             bucket.used_today = used_today.get((project, quota.name), 0)
             order = (m_index, p_index) if caption.route == "model_first" else (p_index, m_index)
             buckets.append((order, bucket))
