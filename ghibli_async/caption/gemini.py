@@ -86,14 +86,16 @@ class GeminiClient:
         """The model refused a feature this request carried: leave it out for this model from now on
         (said once) rather than lose the model. False when there is nothing to leave out."""
         match = _NOT_ENABLED.search(reason)
-        words = match.group("feature").lower() if match else ""
-        fields = next((fields for word, fields in _FEATURE_FIELDS.items() if word in words), ())
+        if match is None:
+            return False
+        feature = match.group("feature")
+        fields = next((fields for word, fields in _FEATURE_FIELDS.items() if word in feature.lower()), ())
         config = self._configs[model]
         carried = {name: None for name in fields if getattr(config, name) is not None}
         if not carried:
             return False
         self._configs[model] = config.model_copy(update=carried)
-        log.warning("model_feature_dropped", model=model, feature=match.group("feature") if match else "")
+        log.warning("model_feature_dropped", model=model, feature=feature)
         return True
 
     async def ping(self, key: str, model: str) -> Reply:
