@@ -32,6 +32,7 @@ from virtual_time import VirtualClock, run_virtual  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.answers import Answer  # noqa: E402
 from ghibli_async.caption.gemini import GeminiClient  # noqa: E402
+from ghibli_async.caption.packing import Frame  # noqa: E402
 from ghibli_async.caption.text import build_prompt  # noqa: E402
 from ghibli_async.config import (  # noqa: E402
     ApiKey,
@@ -166,7 +167,9 @@ async def sequential_rate(work: Path, images: int) -> float:
     try:
         for path in files:
             for key, model in pairs:
-                if isinstance(await client.generate(key, model, path.read_bytes(), build_prompt(caption)), Answer):
+                if isinstance(
+                    await client.generate(key, model, [Frame(1, path.read_bytes())], build_prompt(caption)), Answer
+                ):
                     done += 1
                     break
     finally:

@@ -214,6 +214,7 @@ class ModelQuota(_Section):
     rpd: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_in_flight: int | None = Field(None, ge=1)  # a local server: at most this many requests at once
+    images_per_request: int = Field(1, ge=1, le=32)  # frames packed in one request (one answer: a JSON array)
     prompt: str | None = Field(None, min_length=1)  # this model only; overrides caption.prompt
     temperature: float | None = Field(None, ge=0, le=2)
     max_output_tokens: int | None = Field(None, ge=16)

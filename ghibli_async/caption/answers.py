@@ -47,6 +47,13 @@ class ModelUnavailable:
 
 
 @dataclass(frozen=True)
+class PackRefused:
+    """400: the model (or its server) takes one image per request; the frames go one at a time."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class TransientError:
     """5xx, timeout or a lost connection: worth another try after a pause. `server_full`: a 503
     from a server that is up but has no free slot (a local batching server)."""
@@ -57,4 +64,4 @@ class TransientError:
 
 NO_IMAGES = "the model does not take images"  # how a ModelUnavailable for a text-only model starts
 
-Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | TransientError
+Reply = Answer | Blocked | RateLimited | KeyRejected | ModelUnavailable | PackRefused | TransientError

@@ -5,9 +5,11 @@ Each SDK is imported only when a key of its provider is configured (each costs ~
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ghibli_async.caption.answers import Reply
+from ghibli_async.caption.packing import Frame
 from ghibli_async.caption.text import build_prompt
 from ghibli_async.config import GEMINI, ApiKey, CaptionConfig
 
@@ -37,8 +39,9 @@ class CaptionClients:
         self._clients.append(client)
         self._by_key.update((key.label, client) for key in keys)
 
-    async def generate(self, key: str, model: str, image: bytes) -> Reply:
-        return await self._by_key[key].generate(key, model, image, self._prompts[model])
+    async def generate(self, key: str, model: str, frames: Sequence[Frame]) -> Reply:
+        """One request for `frames` (one, or several packed in one request)."""
+        return await self._by_key[key].generate(key, model, frames, self._prompts[model])
 
     async def ping(self, key: str, model: str) -> Reply:
         return await self._by_key[key].ping(key, model)

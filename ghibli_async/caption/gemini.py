@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -20,10 +21,12 @@ from ghibli_async.caption.answers import (
     Blocked,
     KeyRejected,
     ModelUnavailable,
+    PackRefused,
     RateLimited,
     Reply,
     TransientError,
 )
+from ghibli_async.caption.packing import PACK_SCHEMA, TOO_MANY_IMAGES, Frame, frame_label, pack_instruction
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 
 _BLOCK_FINISH_REASONS = {
@@ -74,15 +77,35 @@ class GeminiClient:
         )
         self._clients = {key.label: genai.Client(api_key=key.secret, http_options=options) for key in keys}
         self._configs = {model.name: self._request_config(model) for model in caption.models}
+        self._left_out: dict[str, set[str]] = {}  # model -> request fields it refused
 
-    async def generate(self, key: str, model: str, image: bytes, prompt: str) -> Reply:
-        contents = [types.Part.from_bytes(data=image, mime_type="image/jpeg"), prompt]
-        reply = await self._call(key, model, contents, self._configs[model])
-        if isinstance(reply, ModelUnavailable) and self._drop_refused_feature(model, reply.reason):
-            reply = await self._call(key, model, contents, self._configs[model])
+    async def generate(self, key: str, model: str, frames: Sequence[Frame], prompt: str) -> Reply:
+        """One request: a single frame and the prompt, or k frames, each after its `Frame N:` line,
+        then the prompt with the packed answer's form (JSON mode where the model has it)."""
+        if len(frames) == 1:
+            contents: list[Any] = [_image_part(frames[0].image), prompt]
+        else:
+            contents = [part for frame in frames for part in (frame_label(frame.number), _image_part(frame.image))]
+            contents.append(pack_instruction(prompt, [frame.number for frame in frames]))
+        reply = await self._call(key, model, contents, self._config(model, len(frames)))
+        if isinstance(reply, ModelUnavailable) and self._drop_refused_feature(model, reply.reason, len(frames)):
+            reply = await self._call(key, model, contents, self._config(model, len(frames)))
         return reply
 
-    def _drop_refused_feature(self, model: str, reason: str) -> bool:
+    def _config(self, model: str, frames: int) -> types.GenerateContentConfig:
+        """The model's request config for this many frames, without the fields it refused."""
+        config = self._configs[model]
+        update: dict[str, Any] = {}
+        if frames > 1:
+            update = {
+                "response_mime_type": "application/json",
+                "response_schema": PACK_SCHEMA,
+                "max_output_tokens": (config.max_output_tokens or 0) * frames,
+            }
+        update.update((name, None) for name in self._left_out.get(model, ()))
+        return config.model_copy(update=update) if update else config
+
+    def _drop_refused_feature(self, model: str, reason: str, frames: int) -> bool:
         """The model refused a feature this request carried: leave it out for this model from now on
         (said once) rather than lose the model. False when there is nothing to leave out."""
         match = _NOT_ENABLED.search(reason)
@@ -90,11 +113,11 @@ class GeminiClient:
             return False
         feature = match.group("feature")
         fields = next((fields for word, fields in _FEATURE_FIELDS.items() if word in feature.lower()), ())
-        config = self._configs[model]
-        carried = {name: None for name in fields if getattr(config, name) is not None}
+        sent = self._config(model, frames)
+        carried = {name for name in fields if getattr(sent, name) is not None}
         if not carried:
             return False
-        self._configs[model] = config.model_copy(update=carried)
+        self._left_out.setdefault(model, set()).update(carried)
         log.warning("model_feature_dropped", model=model, feature=feature)
         return True
 
@@ -165,6 +188,8 @@ def classify_api_error(code: int | None, details: Any) -> Reply:
         return KeyRejected(f"{code} {error.get('status', '')}: {message}")
     if code == 404:
         return ModelUnavailable(f"404 not found: {message}")
+    if code == 400 and TOO_MANY_IMAGES.search(message):
+        return PackRefused(f"400 bad request: {message}")
     if code == 400:
         return ModelUnavailable(f"400 bad request: {message}")
     return TransientError(f"{code} {error.get('status', '')}: {message}")
@@ -186,6 +211,10 @@ def _rate_limited(rpc: dict[str, dict[str, Any]], message: str) -> RateLimited:
         quota_value=int(value) if value.isdigit() else None,
         message=message,
     )
+
+
+def _image_part(image: bytes) -> types.Part:
+    return types.Part.from_bytes(data=image, mime_type="image/jpeg")
 
 
 def _seconds(duration: Any) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -27,10 +27,12 @@ from ghibli_async.caption.answers import (
     Blocked,
     KeyRejected,
     ModelUnavailable,
+    PackRefused,
     RateLimited,
     Reply,
     TransientError,
 )
+from ghibli_async.caption.packing import PACK_SCHEMA, TOO_MANY_IMAGES, Frame, frame_label, pack_instruction
 from ghibli_async.config import ApiKey, CaptionConfig, ProviderConfig
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,7 @@ _NOT_A_VISION_MODEL = re.compile(
 )
 _MODEL_MISSING = re.compile(r"model.*(not found|does not exist|not exist|unknown|not available)|no such model", re.I)
 _PER_DAY = re.compile(r"per[- _]?day|daily|RPD\b", re.I)
+_NO_JSON_MODE = re.compile(r"^4\d\d: .*(response_format|json_schema|structured output|guided)", re.I)
 _TOKENS = re.compile(r"tokens? per min|TPM\b", re.I)
 
 
@@ -51,6 +54,18 @@ def _tiny_jpeg() -> str:
 
 
 _TINY_JPEG = _tiny_jpeg()
+_PACK_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "captions",
+        "schema": {"type": "object", "properties": {"captions": PACK_SCHEMA}, "required": ["captions"]},
+    },
+}
+
+
+def _image_part(image: bytes) -> dict[str, Any]:
+    picture = f"data:image/jpeg;base64,{base64.b64encode(image).decode('ascii')}"
+    return {"type": "image_url", "image_url": {"url": picture}}
 
 
 class OpenAIClient:
@@ -67,14 +82,32 @@ class OpenAIClient:
             )
             for key in keys
         }
+        self._no_json_mode: set[str] = set()  # models that refused a response_format
 
-    async def generate(self, key: str, model: str, image: bytes, prompt: str) -> Reply:
-        picture = f"data:image/jpeg;base64,{base64.b64encode(image).decode('ascii')}"
-        content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": picture}}]
+    async def generate(self, key: str, model: str, frames: Sequence[Frame], prompt: str) -> Reply:
+        """One request: the prompt and a single frame, or k frames, each after its `Frame N:` text
+        part, then the prompt with the packed answer's form (a JSON schema response_format)."""
         settings = self._caption.model(model)
         temperature = settings.temperature if settings.temperature is not None else self._caption.temperature
-        max_tokens = settings.max_output_tokens or self._caption.max_output_tokens
-        return await self._call(key, model, content, max_tokens=max_tokens, temperature=temperature)
+        max_tokens = (settings.max_output_tokens or self._caption.max_output_tokens) * len(frames)
+        if len(frames) == 1:
+            content = [{"type": "text", "text": prompt}, _image_part(frames[0].image)]
+            return await self._call(key, model, content, max_tokens=max_tokens, temperature=temperature)
+        content = [
+            part
+            for frame in frames
+            for part in ({"type": "text", "text": frame_label(frame.number)}, _image_part(frame.image))
+        ]
+        content.append({"type": "text", "text": pack_instruction(prompt, [frame.number for frame in frames])})
+        json_mode = None if model in self._no_json_mode else _PACK_FORMAT
+        reply = await self._call(
+            key, model, content, max_tokens=max_tokens, temperature=temperature, response_format=json_mode
+        )
+        if json_mode and isinstance(reply, TransientError) and _NO_JSON_MODE.search(reply.reason):
+            self._no_json_mode.add(model)  # the answer's form is then asked for by instruction alone
+            log.warning("model_feature_dropped", model=model, feature="JSON mode")
+            reply = await self._call(key, model, content, max_tokens=max_tokens, temperature=temperature)
+        return reply
 
     async def ping(self, key: str, model: str) -> Reply:
         """The cheapest real request (a tiny image and a few tokens): proves the key, the model, that
@@ -95,8 +128,19 @@ class OpenAIClient:
             return TransientError(f"{type(exc).__name__}: {exc}")
         return [model.id for model in page.data]
 
-    async def _call(self, key: str, model: str, content: Any, *, max_tokens: int, temperature: float | None) -> Reply:
+    async def _call(
+        self,
+        key: str,
+        model: str,
+        content: Any,
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Reply:
         extra: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
+        if response_format is not None:
+            extra["response_format"] = response_format
         messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": content}]
         try:
             response = await self._clients[key].chat.completions.create(
@@ -148,6 +192,8 @@ def classify_status_error(status: int, body: Any, headers: Mapping[str, str]) ->
         return KeyRejected(f"{status}: {message}")
     if status == 404 or code == "model_not_found":
         return ModelUnavailable(f"{status} model not found: {message}")
+    if status in (400, 422) and TOO_MANY_IMAGES.search(message):
+        return PackRefused(f"{status}: {message}")
     if status in (400, 422) and _NOT_A_VISION_MODEL.search(message):
         return ModelUnavailable(f"{NO_IMAGES}: {message}")
     if status in (400, 422) and _MODEL_MISSING.search(message):

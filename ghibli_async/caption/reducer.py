@@ -1,9 +1,10 @@
 """What an answer means, for the quota books and for the image: pure, no I/O, no clock.
 
-`reduce_reply(grant, reply, attempt, ...)` returns the effects on the books (cool a bucket down,
+`reduce_reply(grant, reply, attempts, ...)` returns the effects on the books (cool a bucket down,
 spend it for today, retire a key or a model, learn a limit, count what was served) and a verdict
-for the image (accept, retry, give up, stop the run) as plain values. The engine acquires a
-grant, sends, reduces and applies; a new provider adds a client that returns the same answers.
+for each frame of the request (accept, retry, give up, stop the run) as plain values. The engine
+acquires a grant, sends, reduces and applies; a new provider adds a client that returns the same
+answers.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from ghibli_async.caption.answers import (
     Blocked,
     KeyRejected,
     ModelUnavailable,
+    PackRefused,
     RateLimited,
     Reply,
     TransientError,
 )
 from ghibli_async.caption.buckets import Grant
+from ghibli_async.caption.packing import MISSES_BEFORE_SINGLE, read_pack
 from ghibli_async.caption.text import caption_problems, normalize_caption
 from ghibli_async.config import CaptionConfig
 from ghibli_async.run_end import RunEnd
@@ -30,6 +33,9 @@ from ghibli_async.statuses import Status
 # yet: it is asked again after EARLY_DAY_RETRY_S, doubling (a few requests in that hour).
 LATE_RESET_S = 3600.0
 EARLY_DAY_RETRY_S = 120.0
+# After this many packed answers in a row without one readable caption, a model gets one frame per
+# request for the rest of the run (it cannot keep the answer's form).
+UNREADABLE_PACKS_BEFORE_SINGLE = 3
 
 # --- one image's way through the buckets ------------------------------------------------------
 
@@ -44,6 +50,8 @@ class Attempt:
     bad_answers: int = 0
     refused_by: frozenset[str] = field(default_factory=frozenset)  # models that blocked it, in any run
     avoid_buckets: frozenset[str] = field(default_factory=frozenset)
+    missed: int = 0  # packed answers that left it out
+    alone: bool = False  # from now on one frame per request (a packed request of it was blocked, or it was missed)
 
     @property
     def avoid_models(self) -> frozenset[str]:
@@ -60,6 +68,7 @@ class Served:
     bucket: str
     tokens: int | None
     reserved: int = 0  # the tokens the scheduler set aside for it, which `tokens` replaces
+    frames: int = 1  # the frames the request carried
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,15 @@ class NarrowInFlight:
 
 
 @dataclass(frozen=True)
+class OnePerRequest:
+    """`model` takes one frame per request for the rest of the run (it refused several, or could not
+    answer several in the packed form)."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RetireKey:
     key: str
     reason: str
@@ -108,7 +126,7 @@ class RetireModel:
     reason: str
 
 
-Effect = Served | CoolDown | SpendForToday | LearnLimit | NarrowInFlight | RetireKey | RetireModel
+Effect = Served | CoolDown | SpendForToday | LearnLimit | NarrowInFlight | OnePerRequest | RetireKey | RetireModel
 
 
 # --- verdicts for the image -----------------------------------------------------------------------
@@ -156,32 +174,99 @@ Verdict = Accept | Retry | GiveUp | StopRun | LeavePending
 @dataclass(frozen=True)
 class Outcome:
     effects: tuple[Effect, ...]
-    verdict: Verdict
-    attempt: Attempt
+    verdicts: tuple[tuple[Attempt, Verdict], ...]  # one per frame of the request, in its order
     key_works: bool  # the answer proves the key (and below, the model) can be used
     model_works: bool
+    unreadable: bool = False  # a packed answer without one readable caption
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict of a one-frame request."""
+        return self.verdicts[0][1]
+
+    @property
+    def attempt(self) -> Attempt:
+        return self.verdicts[0][0]
 
 
 def reduce_reply(
     grant: Grant,
     reply: Reply,
-    attempt: Attempt,
+    attempts: Attempt | tuple[Attempt, ...],
     rules: CaptionConfig,
     *,
     failing_streak: int,
     other_bucket_free: bool,
     since_reset_s: float,
+    unreadable_packs: int = 0,
 ) -> Outcome:
-    """What `reply` to the request sent under `grant` means. `failing_streak` counts the transient
-    errors in a row across all workers (this one included); `other_bucket_free` says whether a
-    bucket other than this one could still take the image (for a second opinion on a bad caption);
-    `since_reset_s`: how long ago the quota day began (midnight Pacific)."""
-    attempt = replace(attempt, requests=attempt.requests + 1)
+    """What `reply` to the request sent under `grant` for the frames of `attempts` means.
+    `failing_streak` counts the transient errors in a row across all workers (this one included);
+    `other_bucket_free` says whether a bucket other than this one could still take a frame (for a
+    second opinion on a bad caption); `since_reset_s`: how long ago the quota day began (midnight
+    Pacific); `unreadable_packs`: this model's packed answers in a row before this one without a
+    readable caption."""
+    if isinstance(attempts, Attempt):
+        attempts = (attempts,)
+    attempts = tuple(replace(attempt, requests=attempt.requests + 1) for attempt in attempts)
     reached = not isinstance(reply, TransientError)
     key_works = reached and not isinstance(reply, KeyRejected)
     model_works = key_works and not isinstance(reply, ModelUnavailable)
-    effects, verdict, attempt = _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s)
-    return Outcome(tuple(effects), verdict, attempt, key_works, model_works)
+    unreadable = False
+    if len(attempts) > 1 and isinstance(reply, Answer | Blocked):
+        effects, verdicts = _reduce_pack(grant, reply, attempts, rules, other_bucket_free, unreadable_packs)
+        unreadable = isinstance(reply, Answer) and all(a.missed > b.missed for (a, _), b in zip(verdicts, attempts))
+    else:
+        reduced = [
+            _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s)
+            for attempt in attempts
+        ]
+        effects = reduced[0][0]  # what an answer means for the books does not depend on the frame
+        verdicts = [(attempt, verdict) for _, verdict, attempt in reduced]
+    return Outcome(tuple(effects), tuple(verdicts), key_works, model_works, unreadable)
+
+
+def _reduce_pack(
+    grant: Grant,
+    reply: Answer | Blocked,
+    attempts: tuple[Attempt, ...],
+    rules: CaptionConfig,
+    other_bucket_free: bool,
+    unreadable_packs: int,
+) -> tuple[list[Effect], list[tuple[Attempt, Verdict]]]:
+    """A packed request was served: each frame's caption is judged on its own; a frame the answer
+    left out goes back to the queue (alone after a second miss); a safety block sends every frame
+    of the pack alone, so one frame cannot block the others."""
+    bucket = grant.bucket
+    effects: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved, len(attempts))]
+    if isinstance(reply, Blocked):
+        return effects, [(replace(attempt, alone=True), Retry()) for attempt in attempts]
+    reading = read_pack(reply.text, [attempt.number for attempt in attempts])
+    if not reading.captions and unreadable_packs + 1 >= UNREADABLE_PACKS_BEFORE_SINGLE:
+        effects.append(OnePerRequest(bucket.model, f"{unreadable_packs + 1} packed answers in a row unreadable"))
+    share = round(reply.tokens / len(attempts)) if reply.tokens else None
+    verdicts: list[tuple[Attempt, Verdict]] = []
+    for attempt in attempts:
+        raw = reading.captions.get(attempt.number)
+        if raw is None:
+            missed = attempt.missed + 1
+            verdicts.append((replace(attempt, missed=missed, alone=missed >= MISSES_BEFORE_SINGLE), Retry()))
+            continue
+        verdict, judged = _judge(grant, raw, share, attempt, rules, other_bucket_free)
+        verdicts.append((judged, verdict))
+    return effects, verdicts
+
+
+def _judge(
+    grant: Grant, raw: str, tokens: int | None, attempt: Attempt, rules: CaptionConfig, other_bucket_free: bool
+) -> tuple[Verdict, Attempt]:
+    """One frame's caption through the clean-up and the checks: kept, or asked again elsewhere once."""
+    text = normalize_caption(raw, rules.trigger, rules.separator)
+    problems = tuple(caption_problems(text, rules))
+    if problems and attempt.bad_answers == 0 and other_bucket_free:
+        # a second opinion from another bucket, once
+        return Retry(), replace(attempt, bad_answers=1, avoid_buckets=attempt.avoid_buckets | {grant.bucket.name})
+    return Accept(text, tokens, problems), attempt
 
 
 def _reduce(
@@ -195,15 +280,8 @@ def _reduce(
 ) -> tuple[list[Effect], Verdict, Attempt]:
     bucket = grant.bucket
     if isinstance(reply, Answer):
-        text = normalize_caption(reply.text, rules.trigger, rules.separator)
-        problems = tuple(caption_problems(text, rules))
-        served: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved)]
-        if problems and attempt.bad_answers == 0 and other_bucket_free:
-            retry = replace(
-                attempt, bad_answers=1, avoid_buckets=attempt.avoid_buckets | {bucket.name}
-            )  # a second opinion from another bucket, once
-            return served, Retry(), retry
-        return served, Accept(text, reply.tokens, problems), attempt
+        judged, attempt = _judge(grant, reply.text, reply.tokens, attempt, rules, other_bucket_free)
+        return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], judged, attempt
     if isinstance(reply, Blocked):
         attempt = replace(attempt, refused_by=attempt.refused_by | {bucket.model})
         enough = len(attempt.refused_by) > rules.blocked_retries  # distinct models, this run and earlier ones
@@ -215,6 +293,8 @@ def _reduce(
         return [RetireKey(grant.key, reply.reason)], Retry(), attempt
     if isinstance(reply, ModelUnavailable):
         return [RetireModel(bucket.model, reply.reason)], Retry(), attempt
+    if isinstance(reply, PackRefused):
+        return [OnePerRequest(bucket.model, reply.reason)], Retry(), attempt
     if reply.server_full and (bucket.limits.max_in_flight or 0) > 1:
         return [NarrowInFlight(bucket.name)], Retry(), attempt  # it waits for a slot: not the image's fault
     attempt = replace(attempt, transient_errors=attempt.transient_errors + 1)

@@ -14,6 +14,7 @@ from ghibli_async.caption.reducer import (
     Effect,
     LearnLimit,
     NarrowInFlight,
+    OnePerRequest,
     RetireKey,
     RetireModel,
     Served,
@@ -23,7 +24,7 @@ from ghibli_async.caption.reducer import (
 # Window times restored from wall-clock timestamps carry float rounding (a free time 3e-11 s
 # ahead); a wait shorter than the event loop's clock resolution would never let time move.
 CLOCK_SLACK_S = 1e-6
-_INITIAL_TOKEN_ESTIMATE = 600  # a 512x512 image (258 tokens) + prompt + answer, before any reply says
+_INITIAL_TOKEN_ESTIMATE = 600  # per frame: a 512x512 image (258 tokens) + prompt + answer, before any reply says
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ class Scheduler:
     """Routes each request to the highest-priority bucket with capacity now (buckets come in
     priority order) and keeps the buckets' books as replies come back."""
 
-    def __init__(self, buckets: list[Bucket]) -> None:
+    def __init__(self, buckets: list[Bucket], frames_per_request: dict[str, int] | None = None) -> None:
         self.buckets = buckets
         self._by_name = {bucket.name: bucket for bucket in buckets}
-        self.token_estimate = _INITIAL_TOKEN_ESTIMATE
+        self.token_estimate = _INITIAL_TOKEN_ESTIMATE  # per frame
+        self.frames_per_request = dict(frames_per_request or {})  # model -> frames one request carries
         # A key or model that has not answered yet gets one request at a time: an invalid key or
         # a retired model then costs one request, not one per worker.
         self.proven: set[str] = set()
@@ -71,7 +73,8 @@ class Scheduler:
             return Exhausted()
         next_free: list[tuple[float, str]] = []
         for bucket in allowed:
-            at = bucket.free_at(now, self.token_estimate)
+            tokens = self.token_estimate * self.pack_size(bucket.model)
+            at = bucket.free_at(now, tokens)
             if at > now + CLOCK_SLACK_S:
                 if at != math.inf:  # infinity: full of requests in flight; an answer wakes the caller
                     next_free.append((at, bucket.name))
@@ -81,10 +84,14 @@ class Scheduler:
                 # The bucket has room but its key or model is still being probed: wait one round
                 # trip for that answer rather than hand the image to a worse bucket.
                 break
-            bucket.take(now, key, self.token_estimate)
+            bucket.take(now, key, tokens)
             self._in_flight.update((key, bucket.model))
-            return Grant(bucket, key, self.token_estimate)
+            return Grant(bucket, key, tokens)
         return Wait(*min(next_free)) if next_free else Wait(None)
+
+    def pack_size(self, model: str) -> int:
+        """How many frames a request to `model` carries (at most)."""
+        return self.frames_per_request.get(model, 1)
 
     def _may_send(self, key: str, model: str) -> bool:
         return all(name in self.proven or not self._in_flight[name] for name in (key, model))
@@ -110,12 +117,15 @@ class Scheduler:
                 if bucket.model == effect.model:
                     bucket.retired = effect.reason
             return
+        if isinstance(effect, OnePerRequest):
+            self.frames_per_request[effect.model] = 1
+            return
         bucket = self._by_name[effect.bucket]
         if isinstance(effect, Served):
             bucket.strikes = 0
             if effect.tokens:
                 bucket.correct_tokens(now, effect.tokens - effect.reserved)
-                self.token_estimate = round(0.8 * self.token_estimate + 0.2 * effect.tokens)
+                self.token_estimate = round(0.8 * self.token_estimate + 0.2 * effect.tokens / effect.frames)
         elif isinstance(effect, CoolDown):
             bucket.strikes += 1
             bucket.cooldown_until = max(bucket.cooldown_until, now + effect.seconds)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ from ghibli_async.caption.buckets import (
     seconds_into_quota_day,
 )
 from ghibli_async.caption.clients import CaptionClients
+from ghibli_async.caption.packing import Frame
 from ghibli_async.caption.progress import CaptionProgress
 from ghibli_async.caption.reducer import (
     Accept,
@@ -40,6 +42,7 @@ from ghibli_async.caption.reducer import (
     LearnLimit,
     LeavePending,
     NarrowInFlight,
+    OnePerRequest,
     RetireKey,
     RetireModel,
     Retry,
@@ -146,13 +149,14 @@ class CaptionEngine:
         for bucket in buckets:
             if (bucket.project, bucket.model) in spent:  # the server said so today: do not ask again
                 bucket.spent_day = day
-        self.scheduler = Scheduler(buckets)
+        self.scheduler = Scheduler(buckets, {model.name: model.images_per_request for model in self.caption.models})
         self.client = CaptionClients(self.caption, keys)
         self.report = CaptionReport()
         self._said: set[tuple[str, str]] = set()
         self._cooldowns_said: dict[str, str] = {}  # bucket -> the cooldown end last logged
         self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
+        self._unreadable_packs: Counter[str] = Counter()  # model -> packed answers in a row without a caption
         self._asked_to_stop = False
 
     async def run(self, *, limit: int | None = None) -> CaptionReport:
@@ -162,7 +166,7 @@ class CaptionEngine:
         self.books.clear_retirements()
         workers = min(self.caption.concurrency, len(jobs))
         log.info("caption_start", images=len(jobs), buckets=len(self.scheduler.buckets), workers=workers)
-        queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2)
+        queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2 * self._widest_pack())
         self._progress = CaptionProgress(len(jobs), self.clock)
         tasks = [asyncio.create_task(self._produce(queue, jobs, workers))]
         tasks += [asyncio.create_task(self._work(queue)) for _ in range(workers)]
@@ -178,6 +182,9 @@ class CaptionEngine:
             del self.report.outcomes[LEFT]
         return self.report
 
+    def _widest_pack(self) -> int:
+        return max(self.scheduler.pack_size(model.name) for model in self.caption.models)
+
     async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
         for job in jobs:
             if self._no_new_work():
@@ -187,57 +194,84 @@ class CaptionEngine:
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[CaptionJob | None]) -> None:
-        while (job := await queue.get()) is not None:
-            attempt = Attempt(job.number, refused_by=job.refused_by)
-            outcome = LEFT if self._no_new_work() else await self._caption(attempt)
-            self.report.outcomes[outcome] += 1
-            self._progress.finished(outcome)
+        tray = _Tray(queue, self._load)
+        while (lead := await tray.next()) is not None:
+            if self._no_new_work():
+                self._tally(LEFT)
+                continue
+            grant = await self._acquire(lead.attempt)
+            if grant is None:
+                self._tally(self._finish(lead.attempt, self._no_bucket_verdict(lead.attempt), None))
+            elif isinstance(grant, str):  # WITHDRAWN
+                self._tally(grant)
+            else:
+                room = 0 if lead.attempt.alone else self.scheduler.pack_size(grant.bucket.model) - 1
+                pack = [lead, *[frame for frame in await tray.fill(room, _fits(grant)) if self._still_wanted(frame)]]
+                await self._send(grant, pack, tray)
 
-    async def _caption(self, attempt: Attempt) -> str:
-        """Caption one image; returns its outcome (done, review, blocked, failed, left)."""
-        path = self.images_dir / output_name(attempt.number)
+    async def _load(self, job: CaptionJob) -> _Held | None:
+        """The job's image, or None when it cannot be read (the frame is then failed)."""
+        attempt = Attempt(job.number, refused_by=job.refused_by)
+        path = self.images_dir / output_name(job.number)
         try:
             async with aiofiles.open(path, "rb") as stream:
-                image = await stream.read()
+                return _Held(attempt, await stream.read())
         except OSError as exc:
-            return self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None)
-        while True:
-            grant = await self._acquire(attempt)
-            if grant is None:
-                return self._finish(attempt, self._no_bucket_verdict(attempt), None)
-            if isinstance(grant, str):  # WITHDRAWN
-                return grant
-            reply = await self.client.generate(grant.key, grant.bucket.model, image)
-            now = self.clock.now()
-            self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
-            outcome = reduce_reply(
-                grant,
-                reply,
-                attempt,
-                self.caption,
-                failing_streak=self._failing_streak,
-                other_bucket_free=self.scheduler.other_bucket_free(grant.bucket.day, grant, attempt.avoid_buckets),
-                since_reset_s=seconds_into_quota_day(self.clock.wall()),
-            )
-            self.scheduler.answered(
-                grant,
-                now,
-                key_works=outcome.key_works,
-                model_works=outcome.model_works,
-                refused=isinstance(reply, RateLimited),
-            )
-            self.books.note_answered(grant.bucket.project, grant.bucket.model, self.clock.wall().timestamp())
-            self._wake_waiters()
-            for effect in outcome.effects:
-                self.scheduler.apply(effect, now)
-                self._record(effect, grant)
-            attempt = outcome.attempt
-            if isinstance(outcome.verdict, Retry):
-                self._note_retry(attempt, grant, reply)
-                if outcome.verdict.after_s:
-                    await self.clock.sleep(outcome.verdict.after_s * random.uniform(0.5, 1.5))
-                continue
-            return self._finish(attempt, outcome.verdict, grant)
+            self._tally(self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None))
+            return None
+
+    def _still_wanted(self, frame: _Held) -> bool:
+        """A frame added to a pack is asked the question `_acquire` asks its lead."""
+        if self.results.still_wants_caption(frame.attempt.number):
+            return True
+        self._tally(WITHDRAWN)
+        return False
+
+    async def _send(self, grant: Grant, pack: list[_Held], tray: _Tray) -> None:
+        """One request for the frames of `pack`; each frame's verdict is stored, or it goes back to
+        the tray for another request."""
+        model = grant.bucket.model
+        reply = await self.client.generate(grant.key, model, [Frame(f.attempt.number, f.image) for f in pack])
+        now = self.clock.now()
+        self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
+        outcome = reduce_reply(
+            grant,
+            reply,
+            tuple(frame.attempt for frame in pack),
+            self.caption,
+            failing_streak=self._failing_streak,
+            other_bucket_free=self.scheduler.other_bucket_free(grant.bucket.day, grant, ()),
+            since_reset_s=seconds_into_quota_day(self.clock.wall()),
+            unreadable_packs=self._unreadable_packs[model],
+        )
+        if len(pack) > 1 and isinstance(reply, Answer):
+            self._unreadable_packs[model] = self._unreadable_packs[model] + 1 if outcome.unreadable else 0
+        self.scheduler.answered(
+            grant,
+            now,
+            key_works=outcome.key_works,
+            model_works=outcome.model_works,
+            refused=isinstance(reply, RateLimited),
+        )
+        self.books.note_answered(grant.bucket.project, model, self.clock.wall().timestamp())
+        self._wake_waiters()
+        for effect in outcome.effects:
+            self.scheduler.apply(effect, now)
+            self._record(effect, grant)
+        pause = 0.0
+        for frame, (attempt, verdict) in zip(pack, outcome.verdicts):
+            if isinstance(verdict, Retry):
+                self._note_retry(attempt, frame.attempt, grant, reply)
+                tray.hold(_Held(attempt, frame.image))
+                pause = max(pause, verdict.after_s)
+            else:
+                self._tally(self._finish(attempt, verdict, grant))
+        if pause:
+            await self.clock.sleep(pause * random.uniform(0.5, 1.5))
+
+    def _tally(self, outcome: str) -> None:
+        self.report.outcomes[outcome] += 1
+        self._progress.finished(outcome)
 
     async def _acquire(self, attempt: Attempt) -> Grant | str | None:
         """The best bucket with room, waiting for the earliest one if none has; None if none is left;
@@ -330,6 +364,8 @@ class CaptionEngine:
             self._say_once(
                 "in_flight_narrowed", bucket.name, bucket=bucket.name, max_in_flight=bucket.limits.max_in_flight
             )
+        elif isinstance(effect, OnePerRequest):
+            self._say_once("model_one_frame_per_request", effect.model, model=effect.model, reason=effect.reason)
         elif isinstance(effect, RetireKey):
             if self._say_once("key_retired", effect.key, key=effect.key, reason=effect.reason):
                 self.books.note_event(effect.key, "*", "key_retired", reason=effect.reason)
@@ -339,9 +375,11 @@ class CaptionEngine:
                 self.books.note_event("*", effect.model, "model_retired", reason=effect.reason)
                 self.report.retired.append(f"model {effect.model} not used for the rest of this run: {effect.reason}")
 
-    def _note_retry(self, attempt: Attempt, grant: Grant, reply: Reply) -> None:
+    def _note_retry(self, attempt: Attempt, before: Attempt, grant: Grant, reply: Reply) -> None:
         if isinstance(reply, Blocked):
             log.info("caption_blocked_retry", image=attempt.number, model=grant.bucket.model, reason=reply.reason)
+        elif isinstance(reply, Answer) and attempt.missed > before.missed:
+            log.info("caption_missing_from_answer", image=attempt.number, bucket=grant.bucket.name, alone=attempt.alone)
         elif isinstance(reply, Answer):
             log.info("caption_rejected_retry", image=attempt.number, bucket=grant.bucket.name)
 
@@ -383,3 +421,63 @@ class CaptionEngine:
         self._said.add((event, subject))
         log.warning(event, **fields)
         return True
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A frame in a worker's hands: where it is in this run, and its image."""
+
+    attempt: Attempt
+    image: bytes
+
+
+def _fits(grant: Grant) -> Callable[[_Held], bool]:
+    """Whether a frame may join a request under `grant` as one of several."""
+    bucket = grant.bucket
+    return lambda frame: (
+        not (
+            frame.attempt.alone
+            or bucket.name in frame.attempt.avoid_buckets
+            or bucket.model in frame.attempt.avoid_models
+        )
+    )
+
+
+class _Tray:
+    """The frames one worker holds: taken from the queue, or given back by an answer (a frame a
+    packed answer left out, a second opinion, a retry) to go out again with the next request."""
+
+    def __init__(self, queue: asyncio.Queue[CaptionJob | None], load: Callable[[CaptionJob], Awaitable[_Held | None]]):
+        self._queue, self._load = queue, load
+        self._held: deque[_Held] = deque()
+        self._open = True  # the queue may still give this worker frames
+
+    async def next(self) -> _Held | None:
+        """The frame to lead the next request: one held, else the queue's next; None: no more."""
+        while not self._held and self._open:
+            job = await self._queue.get()
+            if job is None:
+                self._open = False
+            elif (frame := await self._load(job)) is not None:
+                self._held.append(frame)
+        return self._held.popleft() if self._held else None
+
+    async def fill(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
+        """Up to `room` more frames for a request: held ones that fit first, then the queue's
+        (without waiting for it); frames that do not fit stay held."""
+        taken = [frame for frame in self._held if fits(frame)][:room]
+        for frame in taken:
+            self._held.remove(frame)
+        while len(taken) < room and self._open:
+            try:
+                job = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if job is None:
+                self._open = False
+            elif (loaded := await self._load(job)) is not None:
+                (taken if fits(loaded) else self._held).append(loaded)
+        return taken
+
+    def hold(self, frame: _Held) -> None:
+        self._held.append(frame)
