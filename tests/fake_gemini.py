@@ -22,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from fake_packs import PackAnswers, PackedFrame, frames_in
 from thread_server import serving_in_thread
 
 from ghibli_async.clock import Clock
@@ -33,7 +34,9 @@ _RPC = "type.googleapis.com/google.rpc."
 class ModelLimits:
     rpm: int = 1000
     rpd: int = 100_000
+    tpm: int | None = None  # input tokens per minute
     plain: bool = False  # a hosted Gemma: 400 for a system instruction, JSON mode or a thinking config
+    max_images: int | None = None  # 400 for a request with more images
 
 
 # What a plain model names in its 400 for each request feature (generationConfig / request field).
@@ -52,9 +55,10 @@ class Seen:
     project: str | None
     key: str
     model: str
-    image: str  # sha256 of the image bytes
+    image: str  # sha256 of the (first) image's bytes
     status: int
-    kind: str  # ok, blocked, minute, day, invalid_key, not_found, unavailable
+    kind: str  # ok, blocked, minute, tokens, day, invalid_key, not_found, unavailable, feature, images
+    images: tuple[str, ...] = ()  # every image's sha256, in the request's order
 
 
 @dataclass
@@ -67,10 +71,12 @@ class FakeGemini:
     blocking_models: set[str] | None = None  # which models refuse them (None: every model)
     unavailable_first: int = 0  # answer the first N requests with 503
     caption_words: int = 22
+    packs: PackAnswers = field(default_factory=PackAnswers)  # how packed requests are answered
     day_turns_late_s: float = 0.0  # the server's quota day turns this long after midnight Pacific
     seen: list[Seen] = field(default_factory=list)
     _windows: dict[tuple[str, str], deque[float]] = field(default_factory=dict)
     _days: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    _tokens: dict[tuple[str, str], deque[tuple[float, int]]] = field(default_factory=dict)
     base_url: str = ""
     _served: threading.Condition = field(default_factory=threading.Condition)
 
@@ -90,11 +96,14 @@ class FakeGemini:
         model = request.match_info["model"]
         key = request.headers.get("x-goog-api-key", "")
         body = await request.json()
-        image = _image_digest(body)
+        frames = frames_in(_parts(body))
         now = self.clock.now()
         project = self.keys.get(key)
-        status, kind, payload, delay = self._refuse_features(model, body) or self._decide(project, model, image, now)
-        self.seen.append(Seen(now, project, key, model, image, status, kind))
+        status, kind, payload, delay = self._refuse_features(model, body) or self._decide(
+            project, model, frames, now, json_mode=bool(body.get("generationConfig", {}).get("responseMimeType"))
+        )
+        image = frames[0].image if frames else ""
+        self.seen.append(Seen(now, project, key, model, image, status, kind, tuple(f.image for f in frames)))
         with self._served:
             self._served.notify_all()
         if delay:
@@ -111,7 +120,9 @@ class FakeGemini:
                 return 400, "feature", _error(400, "INVALID_ARGUMENT", message), 0.0
         return None
 
-    def _decide(self, project: str | None, model: str, image: str, now: float) -> tuple[int, str, dict, float]:
+    def _decide(
+        self, project: str | None, model: str, frames: list[PackedFrame], now: float, *, json_mode: bool
+    ) -> tuple[int, str, dict, float]:
         if project is None:
             return 400, "invalid_key", _invalid_key(), 0.0
         if model not in self.models:
@@ -125,32 +136,43 @@ class FakeGemini:
                 0.0,
             )
         limits = self.models[model]
+        if limits.max_images is not None and len(frames) > limits.max_images:
+            message = f"Only {limits.max_images} image(s) are allowed in one request for models/{model}."
+            return 400, "images", _error(400, "INVALID_ARGUMENT", message), 0.0
         window = self._windows.setdefault((project, model), deque())
+        tokens = self._tokens.setdefault((project, model), deque())
         while window and window[0] <= now - 60:
             window.popleft()
+        while tokens and tokens[0][0] <= now - 60:
+            tokens.popleft()
         late = timedelta(seconds=self.day_turns_late_s)
         day = (self.clock.wall() - late).astimezone(ZoneInfo("America/Los_Angeles")).date().isoformat()
         if self._days.get((project, model, day), 0) >= limits.rpd:
-            return 429, "day", _quota_exceeded(model, "PerDay", limits.rpd, retry_s=37), 0.0
+            return 429, "day", _quota_exceeded(model, "GenerateRequestsPerDay", limits.rpd, retry_s=37), 0.0
         if len(window) >= limits.rpm:
             retry = max(1, round(window[0] + 60 - now))
-            return 429, "minute", _quota_exceeded(model, "PerMinute", limits.rpm, retry_s=retry), 0.0
+            return 429, "minute", _quota_exceeded(model, "GenerateRequestsPerMinute", limits.rpm, retry_s=retry), 0.0
+        prompt_tokens = _prompt_tokens(len(frames))
+        if limits.tpm is not None and sum(n for _, n in tokens) + prompt_tokens > limits.tpm:
+            retry = max(1, round(tokens[0][0] + 60 - now)) if tokens else 60
+            exceeded = _quota_exceeded(model, "GenerateContentInputTokensPerModelPerMinute", limits.tpm, retry_s=retry)
+            return 429, "tokens", exceeded, 0.0
         window.append(now)
+        tokens.append((now, prompt_tokens))
         self._days[(project, model, day)] = self._days.get((project, model, day), 0) + 1
-        if image in self.blocked_images and (self.blocking_models is None or model in self.blocking_models):
+        if any(f.image in self.blocked_images for f in frames) and (
+            self.blocking_models is None or model in self.blocking_models
+        ):
             return 200, "blocked", _blocked(), self.latency()
-        return 200, "ok", self._caption(image, model), self.latency()
+        if len(frames) > 1:
+            text, cut = self.packs.answer(frames, self.caption_text, fenced=not json_mode)
+            return 200, "ok", _response(model, text, len(frames), "MAX_TOKENS" if cut else "STOP"), self.latency()
+        return 200, "ok", _response(model, self.caption_text(frames[0].image if frames else ""), 1), self.latency()
 
-    def _caption(self, image: str, model: str) -> dict[str, Any]:
+    def caption_text(self, image: str) -> str:
+        """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
         words = " ".join(["a", "girl", "in", "a", "red", "coat", "walks", "past", "a", "bakery"] * 5).split()
-        text = f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
-        return {
-            "candidates": [
-                {"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}
-            ],
-            "usageMetadata": {"promptTokenCount": 330, "candidatesTokenCount": 40, "totalTokenCount": 370},
-            "modelVersion": model,
-        }
+        return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
 
     # --- running it ---------------------------------------------------------------------------
 
@@ -178,15 +200,37 @@ def realistic_latency(median_s: float = 2.0, seed: int = 0) -> Callable[[], floa
     return lambda: rng.lognormvariate(0, 0.35) * median_s
 
 
-def _image_digest(body: dict[str, Any]) -> str:
-    """The SDK sends `inlineData` (camelCase), older ones `inline_data`: accept both."""
+def _parts(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request's parts in order: ("text", text) or ("image", sha256). The SDK sends
+    `inlineData` (camelCase), older ones `inline_data`: accept both."""
+    parts = []
     for content in body.get("contents", []):
         for part in content.get("parts", []):
             inline = part.get("inlineData") or part.get("inline_data")
             if inline:
                 data = inline["data"]  # the SDK sends URL-safe base64, sometimes without padding
-                return hashlib.sha256(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))).hexdigest()
-    return ""
+                digest = hashlib.sha256(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))).hexdigest()
+                parts.append(("image", digest))
+            elif "text" in part:
+                parts.append(("text", part["text"]))
+    return parts
+
+
+def _prompt_tokens(images: int) -> int:
+    return 70 + 258 * images  # the prompt, and 258 tokens per small image
+
+
+def _response(model: str, text: str, frames: int, finish: str = "STOP") -> dict[str, Any]:
+    prompt, answer = _prompt_tokens(frames), 40 * frames
+    return {
+        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": finish, "index": 0}],
+        "usageMetadata": {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": answer,
+            "totalTokenCount": prompt + answer,
+        },
+        "modelVersion": model,
+    }
 
 
 def _error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -197,7 +241,7 @@ def _error(code: int, status: str, message: str, details: list[dict[str, Any]] |
 
 
 def _quota_exceeded(model: str, per: str, value: int, *, retry_s: int) -> dict[str, Any]:
-    quota_id = f"GenerateRequests{per}PerProjectPerModel-FreeTier"
+    quota_id = f"{per}PerProjectPerModel-FreeTier"
     message = (
         f"You exceeded your current quota, please check your plan and billing details. "
         f"* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, "

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from fake_packs import PackAnswers, PackedFrame, frames_in
 
 from ghibli_async.clock import Clock
 
@@ -25,6 +26,8 @@ from ghibli_async.clock import Clock
 class ServedModel:
     rpm: int | None = None
     vision: bool = True
+    max_images: int | None = None  # vLLM's --limit-mm-per-prompt: 400 for a request with more images
+    json_mode: bool = True  # False: 400 for a response_format
 
 
 @dataclass
@@ -32,9 +35,10 @@ class Seen:
     at: float
     key: str | None
     model: str
-    image: str  # sha256 of the image bytes ("" for a text-only request)
+    image: str  # sha256 of the (first) image's bytes ("" for a text-only request)
     status: int
-    kind: str  # ok, filtered, minute, invalid_key, not_found, no_images
+    kind: str  # ok, filtered, minute, invalid_key, not_found, no_images, images, json_mode
+    images: tuple[str, ...] = ()  # every image's sha256, in the request's order
 
 
 @dataclass
@@ -47,6 +51,7 @@ class FakeOpenAI:
     retry_after_s: int = 20
     batch: int | None = None  # a local server with this many slots: one more request gets a 503
     caption_words: int = 22
+    packs: PackAnswers = field(default_factory=PackAnswers)  # how packed requests are answered
     seen: list[Seen] = field(default_factory=list)
     most_in_flight: int = 0
     base_url: str = ""
@@ -59,15 +64,16 @@ class FakeOpenAI:
     async def completions(self, request: web.Request) -> web.Response:
         body = await request.json()
         key = request.headers.get("Authorization", "").removeprefix("Bearer ") or None
-        model, image = body.get("model", ""), _image_digest(body)
+        model, frames = body.get("model", ""), frames_in(_parts(body))
+        image, images = (frames[0].image if frames else ""), tuple(frame.image for frame in frames)
         now = self.clock.now()
-        status, kind, payload, headers = self._decide(key, model, image, now)
-        self.seen.append(Seen(now, key, model, image, status, kind))
+        status, kind, payload, headers = self._decide(key, model, frames, now, body.get("response_format"))
+        self.seen.append(Seen(now, key, model, image, status, kind, images))
         if status == 200 and self.batch is not None and self._in_flight >= self.batch:
             status, kind = 503, "full"
             payload = {"error": {"message": "the server is busy: no free slot", "type": "unavailable_error"}}
         if status != 200:
-            self.seen[-1] = Seen(now, key, model, image, status, kind)
+            self.seen[-1] = Seen(now, key, model, image, status, kind, images)
             return web.json_response(payload, status=status, headers=headers)
         self._in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self._in_flight)
@@ -83,7 +89,10 @@ class FakeOpenAI:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "fake"} for name in self.models]
         return web.json_response({"object": "list", "data": data})
 
-    def _decide(self, key: str | None, model: str, image: str, now: float) -> tuple[int, str, dict, dict]:
+    def _decide(
+        self, key: str | None, model: str, frames: list[PackedFrame], now: float, response_format: Any
+    ) -> tuple[int, str, dict, dict]:
+        image = frames[0].image if frames else ""
         if self.keys is not None and key not in self.keys:
             return 401, "invalid_key", _invalid_key(), {}
         served = self.models.get(model)
@@ -91,6 +100,12 @@ class FakeOpenAI:
             return 404, "not_found", _not_found(model), {}
         if image and not served.vision:
             return 400, "no_images", _no_images(model), {}
+        if served.max_images is not None and len(frames) > served.max_images:
+            message = f"At most {served.max_images} image(s) may be provided in one request."
+            return 400, "images", _error(message, "BadRequestError", None), {}
+        if response_format and not served.json_mode:
+            message = "response_format of type json_schema is not supported by this model"
+            return 400, "json_mode", _error(message, "BadRequestError", None, "response_format"), {}
         if served.rpm is not None:
             window = self._windows.setdefault((key, model), deque())
             while window and window[0] <= now - 60:
@@ -100,11 +115,19 @@ class FakeOpenAI:
                 headers |= {"retry-after": str(self.retry_after_s), "x-ratelimit-remaining-requests": "0"}
                 return 429, "minute", _rate_limited(model, served.rpm), headers
             window.append(now)
-        if image in self.filtered_images:
+        if any(frame.image in self.filtered_images for frame in frames):
             return 200, "filtered", _completion(model, None, "content_filter"), {}
+        if len(frames) > 1:
+            text, cut = self.packs.answer(frames, self.caption_text, fenced=not response_format)
+            if response_format and not cut and text.startswith("["):
+                text = f'{{"captions": {text}}}'  # the schema's top level is an object
+            return 200, "ok", _completion(model, text, "length" if cut else "stop"), {}
+        return 200, "ok", _completion(model, self.caption_text(image), "stop"), {}
+
+    def caption_text(self, image: str) -> str:
+        """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
         words = " ".join(["a", "boy", "in", "a", "blue", "shirt", "runs", "across", "a", "meadow"] * 5).split()
-        text = f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
-        return 200, "ok", _completion(model, text, "stop"), {}
+        return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
 
     async def start(self) -> web.AppRunner:
         app = web.Application(client_max_size=32 * 1024 * 1024)
@@ -123,14 +146,18 @@ def batching_latency(base_s: float = 2.0, per_request_s: float = 0.1) -> Callabl
     return lambda in_flight: base_s + per_request_s * in_flight
 
 
-def _image_digest(body: dict[str, Any]) -> str:
+def _parts(body: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request's parts in order: ("text", text) or ("image", sha256)."""
+    parts = []
     for message in body.get("messages", []):
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             if part.get("type") == "image_url":
                 url = part["image_url"]["url"]
-                return hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()
-    return ""
+                parts.append(("image", hashlib.sha256(base64.b64decode(url.split(",", 1)[1])).hexdigest()))
+            elif part.get("type") == "text":
+                parts.append(("text", part["text"]))
+    return parts
 
 
 def _completion(model: str, text: str | None, finish_reason: str) -> dict[str, Any]:

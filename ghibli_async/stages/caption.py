@@ -67,6 +67,7 @@ log = structlog.get_logger(__name__)
 
 LEFT = "left"  # the outcome of an image this run did not get to: pending for the next run
 WITHDRAWN = "withdrawn"  # captioned by hand or rejected on the review page before its request went out
+TAKEN = "taken"  # a frame that waited for a slot went out with another worker's request
 
 
 class CaptionStage:
@@ -157,6 +158,7 @@ class CaptionEngine:
         self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
         self._unreadable_packs: Counter[str] = Counter()  # model -> packed answers in a row without a caption
+        self._lobby: list[_Held] = []  # frames whose workers wait for a slot: another request may take them
         self._asked_to_stop = False
 
     async def run(self, *, limit: int | None = None) -> CaptionReport:
@@ -199,15 +201,31 @@ class CaptionEngine:
             if self._no_new_work():
                 self._tally(LEFT)
                 continue
-            grant = await self._acquire(lead.attempt)
+            self._lobby.append(lead)
+            grant = await self._acquire(lead)
             if grant is None:
+                self._lobby.remove(lead)
                 self._tally(self._finish(lead.attempt, self._no_bucket_verdict(lead.attempt), None))
-            elif isinstance(grant, str):  # WITHDRAWN
+            elif grant == WITHDRAWN:
+                self._lobby.remove(lead)
                 self._tally(grant)
-            else:
-                room = 0 if lead.attempt.alone else self.scheduler.pack_size(grant.bucket.model) - 1
-                pack = [lead, *[frame for frame in await tray.fill(room, _fits(grant)) if self._still_wanted(frame)]]
-                await self._send(grant, pack, tray)
+            elif isinstance(grant, Grant):
+                self._lobby.remove(lead)
+                await self._send(grant, [lead, *await self._fill(grant, lead, tray)], tray)
+
+    async def _fill(self, grant: Grant, lead: _Held, tray: _Tray) -> list[_Held]:
+        """The other frames of a request under `grant`: this worker's own, then frames other
+        workers hold while they wait for a slot (they stop waiting), then the queue's."""
+        room = 0 if lead.attempt.alone else self.scheduler.pack_size(grant.bucket.model) - 1
+        fits = _fits(grant)
+        taken = tray.take(room, fits)
+        waiting = [frame for frame in self._lobby if fits(frame)][: room - len(taken)]
+        if waiting:
+            self._lobby = [frame for frame in self._lobby if frame not in waiting]
+            self._wake_waiters()  # their workers find their frame gone and take another
+        taken += waiting
+        taken += await tray.fill(room - len(taken), fits)
+        return [frame for frame in taken if self._still_wanted(frame)]
 
     async def _load(self, job: CaptionJob) -> _Held | None:
         """The job's image, or None when it cannot be read (the frame is then failed)."""
@@ -273,11 +291,17 @@ class CaptionEngine:
         self.report.outcomes[outcome] += 1
         self._progress.finished(outcome)
 
-    async def _acquire(self, attempt: Attempt) -> Grant | str | None:
-        """The best bucket with room, waiting for the earliest one if none has; None if none is left;
-        WITHDRAWN when the frame no longer wants a caption (asked before each try for a slot, so a
-        frame captioned by hand or rejected on the review page, even during a long wait, is not sent)."""
-        while not self._no_new_work():
+    async def _acquire(self, lead: _Held) -> Grant | str | None:
+        """The best bucket with room for `lead`, waiting for the earliest one if none has; None if
+        none is left; TAKEN when another worker's request took the frame while it waited; WITHDRAWN
+        when the frame no longer wants a caption (asked before each try for a slot, so a frame
+        captioned by hand or rejected on the review page, even during a long wait, is not sent)."""
+        attempt = lead.attempt
+        while True:
+            if not any(frame is lead for frame in self._lobby):
+                return TAKEN
+            if self._no_new_work():
+                return None
             if not self.results.still_wants_caption(attempt.number):
                 return WITHDRAWN
             day = quota_day(self.clock.wall())
@@ -298,7 +322,6 @@ class CaptionEngine:
             if decision.bucket is not None and wait_s is not None and wait_s > 1.0:
                 self._progress.waiting_for(decision.bucket, wait_s)
             await self.clock.sleep(wait_s, self._answered)
-        return None
 
     def _restore_windows(self, buckets: list[Bucket]) -> None:
         """A restart starts inside each bucket's true one-minute window, not an empty one."""
@@ -423,7 +446,7 @@ class CaptionEngine:
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: two tries of one frame are not the same
 class _Held:
     """A frame in a worker's hands: where it is in this run, and its image."""
 
@@ -462,12 +485,17 @@ class _Tray:
                 self._held.append(frame)
         return self._held.popleft() if self._held else None
 
-    async def fill(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
-        """Up to `room` more frames for a request: held ones that fit first, then the queue's
-        (without waiting for it); frames that do not fit stay held."""
+    def take(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
+        """Up to `room` of the frames held that fit a request."""
         taken = [frame for frame in self._held if fits(frame)][:room]
         for frame in taken:
             self._held.remove(frame)
+        return taken
+
+    async def fill(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
+        """Up to `room` frames from the queue that fit a request (without waiting for it); frames
+        that do not fit are held."""
+        taken: list[_Held] = []
         while len(taken) < room and self._open:
             try:
                 job = self._queue.get_nowait()
