@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections import Counter
 
+import pytest
 from conftest import Project, make_frames, save_frame
 from fake_gemini import FakeGemini, ModelLimits
 from watchfiles import watch
@@ -77,10 +78,10 @@ def captioned_count(state: os.PathLike[str]) -> int:
         return 0
 
 
-def write_caption_config(project: Project, base_url: str, concurrency: int) -> None:
+def write_caption_config(project: Project, base_url: str, concurrency: int, frames_per_request: int = 1) -> None:
     project.write_config(
         f"resize:\n  size: 64\ncaption:\n  base_url: {base_url}\n  concurrency: {concurrency}\n"
-        "  models: [{name: m, rpm: 10000, rpd: 100000, tpm: 100000000}]\n"
+        f"  models: [{{name: m, rpm: 10000, rpd: 100000, tpm: 100000000, images_per_request: {frames_per_request}}}]\n"
     )
 
 
@@ -91,7 +92,8 @@ def start_until_served(project: Project, fake: FakeGemini, count: int) -> subpro
     return run
 
 
-def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
+@pytest.mark.parametrize("frames_per_request", [1, 4])
+def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project, frames_per_request: int) -> None:
     images, concurrency = 40, 8
     make_frames(project, images)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
@@ -99,8 +101,8 @@ def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
     state = project.root / "work" / "state.sqlite"
 
     with fake.serving_in_thread():
-        write_caption_config(project, fake.base_url, concurrency)
-        run = start_until_served(project, fake, 10)
+        write_caption_config(project, fake.base_url, concurrency, frames_per_request)
+        run = start_until_served(project, fake, 10 // frames_per_request)
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         assert captioned_count(state) < images, "the kill must land in the middle of captioning"
@@ -110,9 +112,9 @@ def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project) -> None:
         assert rerun.returncode == 0, err
 
     assert captioned_count(state) == images
-    paid = Counter(seen.image for seen in fake.successes())
+    paid = Counter(image for seen in fake.successes() for image in seen.images)
     assert len(paid) == images
-    assert sum(1 for n in paid.values() if n > 1) <= concurrency  # only those in flight at the kill
+    assert sum(1 for n in paid.values() if n > 1) <= concurrency * frames_per_request  # the frames in flight
     lines = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
     rows = [json.loads(line) for line in lines]
     assert sorted(row["file_name"] for row in rows) == sorted(f"{n}.jpg" for n in range(1, images + 1))
