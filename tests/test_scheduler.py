@@ -213,3 +213,16 @@ def test_a_slot_free_a_rounding_error_from_now_is_free_now() -> None:
     now = 83168.0
     full.restore_window([now - 60.1 + 3e-11, now - 1.0])  # the first frees at 83168.00000000003
     assert isinstance(scheduler(full).acquire(now, DAY), Grant)
+
+
+def test_a_token_correction_counts_from_the_send_as_the_server_does() -> None:
+    """The engine reserved 2,400 tokens for a request (its first guess) that used 1,100: when the
+    request leaves the window, the correction must leave with it, or the engine would believe it
+    had 1,300 tokens of room the server does not give (a 429 per minute on Gemma's 15,000 TPM)."""
+    bucket = Bucket("p", "m", Limits(rpm=None, rpd=None, tpm=3000), ["key#1"], day="d")
+    scheduler = Scheduler([bucket])
+    bucket.take(0.0, "key#1", 2400)
+    scheduler.apply(Served("p/m", 1100, 2400, sent_at=0.0), 2.0)
+    bucket.take(30.0, "key#1", 1100)
+    scheduler.apply(Served("p/m", 1100, 1100, sent_at=30.0), 32.0)
+    assert bucket.free_at(60.5, 2000) >= 90.0  # the second request's 1,100 still fill the window

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Answer:
     text: str
-    tokens: int | None
+    tokens: int | None  # what the request counts against a tokens-per-minute limit (Gemini: its input)
 
 
 @dataclass(frozen=True)

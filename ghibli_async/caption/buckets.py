@@ -69,7 +69,7 @@ class Bucket:
     _last_sent: float = float("-inf")
     _answered_at: deque[float] = field(default_factory=deque)  # requests back from the server, in order
     _in_flight: int = 0
-    _tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    _tokens: deque[list[float]] = field(default_factory=deque)  # [sent at, tokens], oldest first
     _next_key: int = 0
 
     @property
@@ -132,7 +132,7 @@ class Bucket:
         """Record one request now, before it is sent."""
         self._in_flight += 1
         self._last_sent = now
-        self._tokens.append((now, tokens_reserved))
+        self._tokens.append([now, tokens_reserved])
         self.used_today += 1
         self._next_key = self.keys.index(key) + 1
 
@@ -148,9 +148,13 @@ class Bucket:
         self._in_flight -= 1
         self._answered_at.append(now)
 
-    def correct_tokens(self, now: float, delta: int) -> None:
-        """The reply's real token count replaces the reservation made by `take`."""
-        self._tokens.append((now, delta))
+    def correct_tokens(self, sent_at: float, delta: int) -> None:
+        """The reply's real token count replaces the reservation `take` made at `sent_at`: it counts
+        from the send, as the server counted it, and leaves the window with it."""
+        for entry in self._tokens:
+            if entry[0] == sent_at:
+                entry[1] += delta
+                return
 
     def _forget_before(self, horizon: float) -> None:
         while self._answered_at and self._answered_at[0] < horizon:
@@ -166,6 +170,7 @@ class Grant:
     bucket: Bucket
     key: str
     tokens_reserved: int
+    sent_at: float = 0.0
 
 
 def build_buckets(

@@ -160,7 +160,9 @@ class GeminiClient:
 
 def read_response(response: types.GenerateContentResponse) -> Answer | Blocked:
     """A 200 reply: the caption text, or the block reason when there is no text."""
-    tokens = response.usage_metadata.total_token_count if response.usage_metadata else None
+    usage = response.usage_metadata
+    # Gemini's TPM limit meters input tokens: count those (a packed request's k images are most of them).
+    tokens = (usage.prompt_token_count or usage.total_token_count) if usage else None
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
         return Blocked(f"prompt blocked: {_enum_name(feedback.block_reason)}", tokens)

@@ -69,6 +69,7 @@ class Served:
     tokens: int | None
     reserved: int = 0  # the tokens the scheduler set aside for it, which `tokens` replaces
     frames: int = 1  # the frames the request carried
+    sent_at: float = 0.0  # when the request was sent (its tokens count from then)
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def _reduce_pack(
     left out goes back to the queue (alone after a second miss); a safety block sends every frame
     of the pack alone, so one frame cannot block the others."""
     bucket = grant.bucket
-    effects: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved, len(attempts))]
+    effects: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved, len(attempts), grant.sent_at)]
     if isinstance(reply, Blocked):
         return effects, [(replace(attempt, alone=True), Retry()) for attempt in attempts]
     reading = read_pack(reply.text, [attempt.number for attempt in attempts])
@@ -281,12 +282,12 @@ def _reduce(
     bucket = grant.bucket
     if isinstance(reply, Answer):
         judged, attempt = _judge(grant, reply.text, reply.tokens, attempt, rules, other_bucket_free)
-        return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], judged, attempt
+        return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)], judged, attempt
     if isinstance(reply, Blocked):
         attempt = replace(attempt, refused_by=attempt.refused_by | {bucket.model})
         enough = len(attempt.refused_by) > rules.blocked_retries  # distinct models, this run and earlier ones
         verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if enough else Retry()
-        return [Served(bucket.name, reply.tokens, grant.tokens_reserved)], verdict, attempt
+        return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)], verdict, attempt
     if isinstance(reply, RateLimited):
         return _rate_limited(grant, reply, rules, since_reset_s), Retry(), attempt
     if isinstance(reply, KeyRejected):

@@ -86,7 +86,7 @@ class Scheduler:
                 break
             bucket.take(now, key, tokens)
             self._in_flight.update((key, bucket.model))
-            return Grant(bucket, key, tokens)
+            return Grant(bucket, key, tokens, now)
         return Wait(*min(next_free)) if next_free else Wait(None)
 
     def pack_size(self, model: str) -> int:
@@ -124,7 +124,7 @@ class Scheduler:
         if isinstance(effect, Served):
             bucket.strikes = 0
             if effect.tokens:
-                bucket.correct_tokens(now, effect.tokens - effect.reserved)
+                bucket.correct_tokens(effect.sent_at, effect.tokens - effect.reserved)
                 self.token_estimate = round(0.8 * self.token_estimate + 0.2 * effect.tokens / effect.frames)
         elif isinstance(effect, CoolDown):
             bucket.strikes += 1
