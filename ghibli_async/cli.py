@@ -19,12 +19,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ghibli_async.caption.calibrate import calibrate
 from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import LOG_FILE, configure_logging, log_file
-from ghibli_async.pipeline import Pipeline, export_only, refuse_a_lost_state, retry_failed, set_override
+from ghibli_async.pipeline import (
+    Pipeline,
+    exclusive,
+    export_only,
+    refuse_a_lost_state,
+    retry_failed,
+    set_override,
+)
 from ghibli_async.plan import plan_run
 from ghibli_async.report import filter_row_json, format_filter_report, format_service_summary, format_status
 from ghibli_async.restore import restore_state
@@ -41,6 +49,7 @@ COMMANDS = {
     "status": "show counts per stage and status, today's quota use per bucket, and what is left",
     "export": "rewrite the output folder (images + metadata.jsonl) from the state",
     "check-keys": "send one cheap request per key and model; exit 0 if at least one pair works",
+    "calibrate": "caption a sample one frame per request and k per request on one model; compare the captions",
     "filter-report": "show the filter's decisions: counts per reason, or one JSON line per frame (--json)",
     "keep": "keep these frames whatever the filter says (the next run honours it)",
     "reject": "reject these frames whatever the filter says (they are never deleted)",
@@ -76,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "retry":
             command.add_argument(
                 "--stage", choices=RETRY_STAGES, action="append", help="only this stage (repeatable; default: all)"
+            )
+        if name == "calibrate":
+            command.add_argument("--model", default=None, help="the model to measure (default: the first packed one)")
+            command.add_argument(
+                "--per-request",
+                type=_positive_int,
+                default=None,
+                metavar="K",
+                help="frames per request to compare with one (default: the model's images_per_request, else 4)",
+            )
+            command.add_argument(
+                "--sample", type=_positive_int, default=20, metavar="N", help="frames to caption each way (default 20)"
             )
         if name in ("keep", "reject"):
             command.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="source frame files")
@@ -157,6 +178,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         "status": _cmd_status,
         "export": _cmd_export,
         "check-keys": _cmd_check_keys,
+        "calibrate": _cmd_calibrate,
         "filter-report": _cmd_filter_report,
         "keep": _cmd_override,
         "reject": _cmd_override,
@@ -286,6 +308,40 @@ def _cmd_check_keys(config: Config, args: argparse.Namespace, clock: Clock) -> i
     checks = asyncio.run(check_keys(config.caption, keys))
     print(format_checks(checks))
     return 0 if any(check.works for check in checks) else 1
+
+
+def _cmd_calibrate(config: Config, args: argparse.Namespace, clock: Clock) -> int:
+    model, frames_per_request = calibration_choice(config, args.model, args.per_request)
+    keys = load_caption_keys(config)
+    if not keys:
+        raise UserError(
+            "no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config"
+        )
+    if not config.state_path.exists():
+        raise UserError(f"nothing to calibrate on yet: no state at {config.state_path} (run with --skip-caption first)")
+    with (
+        exclusive(config.paths.work_dir),
+        State.open(config.state_path) as state,
+        log_file(config.paths.work_dir / LOG_FILE),
+    ):
+        measured = asyncio.run(
+            calibrate(state, config, keys, clock, model=model, frames_per_request=frames_per_request, size=args.sample)
+        )
+    print(measured.text())
+    return 0
+
+
+def calibration_choice(config: Config, model: str | None, per_request: int | None) -> tuple[str, int]:
+    """The model to calibrate (named, else the first with several frames per request, else the
+    first) and the frames per request to compare with one."""
+    models = config.caption.models
+    if model is not None and model not in {m.name for m in models}:
+        raise UserError(f"--model {model}: not in caption.models ({', '.join(m.name for m in models)})")
+    chosen = config.caption.model(model) if model else next((m for m in models if m.images_per_request > 1), models[0])
+    k = per_request or (chosen.images_per_request if chosen.images_per_request > 1 else 4)
+    if k < 2:
+        raise UserError("--per-request must be 2 or more: calibrate compares it with one frame per request")
+    return chosen.name, k
 
 
 def _cmd_filter_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:

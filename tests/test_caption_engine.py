@@ -312,8 +312,9 @@ def test_a_restart_starts_inside_the_servers_minute_not_an_empty_one(project: Pr
 
 
 def test_even_pacing_spreads_a_buckets_requests_across_its_minute(project: Project) -> None:
-    """rpm 10: one request every 6 s, never a burst of ten at the start of a window (free-tier
-    projects have been suspended after bursts); the run still takes about 1 minute per 10."""
+    """rpm 10: about one request every 6 s (never closer than 90% of it), never a burst of ten at
+    the start of a window (free-tier projects have been suspended after bursts); the run still
+    takes about 1 minute per 10."""
     make_frames(project, 40)
     write_env(project, GEMINI_API_KEY_1="k1")
     clock = VirtualClock()
@@ -328,5 +329,5 @@ def test_even_pacing_spreads_a_buckets_requests_across_its_minute(project: Proje
     run_virtual(scenario())
     sent = sorted(s.at for s in fake.seen)
     gaps = [later - earlier for earlier, later in zip(sent, sent[1:])]
-    assert min(gaps) >= 6.0 - 1e-6, "two requests closer than 60 s / rpm"
+    assert min(gaps) >= 0.9 * 6.0 - 1e-6, "two requests closer than 90% of 60 s / rpm"
     assert sent[-1] - sent[0] <= 4 * 60 + 15  # 40 requests at 10 a minute, as before

@@ -14,7 +14,7 @@ from conftest import Project, make_frames
 from fake_gemini import FakeGemini, ModelLimits
 from fake_openai import FakeOpenAI, ServedModel
 from fake_packs import CUT, FAULTS, GARBAGE, MISSING, REPEATED, UNKNOWN
-from virtual_time import VirtualClock, run_virtual
+from virtual_time import SteadyClock, VirtualClock, run_virtual
 
 from ghibli_async.caption.answers import Answer, Blocked, PackRefused
 from ghibli_async.caption.buckets import Bucket, Grant, Limits
@@ -291,3 +291,41 @@ def test_an_openai_compatible_server_takes_packed_requests(project: Project, ser
     refusals = [seen for seen in fake.seen if seen.status == 400]
     assert [seen.kind for seen in refusals] == ([kind] if kind else [])
     assert_each_caption_is_its_own(project, 12)
+
+
+def test_calibrate_compares_one_and_k_per_request_and_keeps_what_it_paid_for(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_frames(project, 10)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    fake = FakeGemini(SteadyClock(), {"k1": "p"}, {"m1": ModelLimits(), "m2": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config("resize:\n  size: 64\n")
+        assert project.cli("--skip-caption") == 0
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  models:\n"
+            "    - {name: m1, rpm: 600, rpd: 1000, tpm: 1000000}\n"
+            "    - {name: m2, rpm: 600, rpd: 1000, tpm: 1000000, images_per_request: 4}\n"
+        )
+        capsys.readouterr()
+        assert project.cli("calibrate", "--sample", "8", clock=SteadyClock()) == 0
+        out = capsys.readouterr().out
+        assert {seen.model for seen in fake.seen} == {"m2"}  # the first packed model, by default
+        assert sorted(len(seen.images) for seen in fake.seen) == [1] * 8 + [4, 4]
+        assert "m2: 8 frames compared; content-word overlap 100%" in out
+        assert "Requests: 8 at one frame per request, 2 at 4 per request" in out
+        assert "8 one-per-request captions were kept" in out
+        fake.seen.clear()
+        assert project.cli(clock=SteadyClock()) == 0  # the run pays only for the two frames not sampled
+    assert sum(len(seen.images) for seen in fake.seen) == 2
+    assert_each_caption_is_its_own(project, 10)
+
+
+def test_calibrate_says_what_is_wrong_in_one_line(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    make_frames(project, 2)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    project.write_config("caption:\n  models:\n    - {name: m1, rpm: 5, rpd: 20, tpm: 250000}\n")
+    assert project.cli("calibrate", "--model", "gemma") == 2
+    assert capsys.readouterr().err == "error: --model gemma: not in caption.models (m1)\n"
+    assert project.cli("calibrate") == 2
+    assert "no state at" in capsys.readouterr().err

@@ -21,6 +21,10 @@ WINDOW_S = 60.0
 # "at most rpm requests in any 60 s" then holds on the server's side too, at ~3% of throughput
 # for 2 s answers.
 WINDOW_MARGIN_S = 0.1
+# A paced bucket spaces its requests PACING_SHARE x 60 s / rpm apart (spread over 54 s of each
+# minute): without that slack, a request held back by a slow answer a minute before would push
+# every later one back too (measured: 95% of the bound instead of 96%, bench_free_day).
+PACING_SHARE = 0.9
 PACIFIC = ZoneInfo("America/Los_Angeles")
 
 
@@ -103,7 +107,7 @@ class Bucket:
             rpm_free = now + WINDOW_S + WINDOW_MARGIN_S
         elif len(self._answered_at) >= room:
             rpm_free = self._answered_at[-room] + WINDOW_S + WINDOW_MARGIN_S
-        paced_free = self._last_sent + WINDOW_S / self.limits.rpm if self.paced else now
+        paced_free = self._last_sent + PACING_SHARE * WINDOW_S / self.limits.rpm if self.paced else now
         return max(now, self.cooldown_until, rpm_free, paced_free, self._tpm_free_at(now, tokens_needed))
 
     def _tpm_free_at(self, now: float, tokens_needed: int) -> float:
@@ -135,6 +139,13 @@ class Bucket:
         self._tokens.append([now, tokens_reserved])
         self.used_today += 1
         self._next_key = self.keys.index(key) + 1
+
+    def untake(self, sent_at: float, tokens_reserved: int) -> None:
+        """Undo a `take` whose request never went out."""
+        self._in_flight -= 1
+        self.used_today -= 1
+        if [sent_at, tokens_reserved] in self._tokens:
+            self._tokens.remove([sent_at, tokens_reserved])
 
     def restore_window(self, answered_at: list[float]) -> None:
         """Answers from before a restart, on this run's time scale, oldest first."""

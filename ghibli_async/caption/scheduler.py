@@ -89,6 +89,11 @@ class Scheduler:
             return Grant(bucket, key, tokens, now)
         return Wait(*min(next_free)) if next_free else Wait(None)
 
+    def release(self, grant: Grant) -> None:
+        """A slot taken but not used (no request went out): it is free again."""
+        grant.bucket.untake(grant.sent_at, grant.tokens_reserved)
+        self._in_flight.subtract((grant.key, grant.bucket.model))
+
     def pack_size(self, model: str) -> int:
         """How many frames a request to `model` carries (at most)."""
         return self.frames_per_request.get(model, 1)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Protocol
 
 import aiofiles
 import structlog
@@ -118,6 +119,30 @@ def _no_keys_note(config: Config, waiting: int) -> str:
     )
 
 
+class CaptionResults(Protocol):
+    """Where the engine puts each frame's end: the state's results, or a calibration's sample."""
+
+    def still_wants_caption(self, number: int) -> bool: ...
+
+    def record_caption(
+        self,
+        number: int,
+        caption: str,
+        *,
+        model: str,
+        key_label: str,
+        attempts: int = 1,
+        tokens: int | None = None,
+        needs_review: bool = False,
+    ) -> None: ...
+
+    def record_caption_failure(
+        self, number: int, status: Status, reason: str, *, attempts: int, refused_by: Collection[str] = ()
+    ) -> None: ...
+
+    def record_refusals(self, number: int, refused_by: Collection[str]) -> None: ...
+
+
 @dataclass
 class CaptionReport:
     """What the caption stage did in this run; `stopped` says why it ended early, if it did."""
@@ -134,11 +159,14 @@ class CaptionEngine:
     """Acquire a grant, send, reduce the answer, apply the effects: the policy itself lives in
     the scheduler (which bucket, when) and the reducer (what an answer means)."""
 
-    def __init__(self, state: State, config: Config, keys: list[ApiKey], clock: Clock) -> None:
+    def __init__(
+        self, state: State, config: Config, keys: list[ApiKey], clock: Clock, *, results: CaptionResults | None = None
+    ) -> None:
+        self.state = state
         self.books = state.quota
         for label in self.books.follow_renumbered_keys({key.label: key.fingerprint for key in keys}):
             log.warning("key_changed", key=label, effect="its quota books follow the key it held before")
-        self.results = state.results
+        self.results: CaptionResults = results or state.results
         self.caption = config.caption
         self.clock = clock
         self.images_dir = config.resized_dir
@@ -161,8 +189,10 @@ class CaptionEngine:
         self._lobby: list[_Held] = []  # frames whose workers wait for a slot: another request may take them
         self._asked_to_stop = False
 
-    async def run(self, *, limit: int | None = None) -> CaptionReport:
-        jobs = self.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
+    async def run(self, *, limit: int | None = None, jobs: list[CaptionJob] | None = None) -> CaptionReport:
+        """Caption the frames waiting for a caption (at most `limit`), or those of `jobs`."""
+        if jobs is None:
+            jobs = self.state.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
         if not jobs:
             return self.report
         self.books.clear_retirements()
@@ -196,7 +226,7 @@ class CaptionEngine:
             await queue.put(None)
 
     async def _work(self, queue: asyncio.Queue[CaptionJob | None]) -> None:
-        tray = _Tray(queue, self._load)
+        tray = _Tray(queue)
         while (lead := await tray.next()) is not None:
             if self._no_new_work():
                 self._tally(LEFT)
@@ -211,11 +241,17 @@ class CaptionEngine:
                 self._tally(grant)
             elif isinstance(grant, Grant):
                 self._lobby.remove(lead)
-                await self._send(grant, [lead, *await self._fill(grant, lead, tray)], tray)
+                pack = await self._load([lead, *self._fill(grant, lead, tray)])
+                if pack:
+                    await self._send(grant, pack, tray)
+                else:  # not one image could be read: the slot goes back unused
+                    self.scheduler.release(grant)
+                    self._wake_waiters()
 
-    async def _fill(self, grant: Grant, lead: _Held, tray: _Tray) -> list[_Held]:
+    def _fill(self, grant: Grant, lead: _Held, tray: _Tray) -> list[_Held]:
         """The other frames of a request under `grant`: this worker's own, then frames other
-        workers hold while they wait for a slot (they stop waiting), then the queue's."""
+        workers hold while they wait for a slot (they stop waiting), then the queue's. No await
+        here: a frame is in exactly one worker's hands, the lobby or the queue at any moment."""
         room = 0 if lead.attempt.alone else self.scheduler.pack_size(grant.bucket.model) - 1
         fits = _fits(grant)
         taken = tray.take(room, fits)
@@ -224,19 +260,25 @@ class CaptionEngine:
             self._lobby = [frame for frame in self._lobby if frame not in waiting]
             self._wake_waiters()  # their workers find their frame gone and take another
         taken += waiting
-        taken += await tray.fill(room - len(taken), fits)
+        taken += tray.fill(room - len(taken), fits)
         return [frame for frame in taken if self._still_wanted(frame)]
 
-    async def _load(self, job: CaptionJob) -> _Held | None:
-        """The job's image, or None when it cannot be read (the frame is then failed)."""
-        attempt = Attempt(job.number, refused_by=job.refused_by)
-        path = self.images_dir / output_name(job.number)
-        try:
-            async with aiofiles.open(path, "rb") as stream:
-                return _Held(attempt, await stream.read())
-        except OSError as exc:
-            self._tally(self._finish(attempt, GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}"), None))
-            return None
+    async def _load(self, pack: list[_Held]) -> list[_Held]:
+        """The frames of `pack` with their images read (once per frame); a frame whose image cannot
+        be read is failed and left out."""
+        loaded = []
+        for frame in pack:
+            if frame.image is not None:
+                loaded.append(frame)
+                continue
+            path = self.images_dir / output_name(frame.attempt.number)
+            try:
+                async with aiofiles.open(path, "rb") as stream:
+                    loaded.append(_Held(frame.attempt, await stream.read()))
+            except OSError as exc:
+                failed = GiveUp(Status.FAILED, f"cannot read {path.name}: {exc.strerror}")
+                self._tally(self._finish(frame.attempt, failed, None))
+        return loaded
 
     def _still_wanted(self, frame: _Held) -> bool:
         """A frame added to a pack is asked the question `_acquire` asks its lead."""
@@ -249,7 +291,9 @@ class CaptionEngine:
         """One request for the frames of `pack`; each frame's verdict is stored, or it goes back to
         the tray for another request."""
         model = grant.bucket.model
-        reply = await self.client.generate(grant.key, model, [Frame(f.attempt.number, f.image) for f in pack])
+        self.books.count_request(grant.bucket.project, model, grant.bucket.day)
+        self.report.requests += 1
+        reply = await self.client.generate(grant.key, model, [Frame(f.attempt.number, f.image or b"") for f in pack])
         now = self.clock.now()
         self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
         outcome = reduce_reply(
@@ -313,8 +357,6 @@ class CaptionEngine:
                 self._progress.working()
                 bucket = decision.bucket
                 log.debug("caption_request", image=attempt.number, bucket=bucket.name, key=decision.key)
-                self.books.count_request(bucket.project, bucket.model, day)
-                self.report.requests += 1
                 return decision
             if not isinstance(decision, Wait):
                 return None
@@ -451,7 +493,7 @@ class _Held:
     """A frame in a worker's hands: where it is in this run, and its image."""
 
     attempt: Attempt
-    image: bytes
+    image: bytes | None  # None until the frame goes out in a request
 
 
 def _fits(grant: Grant) -> Callable[[_Held], bool]:
@@ -470,19 +512,19 @@ class _Tray:
     """The frames one worker holds: taken from the queue, or given back by an answer (a frame a
     packed answer left out, a second opinion, a retry) to go out again with the next request."""
 
-    def __init__(self, queue: asyncio.Queue[CaptionJob | None], load: Callable[[CaptionJob], Awaitable[_Held | None]]):
-        self._queue, self._load = queue, load
+    def __init__(self, queue: asyncio.Queue[CaptionJob | None]):
+        self._queue = queue
         self._held: deque[_Held] = deque()
         self._open = True  # the queue may still give this worker frames
 
     async def next(self) -> _Held | None:
         """The frame to lead the next request: one held, else the queue's next; None: no more."""
-        while not self._held and self._open:
+        if not self._held and self._open:
             job = await self._queue.get()
             if job is None:
                 self._open = False
-            elif (frame := await self._load(job)) is not None:
-                self._held.append(frame)
+            else:
+                self._held.append(_unread(job))
         return self._held.popleft() if self._held else None
 
     def take(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
@@ -492,7 +534,7 @@ class _Tray:
             self._held.remove(frame)
         return taken
 
-    async def fill(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
+    def fill(self, room: int, fits: Callable[[_Held], bool]) -> list[_Held]:
         """Up to `room` frames from the queue that fit a request (without waiting for it); frames
         that do not fit are held."""
         taken: list[_Held] = []
@@ -503,9 +545,14 @@ class _Tray:
                 break
             if job is None:
                 self._open = False
-            elif (loaded := await self._load(job)) is not None:
-                (taken if fits(loaded) else self._held).append(loaded)
+            else:
+                frame = _unread(job)
+                (taken if fits(frame) else self._held).append(frame)
         return taken
 
     def hold(self, frame: _Held) -> None:
         self._held.append(frame)
+
+
+def _unread(job: CaptionJob) -> _Held:
+    return _Held(Attempt(job.number, refused_by=job.refused_by), None)
