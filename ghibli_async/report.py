@@ -148,7 +148,8 @@ def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetim
         limit = f"{rpd:<6} requests ({source} limit)" if rpd is not None else f"{'-':<6} requests (no daily limit)"
         tokens = usage[(bucket.project, bucket.model)].tokens if (bucket.project, bucket.model) in usage else 0
         lines.append(f"  {bucket.name:<40} {bucket.used_today:>6}/{limit}, {tokens} tokens  {condition}")
-    return lines + _forecast(live, waiting) + _retirements(events, config, keys)
+    packs = {model.name: model.images_per_request for model in config.caption.models}
+    return lines + _forecast(live, packs, waiting) + _retirements(events, config, keys)
 
 
 def _condition(bucket: Bucket, events: list[BucketEvent], day: str, wall: datetime, reset: str) -> str:
@@ -168,16 +169,22 @@ def _condition(bucket: Bucket, events: list[BucketEvent], day: str, wall: dateti
     return "open"
 
 
-def _forecast(live: list[Bucket], waiting: int) -> list[str]:
-    """Captions left today from the live buckets only, and how many days the rest needs at this quota."""
+def _forecast(live: list[Bucket], packs: dict[str, int], waiting: int) -> list[str]:
+    """Captions left today from the live buckets only (a request carries a model's frames per
+    request), and how many days the rest needs at this quota."""
     if not live:
         return ["  no bucket can take a request today"]
-    capped = [(bucket.limits.rpd, bucket.used_today) for bucket in live if bucket.limits.rpd is not None]
+    capped = [
+        (bucket.limits.rpd, bucket.used_today, packs.get(bucket.model, 1))
+        for bucket in live
+        if bucket.limits.rpd is not None
+    ]
     if len(capped) < len(live):
         return ["  a live bucket has no daily limit: the rest goes as fast as that endpoint answers"]
-    left = sum(max(0, rpd - used) for rpd, used in capped)
-    lines = [f"  about {left} more captions today from the live buckets"]
-    per_day = sum(rpd for rpd, _ in capped)
+    left = sum(max(0, rpd - used) * k for rpd, used, k in capped)
+    packed = " (at each model's frames per request)" if any(k > 1 for *_, k in capped) else ""
+    lines = [f"  about {left} more captions today from the live buckets{packed}"]
+    per_day = sum(rpd * k for rpd, _, k in capped)
     if waiting > left and per_day:
         days = 1 + math.ceil((waiting - left) / per_day)
         lines.append(

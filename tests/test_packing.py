@@ -329,3 +329,22 @@ def test_calibrate_says_what_is_wrong_in_one_line(project: Project, capsys: pyte
     assert capsys.readouterr().err == "error: --model gemma: not in caption.models (m1)\n"
     assert project.cli("calibrate") == 2
     assert "no state at" in capsys.readouterr().err
+
+
+def test_status_forecasts_with_frames_per_request(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    make_frames(project, 12)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    fake = FakeGemini(SteadyClock(), {"k1": "p"}, {"m1": ModelLimits(), "gemma": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  models:\n"
+            "    - {name: m1, rpm: 600, rpd: 2, tpm: 1000000}\n"
+            "    - {name: gemma, rpm: 600, rpd: 100, tpm: 1000000, images_per_request: 4}\n"
+        )
+        assert project.cli("--limit", "10", clock=SteadyClock()) == 0
+    capsys.readouterr()
+    project.cli("status", clock=SteadyClock())
+    out = capsys.readouterr().out
+    served = {model: sum(1 for s in fake.successes() if s.model == model) for model in ("m1", "gemma")}
+    left = (2 - served["m1"]) + (100 - served["gemma"]) * 4
+    assert f"about {left} more captions today from the live buckets (at each model's frames per request)" in out
