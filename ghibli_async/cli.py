@@ -295,7 +295,7 @@ def _cmd_status(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     exported = exported_count(config.paths.output_dir)
     keys = load_caption_keys(config)
     with State.open(config.state_path, readonly=True) as state:
-        print(format_status(state, config, keys, exported, clock.wall()))
+        print(format_status(state, config, keys, exported, clock))
     return 0
 
 

@@ -7,7 +7,9 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-from ghibli_async.caption.buckets import Bucket, build_buckets, next_quota_reset, quota_day
+from ghibli_async.caption.buckets import Bucket, next_quota_reset
+from ghibli_async.caption.ledger import QuotaLedger
+from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
@@ -81,9 +83,9 @@ def describe_end(report: RunReport) -> str:
     return f"Result: {text} (exit {int(end)})."
 
 
-def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, wall: datetime) -> str:
+def format_status(state: State, config: Config, keys: list[ApiKey], exported: int, clock: Clock) -> str:
     counts, problems = state.progress.counts(), state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
-    lines = [f"State: {config.state_path}", _now_line(state.activity.current(), wall)]
+    lines = [f"State: {config.state_path}", _now_line(state.activity.current(), clock.wall())]
     stages_on = _stages_on(config, state.runs.last())
     lines += _totals(counts, stages_on)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
@@ -92,7 +94,7 @@ def format_status(state: State, config: Config, keys: list[ApiKey], exported: in
     lines += _problems(problems, config.paths.input_dir)
     lines += _videos(state.sources.videos())
     waiting = counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0)
-    lines += _quota_today(state, config, keys, wall, waiting)
+    lines += _quota_today(state, config, keys, clock, waiting)
     return "\n".join(lines)
 
 
@@ -125,57 +127,36 @@ def _videos(videos: list[Video]) -> list[str]:
     return lines
 
 
-def _quota_today(state: State, config: Config, keys: list[ApiKey], wall: datetime, waiting: int) -> list[str]:
+def _quota_today(state: State, config: Config, keys: list[ApiKey], clock: Clock, waiting: int) -> list[str]:
     """Per bucket: requests the server served today against the daily limit (the server's, once
     learned), and its condition; then what the live buckets can still do."""
     if not keys:
         return ["Quota: no API keys configured (GEMINI_API_KEY_1, … in the environment or .env)."]
-    day = quota_day(wall)
-    usage = state.quota.usage(day)
-    learned = state.quota.learned_limits()
-    served = {bucket: used.accepted for bucket, used in usage.items()}
-    buckets = build_buckets(config.caption, keys, day=day, used_today=served, learned=learned)
-    events = state.quota.events()
-    reset = next_quota_reset(wall).astimezone()
-    lines = [f"Quota day {day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
+    ledger = QuotaLedger(state.quota, config.caption, keys, clock)
+    reset = next_quota_reset(clock.wall()).astimezone()
+    lines = [f"Quota day {ledger.day} (Pacific; resets {reset:%Y-%m-%d %H:%M %Z}):"]
     live: list[Bucket] = []
-    for bucket in buckets:
-        condition = _condition(bucket, events, day, wall, f"{reset:%H:%M %Z}")
+    for bucket in ledger.buckets:
+        condition = ledger.condition(bucket)
         if condition == "open" or condition.startswith("cooling"):
             live.append(bucket)
-        source = "server" if "rpd" in learned.get((bucket.project, bucket.model), {}) else "table"
+        source = "server" if "rpd" in ledger.learned.get((bucket.project, bucket.model), {}) else "table"
         rpd = bucket.limits.rpd
         limit = f"{rpd:<6} requests ({source} limit)" if rpd is not None else f"{'-':<6} requests (no daily limit)"
-        tokens = usage[(bucket.project, bucket.model)].tokens if (bucket.project, bucket.model) in usage else 0
-        lines.append(f"  {bucket.name:<40} {bucket.used_today:>6}/{limit}, {tokens} tokens  {condition}")
-    packs = {model.name: model.images_per_request for model in config.caption.models}
-    return lines + _forecast(live, packs, waiting) + _retirements(events, config, keys)
+        usage = ledger.usage.get((bucket.project, bucket.model))
+        lines.append(
+            f"  {bucket.name:<40} {bucket.used_today:>6}/{limit}, {usage.tokens if usage else 0} tokens  {condition}"
+        )
+    return lines + _forecast(live, ledger, waiting) + _retirements(ledger.events, config, keys)
 
 
-def _condition(bucket: Bucket, events: list[BucketEvent], day: str, wall: datetime, reset: str) -> str:
-    """open / cooling until T / spent until the reset / key invalid / model retired."""
-    mine = [e for e in events if (e.project, e.model) == (bucket.project, bucket.model)]
-    if any(e.kind == "model_retired" and e.model == bucket.model for e in events):
-        return "model retired in the last run"
-    retired_keys = {e.project for e in events if e.kind == "key_retired"}
-    if bucket.keys and set(bucket.keys) <= retired_keys:
-        return "key invalid (last run)"
-    spent = any(e.kind == "spent" and e.until == day for e in mine)
-    if spent or (bucket.limits.rpd is not None and bucket.used_today >= bucket.limits.rpd):
-        return f"spent until {reset}"
-    cooling = [datetime.fromisoformat(e.until) for e in mine if e.kind == "cooldown" and e.until]
-    if cooling and max(cooling) > wall:
-        return f"cooling until {max(cooling).astimezone():%H:%M:%S}"
-    return "open"
-
-
-def _forecast(live: list[Bucket], packs: dict[str, int], waiting: int) -> list[str]:
+def _forecast(live: list[Bucket], ledger: QuotaLedger, waiting: int) -> list[str]:
     """Captions left today from the live buckets only (a request carries a model's frames per
     request), and how many days the rest needs at this quota."""
     if not live:
         return ["  no bucket can take a request today"]
     capped = [
-        (bucket.limits.rpd, bucket.used_today, packs.get(bucket.model, 1))
+        (bucket.limits.rpd, bucket.used_today, ledger.pack_size(bucket.model))
         for bucket in live
         if bucket.limits.rpd is not None
     ]

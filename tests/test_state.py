@@ -12,6 +12,7 @@ from ghibli_async.errors import UserError
 from ghibli_async.facts import Decision
 from ghibli_async.stages.scan import natural_sort_key
 from ghibli_async.state import SCHEMA_VERSION, State
+from ghibli_async.state.quota import LimitWrite, ServedWrite
 from ghibli_async.state.sources import SourceFile
 from ghibli_async.statuses import Override, Status
 
@@ -118,15 +119,14 @@ def test_quota_books_follow_a_key_when_env_is_renumbered(tmp_path: Path) -> None
     with State.open(tmp_path / "state.sqlite") as state:
         books = state.quota
         assert books.follow_renumbered_keys({"key#1": "fp-a", "key#2": "fp-b"}) == []
-        for _ in range(5):
-            books.count_served("key#1", "m", "2026-11-26", tokens=10)
-        books.count_served("key#2", "m", "2026-11-26", tokens=10)
-        books.save_learned_limit("key#1", "m", "rpd", 20)
+        for at in range(5):
+            books.settle("key#1", "m", 1000.0 + at, [ServedWrite("2026-11-26", 10)])
+        books.settle("key#2", "m", 1005.0, [ServedWrite("2026-11-26", 10), LimitWrite("rpd", 20)])
 
         assert books.follow_renumbered_keys({"key#1": "fp-b", "key#2": "fp-a"}) == ["key#1", "key#2"]
         usage = books.usage("2026-11-26")
         assert (usage[("key#1", "m")].accepted, usage[("key#2", "m")].accepted) == (1, 5)
-        assert books.learned_limits() == {("key#2", "m"): {"rpd": 20}}
+        assert books.learned_limits() == {("key#1", "m"): {"rpd": 20}}
 
         books.follow_renumbered_keys({"key#1": "fp-b"})  # key a is gone from .env: its books go too
         assert set(books.usage("2026-11-26")) == {("key#1", "m")}

@@ -14,7 +14,6 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Protocol
 
 import aiofiles
@@ -22,39 +21,23 @@ import structlog
 
 from ghibli_async.caption.answers import Answer, Blocked, RateLimited, Reply, TransientError
 from ghibli_async.caption.buckets import (
-    WINDOW_MARGIN_S,
-    WINDOW_S,
-    Bucket,
     Grant,
-    build_buckets,
-    next_quota_reset,
-    quota_day,
     seconds_into_quota_day,
 )
 from ghibli_async.caption.clients import CaptionClients
+from ghibli_async.caption.ledger import QuotaLedger
 from ghibli_async.caption.packing import Frame
 from ghibli_async.caption.progress import CaptionProgress
 from ghibli_async.caption.reducer import (
     Accept,
     Attempt,
-    CoolDown,
-    Effect,
     GiveUp,
-    LearnLimit,
     LeavePending,
-    NarrowInFlight,
-    OnePerRequest,
-    RetireKey,
-    RetireModel,
     Retry,
-    Served,
-    SpendForToday,
     StopRun,
     Verdict,
     reduce_reply,
-    when_no_bucket,
 )
-from ghibli_async.caption.scheduler import Scheduler, Wait
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.run_end import RunEnd, worst
@@ -69,6 +52,7 @@ log = structlog.get_logger(__name__)
 LEFT = "left"  # the outcome of an image this run did not get to: pending for the next run
 WITHDRAWN = "withdrawn"  # captioned by hand or rejected on the review page before its request went out
 TAKEN = "taken"  # a frame that waited for a slot went out with another worker's request
+STOPPED = "stopped"  # the run stops taking new work: a frame waiting for a slot stays pending
 
 
 class CaptionStage:
@@ -163,27 +147,13 @@ class CaptionEngine:
         self, state: State, config: Config, keys: list[ApiKey], clock: Clock, *, results: CaptionResults | None = None
     ) -> None:
         self.state = state
-        self.books = state.quota
-        for label in self.books.follow_renumbered_keys({key.label: key.fingerprint for key in keys}):
-            log.warning("key_changed", key=label, effect="its quota books follow the key it held before")
         self.results: CaptionResults = results or state.results
         self.caption = config.caption
         self.clock = clock
         self.images_dir = config.resized_dir
-        day = quota_day(clock.wall())
-        used = {bucket: usage.accepted for bucket, usage in self.books.usage(day).items()}
-        buckets = build_buckets(self.caption, keys, day=day, used_today=used, learned=self.books.learned_limits())
-        self._restore_windows(buckets)
-        spent = {(e.project, e.model) for e in self.books.events() if e.kind == "spent" and e.until == day}
-        for bucket in buckets:
-            if (bucket.project, bucket.model) in spent:  # the server said so today: do not ask again
-                bucket.spent_day = day
-        self.scheduler = Scheduler(buckets, {model.name: model.images_per_request for model in self.caption.models})
+        self.ledger = QuotaLedger.open(state.quota, self.caption, keys, clock)
         self.client = CaptionClients(self.caption, keys)
-        self.report = CaptionReport()
-        self._said: set[tuple[str, str]] = set()
-        self._cooldowns_said: dict[str, str] = {}  # bucket -> the cooldown end last logged
-        self._answered = asyncio.Event()  # set (and replaced) whenever a request comes back
+        self.report = CaptionReport(retired=self.ledger.retired)
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
         self._unreadable_packs: Counter[str] = Counter()  # model -> packed answers in a row without a caption
         self._lobby: list[_Held] = []  # frames whose workers wait for a slot: another request may take them
@@ -195,9 +165,9 @@ class CaptionEngine:
             jobs = self.state.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
         if not jobs:
             return self.report
-        self.books.clear_retirements()
+        self.ledger.begin()
         workers = min(self.caption.concurrency, len(jobs))
-        log.info("caption_start", images=len(jobs), buckets=len(self.scheduler.buckets), workers=workers)
+        log.info("caption_start", images=len(jobs), buckets=len(self.ledger.buckets), workers=workers)
         queue: asyncio.Queue[CaptionJob | None] = asyncio.Queue(maxsize=workers * 2 * self._widest_pack())
         self._progress = CaptionProgress(len(jobs), self.clock)
         tasks = [asyncio.create_task(self._produce(queue, jobs, workers))]
@@ -215,7 +185,7 @@ class CaptionEngine:
         return self.report
 
     def _widest_pack(self) -> int:
-        return max(self.scheduler.pack_size(model.name) for model in self.caption.models)
+        return max(self.ledger.pack_size(model.name) for model in self.caption.models)
 
     async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
         for job in jobs:
@@ -232,33 +202,46 @@ class CaptionEngine:
                 self._tally(LEFT)
                 continue
             self._lobby.append(lead)
-            grant = await self._acquire(lead)
-            if grant is None:
-                self._lobby.remove(lead)
+            grant = await self.ledger.acquire(
+                lead.attempt, give_up=lambda: self._give_up(lead), on_wait=self._progress.waiting_for
+            )
+            if grant == TAKEN:
+                continue  # it went out with another worker's request
+            self._lobby.remove(lead)
+            if grant is None or grant == STOPPED:
                 self._tally(self._finish(lead.attempt, self._no_bucket_verdict(lead.attempt), None))
             elif grant == WITHDRAWN:
-                self._lobby.remove(lead)
                 self._tally(grant)
             elif isinstance(grant, Grant):
-                self._lobby.remove(lead)
+                self._progress.working()
                 pack = await self._load([lead, *self._fill(grant, lead, tray)])
                 if pack:
                     await self._send(grant, pack, tray)
                 else:  # not one image could be read: the slot goes back unused
-                    self.scheduler.release(grant)
-                    self._wake_waiters()
+                    self.ledger.release(grant)
+
+    def _give_up(self, lead: _Held) -> str | None:
+        """Why `lead` should stop waiting for a slot, if it should (asked before each try, so a frame
+        captioned by hand or rejected on the review page, even during a long wait, is not sent)."""
+        if not any(frame is lead for frame in self._lobby):
+            return TAKEN
+        if self._no_new_work():
+            return STOPPED
+        if not self.results.still_wants_caption(lead.attempt.number):
+            return WITHDRAWN
+        return None
 
     def _fill(self, grant: Grant, lead: _Held, tray: _Tray) -> list[_Held]:
         """The other frames of a request under `grant`: this worker's own, then frames other
         workers hold while they wait for a slot (they stop waiting), then the queue's. No await
         here: a frame is in exactly one worker's hands, the lobby or the queue at any moment."""
-        room = 0 if lead.attempt.alone else self.scheduler.pack_size(grant.bucket.model) - 1
+        room = 0 if lead.attempt.alone else self.ledger.pack_size(grant.bucket.model) - 1
         fits = _fits(grant)
         taken = tray.take(room, fits)
         waiting = [frame for frame in self._lobby if fits(frame)][: room - len(taken)]
         if waiting:
             self._lobby = [frame for frame in self._lobby if frame not in waiting]
-            self._wake_waiters()  # their workers find their frame gone and take another
+            self.ledger.wake()  # their workers find their frame gone and take another
         taken += waiting
         taken += tray.fill(room - len(taken), fits)
         return [frame for frame in taken if self._still_wanted(frame)]
@@ -291,10 +274,9 @@ class CaptionEngine:
         """One request for the frames of `pack`; each frame's verdict is stored, or it goes back to
         the tray for another request."""
         model = grant.bucket.model
-        self.books.count_request(grant.bucket.project, model, grant.bucket.day)
+        self.ledger.count_sent(grant)
         self.report.requests += 1
         reply = await self.client.generate(grant.key, model, [Frame(f.attempt.number, f.image or b"") for f in pack])
-        now = self.clock.now()
         self._failing_streak = self._failing_streak + 1 if isinstance(reply, TransientError) else 0
         outcome = reduce_reply(
             grant,
@@ -302,24 +284,13 @@ class CaptionEngine:
             tuple(frame.attempt for frame in pack),
             self.caption,
             failing_streak=self._failing_streak,
-            other_bucket_free=self.scheduler.other_bucket_free(grant.bucket.day, grant, ()),
+            other_bucket_free=self.ledger.other_bucket_free(grant),
             since_reset_s=seconds_into_quota_day(self.clock.wall()),
             unreadable_packs=self._unreadable_packs[model],
         )
         if len(pack) > 1 and isinstance(reply, Answer):
             self._unreadable_packs[model] = self._unreadable_packs[model] + 1 if outcome.unreadable else 0
-        self.scheduler.answered(
-            grant,
-            now,
-            key_works=outcome.key_works,
-            model_works=outcome.model_works,
-            refused=isinstance(reply, RateLimited),
-        )
-        self.books.note_answered(grant.bucket.project, model, self.clock.wall().timestamp())
-        self._wake_waiters()
-        for effect in outcome.effects:
-            self.scheduler.apply(effect, now)
-            self._record(effect, grant)
+        self.ledger.settle(grant, outcome, refused=isinstance(reply, RateLimited))
         pause = 0.0
         for frame, (attempt, verdict) in zip(pack, outcome.verdicts):
             if isinstance(verdict, Retry):
@@ -335,110 +306,21 @@ class CaptionEngine:
         self.report.outcomes[outcome] += 1
         self._progress.finished(outcome)
 
-    async def _acquire(self, lead: _Held) -> Grant | str | None:
-        """The best bucket with room for `lead`, waiting for the earliest one if none has; None if
-        none is left; TAKEN when another worker's request took the frame while it waited; WITHDRAWN
-        when the frame no longer wants a caption (asked before each try for a slot, so a frame
-        captioned by hand or rejected on the review page, even during a long wait, is not sent)."""
-        attempt = lead.attempt
-        while True:
-            if not any(frame is lead for frame in self._lobby):
-                return TAKEN
-            if self._no_new_work():
-                return None
-            if not self.results.still_wants_caption(attempt.number):
-                return WITHDRAWN
-            day = quota_day(self.clock.wall())
-            now = self.clock.now()
-            decision = self.scheduler.acquire(
-                now, day, avoid_buckets=attempt.avoid_buckets, avoid_models=attempt.avoid_models
-            )
-            if isinstance(decision, Grant):
-                self._progress.working()
-                bucket = decision.bucket
-                log.debug("caption_request", image=attempt.number, bucket=bucket.name, key=decision.key)
-                return decision
-            if not isinstance(decision, Wait):
-                return None
-            wait_s = None if decision.until is None else decision.until - now
-            if decision.bucket is not None and wait_s is not None and wait_s > 1.0:
-                self._progress.waiting_for(decision.bucket, wait_s)
-            await self.clock.sleep(wait_s, self._answered)
-
-    def _restore_windows(self, buckets: list[Bucket]) -> None:
-        """A restart starts inside each bucket's true one-minute window, not an empty one."""
-        wall, now = self.clock.wall().timestamp(), self.clock.now()
-        recent = self.books.recent_answers(since=wall - WINDOW_S - WINDOW_MARGIN_S)
-        for bucket in buckets:
-            times = recent.get((bucket.project, bucket.model), [])
-            bucket.restore_window([now - max(0.0, wall - at) for at in times])
-
     def _no_new_work(self) -> bool:
         """Stopped on quota or errors, or asked to stop: no new request; those in flight land."""
         return self.report.stopped is not None or self._asked_to_stop
 
     def stop_politely(self) -> None:
         self._asked_to_stop = True
-        self._wake_waiters()  # a worker waiting for a bucket gives its image back at once
-
-    def _wake_waiters(self) -> None:
-        """A request came back: its slot (and perhaps a probe) is free; wake the workers waiting."""
-        self._answered.set()
-        self._answered = asyncio.Event()
+        self.ledger.wake()  # a worker waiting for a bucket gives its image back at once
 
     def _no_bucket_verdict(self, attempt: Attempt) -> Verdict:
         if self._no_new_work():
             return LeavePending()
-        reset = next_quota_reset(self.clock.wall()).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        self.report.resume_at = reset
-        return when_no_bucket(
-            attempt,
-            any_usable=self.scheduler.any_usable(quota_day(self.clock.wall())),
-            any_key_or_model_left=self.scheduler.any_key_or_model_left(),
-            untried_models=self.scheduler.any_model_left_besides(attempt.refused_by),
-            reset_at=reset,
-        )
+        self.report.resume_at = self.ledger.reset_at()
+        return self.ledger.no_bucket_verdict(attempt)
 
-    # --- applying effects and verdicts (the only writes and log lines of captioning) -------------
-
-    def _record(self, effect: Effect, grant: Grant) -> None:
-        """Write one effect to the quota books and say it (once per subject for warnings)."""
-        bucket = grant.bucket
-        if isinstance(effect, Served):
-            self.books.count_served(bucket.project, bucket.model, bucket.day, tokens=effect.tokens or 0)
-        elif isinstance(effect, SpendForToday):
-            self.books.note_event(bucket.project, bucket.model, "spent", until=bucket.day)
-            self._say_once("bucket_spent_for_today", bucket.name, bucket=bucket.name, used=bucket.used_today)
-        elif isinstance(effect, CoolDown):
-            until = (self.clock.wall() + timedelta(seconds=effect.seconds)).isoformat(timespec="seconds")
-            if self._cooldowns_said.get(bucket.name) != until:  # answers in flight meet the same limit
-                self._cooldowns_said[bucket.name] = until
-                self.books.note_event(bucket.project, bucket.model, "cooldown", until=until, reason=effect.scope)
-                log.info("bucket_cooldown", bucket=bucket.name, seconds=round(effect.seconds, 1), scope=effect.scope)
-        elif isinstance(effect, LearnLimit):
-            self.books.save_learned_limit(bucket.project, bucket.model, effect.kind, effect.value)
-            self._say_once(
-                "limit_learned",
-                f"{bucket.name}/{effect.kind}",
-                bucket=bucket.name,
-                limit=effect.kind,
-                configured=effect.configured,
-                server=effect.value,
-            )
-        elif isinstance(effect, NarrowInFlight):
-            self._say_once(
-                "in_flight_narrowed", bucket.name, bucket=bucket.name, max_in_flight=bucket.limits.max_in_flight
-            )
-        elif isinstance(effect, OnePerRequest):
-            self._say_once("model_one_frame_per_request", effect.model, model=effect.model, reason=effect.reason)
-        elif isinstance(effect, RetireKey):
-            if self._say_once("key_retired", effect.key, key=effect.key, reason=effect.reason):
-                self.books.note_event(effect.key, "*", "key_retired", reason=effect.reason)
-                self.report.retired.append(f"key {effect.key} not used for the rest of this run: {effect.reason}")
-        elif isinstance(effect, RetireModel):
-            if self._say_once("model_retired", effect.model, model=effect.model, reason=effect.reason):
-                self.books.note_event("*", effect.model, "model_retired", reason=effect.reason)
-                self.report.retired.append(f"model {effect.model} not used for the rest of this run: {effect.reason}")
+    # --- verdicts (the only writes of the results, and their log lines) -------------------------
 
     def _note_retry(self, attempt: Attempt, before: Attempt, grant: Grant, reply: Reply) -> None:
         if isinstance(reply, Blocked):
@@ -478,14 +360,6 @@ class CaptionEngine:
             self.report.end = worst([self.report.end, verdict.end])
             log.warning("caption_stopped", reason=verdict.reason)
         return LEFT
-
-    def _say_once(self, event: str, subject: str, **fields: object) -> bool:
-        """Log a warning the first time only; True when it was the first time."""
-        if (event, subject) in self._said:
-            return False
-        self._said.add((event, subject))
-        log.warning(event, **fields)
-        return True
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: two tries of one frame are not the same

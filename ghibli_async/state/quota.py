@@ -3,6 +3,7 @@ server taught us, and the cooldowns and retirements `status` shows."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 from ghibli_async.state.database import NOW, Database
@@ -28,6 +29,57 @@ class BucketEvent:
     at: str
 
 
+@dataclass(frozen=True)
+class ServedWrite:
+    """The server served the request: it counts against the daily limit of `day`."""
+
+    day: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """A cooldown, a spent day or a retirement (`project`/`model` given for a retirement: '*' or a key)."""
+
+    kind: str
+    until: str | None = None
+    reason: str | None = None
+    project: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitWrite:
+    kind: str  # rpm, rpd or tpm
+    value: int
+
+
+BookWrite = ServedWrite | EventWrite | LimitWrite
+
+
+def _write(db: sqlite3.Connection, project: str, model: str, write: BookWrite) -> None:
+    if isinstance(write, ServedWrite):
+        db.execute(
+            """INSERT INTO quota_usage (project, model, quota_day, accepted, tokens) VALUES (?, ?, ?, 1, ?)
+               ON CONFLICT (project, model, quota_day)
+               DO UPDATE SET accepted = accepted + 1, tokens = tokens + excluded.tokens""",
+            (project, model, write.day, write.tokens),
+        )
+    elif isinstance(write, EventWrite):
+        db.execute(
+            f"""INSERT INTO bucket_events (project, model, kind, until, reason) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (project, model, kind) DO UPDATE SET until = excluded.until,
+                   reason = excluded.reason, at = {NOW}""",
+            (write.project or project, write.model or model, write.kind, write.until, write.reason),
+        )
+    else:
+        db.execute(
+            f"""INSERT INTO learned_limits (project, model, kind, value) VALUES (?, ?, ?, ?)
+               ON CONFLICT (project, model, kind) DO UPDATE SET value = excluded.value, learned_at = {NOW}""",
+            (project, model, write.kind, write.value),
+        )
+
+
 _BOOKS = ("quota_usage", "learned_limits", "bucket_events", "recent_answers")  # tables whose rows belong to a project
 _RECENT_S = 120.0  # twice the one-minute window: enough for any restart to read the whole window
 
@@ -43,16 +95,6 @@ class QuotaBooks:
                 """INSERT INTO quota_usage (project, model, quota_day, requests) VALUES (?, ?, ?, 1)
                    ON CONFLICT (project, model, quota_day) DO UPDATE SET requests = requests + 1""",
                 (project, model, day),
-            )
-
-    def count_served(self, project: str, model: str, day: str, *, tokens: int) -> None:
-        """The server served a request (not a 429, not an error): it counts against the daily limit."""
-        with self._db.transaction() as db:
-            db.execute(
-                """INSERT INTO quota_usage (project, model, quota_day, accepted, tokens) VALUES (?, ?, ?, 1, ?)
-                   ON CONFLICT (project, model, quota_day)
-                   DO UPDATE SET accepted = accepted + 1, tokens = tokens + excluded.tokens""",
-                (project, model, day, tokens),
             )
 
     def usage(self, day: str) -> dict[tuple[str, str], Usage]:
@@ -83,11 +125,14 @@ class QuotaBooks:
             db.executemany("INSERT INTO key_fingerprints VALUES (?, ?)", fingerprints.items())
         return sorted(label for label, fp in fingerprints.items() if before.get(label, fp) != fp)
 
-    def note_answered(self, project: str, model: str, at: float) -> None:
-        """A request of this bucket came back at `at` (Unix time); answers older than the window go."""
+    def settle(self, project: str, model: str, answered_at: float, writes: list[BookWrite]) -> None:
+        """A request of this bucket came back at `answered_at` (Unix time): note it (answers older
+        than the window go) and write what its answer meant, all in one transaction."""
         with self._db.transaction() as db:
-            db.execute("INSERT INTO recent_answers VALUES (?, ?, ?)", (project, model, at))
-            db.execute("DELETE FROM recent_answers WHERE at < ?", (at - _RECENT_S,))
+            db.execute("INSERT INTO recent_answers VALUES (?, ?, ?)", (project, model, answered_at))
+            db.execute("DELETE FROM recent_answers WHERE at < ?", (answered_at - _RECENT_S,))
+            for write in writes:
+                _write(db, project, model, write)
 
     def recent_answers(self, since: float) -> dict[tuple[str, str], list[float]]:
         """(project, model) -> the Unix times of its answers since `since`, oldest first."""
@@ -102,29 +147,10 @@ class QuotaBooks:
         with self._db.transaction() as db:
             db.execute("DELETE FROM bucket_events WHERE kind IN ('key_retired', 'model_retired')")
 
-    def note_event(
-        self, project: str, model: str, kind: str, *, until: str | None = None, reason: str | None = None
-    ) -> None:
-        with self._db.transaction() as db:
-            db.execute(
-                f"""INSERT INTO bucket_events (project, model, kind, until, reason) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (project, model, kind) DO UPDATE SET until = excluded.until,
-                       reason = excluded.reason, at = {NOW}""",
-                (project, model, kind, until, reason),
-            )
-
     def events(self) -> list[BucketEvent]:
         """Newest first."""
         rows = self._db.execute("SELECT project, model, kind, until, reason, at FROM bucket_events ORDER BY at DESC")
         return [BucketEvent(*row) for row in rows]
-
-    def save_learned_limit(self, project: str, model: str, kind: str, value: int) -> None:
-        with self._db.transaction() as db:
-            db.execute(
-                f"""INSERT INTO learned_limits (project, model, kind, value) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (project, model, kind) DO UPDATE SET value = excluded.value, learned_at = {NOW}""",
-                (project, model, kind, value),
-            )
 
     def learned_limits(self) -> dict[tuple[str, str], dict[str, int]]:
         learned: dict[tuple[str, str], dict[str, int]] = {}
