@@ -1,10 +1,12 @@
 """Caption stage: an async producer-consumer over the quota buckets.
 
-A producer feeds pending images into a bounded queue; `concurrency` workers each take an image,
-ask the scheduler for the best bucket with room now (waiting for the earliest one when none has),
-send one request, and act on what the service answered. Only one request per image is ever in
-flight, and the state is written the moment an answer is accepted, so a crash costs at most the
-requests in flight.
+A producer feeds pending frames into a bounded queue; `concurrency` workers each take a frame and
+ask the quota ledger for a slot in the best bucket (waiting for the earliest one when none has).
+With the slot, a worker fills the request up to the model's frames per request: with frames it
+holds, then frames other workers wait with (the lobby), then the queue's. It sends, has the
+reducer say what the answer means, settles it in the ledger, stores each frame's verdict and keeps
+the frames to ask again. A frame is in one request at a time, and the state is written the moment
+an answer is accepted, so a crash costs at most the frames in flight.
 """
 
 from __future__ import annotations
@@ -199,7 +201,7 @@ class CaptionEngine:
         tray = _Tray(queue)
         while (lead := await tray.next()) is not None:
             if self._no_new_work():
-                self._tally(LEFT)
+                self._tally(self._finish(lead.attempt, LeavePending(), None))
                 continue
             self._lobby.append(lead)
             grant = await self.ledger.acquire(
@@ -264,7 +266,7 @@ class CaptionEngine:
         return loaded
 
     def _still_wanted(self, frame: _Held) -> bool:
-        """A frame added to a pack is asked the question `_acquire` asks its lead."""
+        """A frame added to a request is asked the question `_give_up` asks its lead."""
         if self.results.still_wants_caption(frame.attempt.number):
             return True
         self._tally(WITHDRAWN)
