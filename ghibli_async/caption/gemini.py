@@ -88,7 +88,9 @@ class GeminiClient:
             contents = [part for frame in frames for part in (frame_label(frame.number), _image_part(frame.image))]
             contents.append(pack_instruction(prompt, [frame.number for frame in frames]))
         reply = await self._call(key, model, contents, self._config(model, len(frames)))
-        if isinstance(reply, ModelUnavailable) and self._drop_refused_feature(model, reply.reason, len(frames)):
+        # A model names one refused feature per answer (Gemma: JSON mode, then thinking): each is
+        # left out in turn, at most once each.
+        while isinstance(reply, ModelUnavailable) and self._drop_refused_feature(model, reply.reason, len(frames)):
             reply = await self._call(key, model, contents, self._config(model, len(frames)))
         return reply
 
