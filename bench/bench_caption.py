@@ -14,7 +14,6 @@ sequential one-request-at-a-time loop over (key, model) pairs like the original 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import statistics
 import sys
@@ -26,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from fake_openai import FakeOpenAI, ServedModel, batching_latency  # noqa: E402
-from PIL import Image  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
+from bench.frames import resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.answers import Answer  # noqa: E402
 from ghibli_async.caption.gemini import GeminiClient  # noqa: E402
@@ -44,7 +43,6 @@ from ghibli_async.config import (  # noqa: E402
     ResizeConfig,
     StagesConfig,
 )
-from ghibli_async.pipeline import Pipeline  # noqa: E402
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
 
@@ -188,10 +186,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        (work / "frames").mkdir()
-        for i in range(images):
-            Image.new("RGB", (96, 96), (i % 256, (i // 256) % 256, 90)).save(work / "frames" / f"f{i}.png")
-        asyncio.run(Pipeline(config_for(work, "", 1), keys=[]).run())  # resize only: no keys
+        resize_distinct_frames(config_for(work, "", 1), images)
         rows = []
         for concurrency in (8, 2):
             run_dir = work / f"concurrency{concurrency}"
@@ -225,8 +220,9 @@ def main() -> None:
         "",
         f"Bound = min(sum of RPM = {rpm_total}, concurrency / mean latency). Target ≥ 90% of the bound. "
         f"The engine runs {rows[0][1] / sequential:.1f}× the sequential loop at concurrency 8. "
-        "Even pacing is on (the default): a bucket sends one request every 60 s / rpm, so a run no "
-        "longer starts with a burst of a whole minute and the whole-run rate equals the steady one "
+        "Even pacing is on (the default): a bucket spreads its requests over its minute (at least 90% "
+        "of 60 s / rpm apart), so a run no longer starts with a burst of a whole minute and the "
+        "whole-run rate equals the steady one "
         "(without pacing: 97% / 99% steady, the first minute above). A request holds its RPM slot from "
         "its send until 60 s after its answer, so the server never sees rpm + 1 in a minute whatever "
         "the network delay; with pacing that costs about the answer time per minute (2 s of 60). "

@@ -25,9 +25,9 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parents[1])]
 
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
-from PIL import Image  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
+from bench.frames import resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import (  # noqa: E402
     ApiKey,
@@ -38,7 +38,6 @@ from ghibli_async.config import (  # noqa: E402
     ResizeConfig,
     StagesConfig,
 )
-from ghibli_async.pipeline import Pipeline  # noqa: E402
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
 
@@ -111,10 +110,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        (work / "frames").mkdir()
-        for i in range(most):
-            Image.new("RGB", (96, 96), (i % 256, (i // 256) % 256, 90)).save(work / "frames" / f"f{i}.png")
-        asyncio.run(Pipeline(config_for(work, "", 1), keys=[]).run())  # resize only: no keys
+        resize_distinct_frames(config_for(work, "", 1), most)
         for k in packs:
             run_dir = work / f"k{k}"
             shutil.copytree(work / "work", run_dir / "work")  # the same resized frames, no captions yet

@@ -50,21 +50,11 @@ class SampleResults:
         return number not in self.captions and number not in self.failed
 
     def record_caption(
-        self,
-        number: int,
-        caption: str,
-        *,
-        model: str,
-        key_label: str,
-        attempts: int = 1,
-        tokens: int | None = None,
-        needs_review: bool = False,
+        self, number: int, caption: str, *, model: str, key_label: str, needs_review: bool = False, **_: object
     ) -> None:
         self.captions[number] = Kept(caption, needs_review, model, key_label)
 
-    def record_caption_failure(
-        self, number: int, status: Status, reason: str, *, attempts: int, refused_by: Collection[str] = ()
-    ) -> None:
+    def record_caption_failure(self, number: int, status: Status, reason: str, **_: object) -> None:
         self.failed[number] = f"{status.value}: {reason}"
 
     def record_refusals(self, number: int, refused_by: Collection[str]) -> None:
