@@ -414,7 +414,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader that refuses repeated keys
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_describe_yaml_error(exc)})") from None
     if data is None:
@@ -457,6 +457,27 @@ def describe_validation_error(exc: ValidationError) -> str:
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         parts.append(f"{where}: {message}{shown}")
     return "; ".join(parts)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML keeps the last of two equal keys without a word: a pasted recipe's second `caption:`
+    would silently replace the user's own. Here a repeated key is an error naming its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"`{key}` is given twice in one section (lines {seen[key]} and {line}); YAML would keep "
+                    "only the second: merge the two into one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:

@@ -37,6 +37,12 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
         ("caption:\n  models: [{name: m, provider: nowhere}]\n", "caption: models name providers not under"),
         ("caption:\n  models: [{name: m}]\n", "caption.models: m: a Gemini model needs its rpm, rpd, tpm"),
         ("resize: {size: [\n", "not valid YAML (line 2"),
+        (
+            "caption:\n  trigger: Totoro style\nresize: {size: 64}\ncaption:\n  concurrency: 2\n",
+            "line 4, column 1: `caption` is given twice in one section (lines 1 and 4); YAML would keep only the "
+            "second: merge the two into one",
+        ),
+        ("resize:\n  size: 64\n  size: 512\n", "`size` is given twice in one section (lines 2 and 3)"),
         ("- a\n- b\n", "the top level must be a mapping"),
         (
             "caption:\n  backoff: {initial_s: 30, max_s: 10}\n",
