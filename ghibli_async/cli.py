@@ -203,6 +203,9 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
             how, code = ("stopped (SIGTERM)", 143) if _terminated.is_set() else ("interrupted", 130)
             print(f"{how}: rerun the same command to continue where it stopped", file=sys.stderr)
             return code
+        except BrokenPipeError:  # `status | head -1`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 128 + signal.SIGPIPE
 
 
 @contextmanager

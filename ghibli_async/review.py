@@ -9,6 +9,7 @@ dataset); requests name images by id, and no path from a request ever reaches th
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import math
@@ -27,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from ghibli_async.config import Config
+from ghibli_async.errors import UserError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
 from ghibli_async.state import State
@@ -470,7 +472,13 @@ async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} is in use (another review page?): --port 0 picks a free one") from None
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound_port = runner.addresses[0][1]
     shown = socket.gethostname() if everywhere else f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/"

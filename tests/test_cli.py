@@ -393,3 +393,16 @@ def test_a_script_with_the_main_guard_runs(project: Project) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (project.root / "work" / "resized" / "1.jpg").exists()
+
+
+def test_status_into_a_closed_pipe_is_quiet(project: Project) -> None:
+    """`status | head -1`: the reader leaves early; no BrokenPipe traceback."""
+    for i in range(3):
+        save_frame(project.frames / f"f{i}.jpg", (64, 64), seed=i)
+    assert project.cli("--skip-caption") == 0
+    run = project.subprocess("status")
+    assert run.stdout is not None and run.stderr is not None
+    run.stdout.close()  # before a line is read: every write meets a closed pipe
+    err = run.stderr.read()
+    assert run.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

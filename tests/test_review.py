@@ -329,3 +329,17 @@ def test_stats_are_computed_off_the_loop_and_marked_stale_after_a_change(many: P
         assert figures["fresh"] and figures["tabs"]["kept"] == 239
 
     with_client(many, scenario)
+
+
+def test_a_busy_port_is_one_line_and_exit_2(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    save_frame(project.frames / "a.jpg", (64, 64))
+    project.write_config()
+    assert project.cli("--skip-caption") == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        assert project.cli("review", "--port", str(port)) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: port {port} is in use (another review page?): --port 0 picks a free one\n"
