@@ -165,6 +165,8 @@ def _stop_as_for_ctrl_c(signum: int, frame: object) -> None:
     """SIGTERM (`kill PID`, `docker stop`, systemd) stops the run the way Ctrl-C does: as a SIGINT,
     which asyncio turns into a cancelled run that closes the state, the pool and the lock."""
     _terminated.set()
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job of a script: SIGINT is ignored
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 
@@ -384,6 +386,7 @@ def _cmd_review(config: Config, args: argparse.Namespace, clock: Clock) -> int:
         asyncio.run(serve(config, host=args.host, port=args.port, open_browser=args.open))
     except KeyboardInterrupt:
         print("Review page stopped; every change was saved as it was made.")
+        return 143 if _terminated.is_set() else 0
     return 0
 
 

@@ -406,3 +406,18 @@ def test_status_into_a_closed_pipe_is_quiet(project: Project) -> None:
     err = run.stderr.read()
     assert run.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_review_started_in_the_background_of_a_script_stops_on_sigterm(project: Project) -> None:
+    """A script's background job inherits SIGINT ignored: SIGTERM must still stop the page."""
+    save_frame(project.frames / "a.jpg", (64, 64))
+    assert project.cli("--skip-caption") == 0
+    review = project.subprocess(
+        "review", "--port", "0", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    )
+    assert review.stdout is not None
+    assert review.stdout.readline().startswith("Review page: http://")
+    review.send_signal(signal.SIGTERM)
+    out, err = review.communicate(timeout=30)
+    assert review.returncode == 143 and "Traceback" not in err, err
+    assert "Review page stopped" in out
