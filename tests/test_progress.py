@@ -37,3 +37,22 @@ def test_progress_counts_captions_and_names_the_quota_wait(
     waits = [line for line in progress if "waiting for quota: key#1/m until" in line]
     assert waits, "the minute's wait was never shown"
     assert not any("min left" in line for line in waits)  # no ETA while the quota sets the pace
+
+
+def test_no_rate_or_estimate_before_a_minute_has_passed(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run of a few seconds once said "about 21 min left" (its captions divided by a whole minute)."""
+    make_frames(project, 40)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    fake = FakeGemini(clock, {"k1": "p"}, {"m": ModelLimits(rpm=600)}, latency=lambda: 1.0)
+
+    async def scenario():
+        async with serving(fake):
+            write_caption_config(project, fake.base_url, ["{name: m, rpm: 600, rpd: 1000, tpm: 1000000}"])
+            return await run_pipeline(project, clock)
+
+    report = run_virtual(scenario())
+
+    assert report.outcomes("caption") == {"done": 40}
+    progress = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.startswith("caption: ")]
+    assert progress and not any("min left" in line or "/min" in line for line in progress), progress

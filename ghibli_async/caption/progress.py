@@ -62,9 +62,11 @@ class CaptionProgress:
         now = self._clock.now()
         while self._captioned_at and self._captioned_at[0] < now - RATE_WINDOW_S:
             self._captioned_at.popleft()
-        window_min = max(1.0, min(RATE_WINDOW_S, now - self._started) / 60)  # no rate from a few seconds
-        rate = len(self._captioned_at) / window_min
         parts = [f"{outcome} {n}" for outcome, n in sorted(self._others.items())]
+        if now - self._started < 60:  # no rate, and no estimate, from a few seconds
+            return ", ".join([*parts, *([self._waiting] if self._waiting else [])])
+        window_min = min(RATE_WINDOW_S, now - self._started) / 60
+        rate = len(self._captioned_at) / window_min
         parts.append(f"{rate:.1f}/min over the last {round(window_min)} min")
         left = self._total - self._bar.n - sum(self._others.values())
         if self._waiting:
