@@ -76,8 +76,10 @@ def describe_end(report: RunReport) -> str:
         )
     elif end in (RunEnd.INTERRUPTED, RunEnd.TERMINATED):
         text = f"stopped when asked: {plural(waiting, 'image')} still to caption; rerun the same command to continue"
-    elif end == RunEnd.FAILED:
+    elif end == RunEnd.FAILED and report.problems:
         text = "failed: see the notes and the failed images above; rerun to try them again"
+    elif end == RunEnd.FAILED:  # the service kept failing: no image failed, the rest waits
+        text = f"failed: see the notes above; {plural(waiting, 'image')} still to caption; rerun when it answers"
     else:
         text = "done: everything this run could do is finished"
     return f"Result: {text} (exit {int(end)})."

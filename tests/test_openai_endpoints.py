@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sqlite3
 from collections import Counter
 from contextlib import AsyncExitStack
@@ -19,8 +20,10 @@ from virtual_time import VirtualClock, run_virtual
 from ghibli_async.caption.answers import KeyRejected, ModelUnavailable, RateLimited, TransientError
 from ghibli_async.caption.check import check_keys
 from ghibli_async.caption.openai_chat import classify_status_error, read_completion
-from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota, ProviderConfig, with_stages
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota, ProviderConfig, load_config, with_stages
 from ghibli_async.pipeline import Pipeline, RunReport
+from ghibli_async.report import format_summary
+from ghibli_async.run_end import RunEnd
 
 
 def write_config(project: Project, *, providers: dict[str, str], models: list[str], gemini_url: str = "") -> None:
@@ -294,3 +297,21 @@ def test_an_answer_of_an_unknown_shape_is_transient_not_a_crash() -> None:
 
     odd = ChatCompletion.model_construct(id="x", created=0, model="vl", object="chat.completion", choices=[])
     assert isinstance(read_completion(odd), TransientError)
+
+
+def test_a_server_that_is_down_is_named_and_no_image_is_said_to_have_failed(project: Project) -> None:
+    make_frames(project, 12)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    write_config(project, providers={"local": f"{{base_url: '{url}'}}"}, models=["{name: vlm, provider: local}"])
+
+    report = run_virtual(run_pipeline(project, VirtualClock()))
+
+    assert report.end == RunEnd.FAILED and not report.problems
+    (note,) = report.notes
+    assert note.startswith(f"the caption service keeps failing (cannot reach {url}/: APIConnectionError")
+    summary = format_summary(report, load_config(project.config_path))
+    assert summary.splitlines()[-1] == (
+        "Result: failed: see the notes above; 12 images still to caption; rerun when it answers (exit 1)."
+    )

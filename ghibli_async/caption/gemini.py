@@ -136,7 +136,8 @@ class GeminiClient:
         except errors.APIError as exc:
             return classify_api_error(exc.code, exc.details)
         except _TRANSPORT_ERRORS as exc:
-            return TransientError(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            where = self._caption.base_url or "Google's Gemini API"
+            return TransientError(f"cannot reach {where}: {type(exc).__name__}: {exc}".rstrip(": "))
         return read_response(response)
 
     async def aclose(self) -> None:

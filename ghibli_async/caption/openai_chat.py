@@ -124,7 +124,9 @@ class OpenAIClient:
             page = await self._clients[key].models.list()
         except openai.APIStatusError as exc:
             return classify_status_error(exc.status_code, exc.body, exc.response.headers)
-        except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
+        except openai.APIConnectionError as exc:
+            return TransientError(self._unreachable(key, exc))
+        except openai.APIResponseValidationError as exc:
             return TransientError(f"{type(exc).__name__}: {exc}")
         return [model.id for model in page.data]
 
@@ -153,11 +155,15 @@ class OpenAIClient:
         except openai.APIStatusError as exc:
             return classify_status_error(exc.status_code, exc.body, exc.response.headers)
         except openai.APIConnectionError as exc:  # timeouts too
-            return TransientError(f"{type(exc).__name__}: {exc}")
+            return TransientError(self._unreachable(key, exc))
         except openai.APIResponseValidationError as exc:
             log.debug("caption_unreadable_answer", model=model, body=str(exc.body)[:2000])
             return TransientError(f"unreadable answer: {exc}")
         return read_completion(response)
+
+    def _unreachable(self, key: str, exc: Exception) -> str:
+        """A connection error names the endpoint it tried (the SDK's own says only 'Connection error.')."""
+        return f"cannot reach {self._clients[key].base_url}: {type(exc).__name__}: {exc}"
 
     async def aclose(self) -> None:
         for client in self._clients.values():
