@@ -18,7 +18,7 @@ from PIL import ExifTags, Image, ImageOps
 from ghibli_async.atomic import atomic_path
 from ghibli_async.config import ResizeConfig
 from ghibli_async.facts import Measurements
-from ghibli_async.statuses import Status
+from ghibli_async.statuses import TOO_SMALL, Status
 
 # Decode JPEGs at a reduced DCT scale, and box-reduce other formats, only while the result stays
 # at least this many times the target size: measured at >= 40 dB PSNR against plain LANCZOS
@@ -75,14 +75,15 @@ def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | Non
     with Image.open(source) as img:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         source_size = img.size[::-1] if orientation in _SWAPS_AXES else img.size
-        if _too_small(source_size, settings):
-            return None, ResizeOutcome(Status.REJECTED, "too_small", source_size)
+        if too_small(source_size, settings):
+            return None, ResizeOutcome(Status.REJECTED, TOO_SMALL, source_size)
         _decode_reduced(img, settings.size)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
         return fit_square(to_rgb(upright, settings.background), settings), ResizeOutcome(Status.DONE, None, source_size)
 
 
-def _too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:
+def too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:
+    """Below the target size (the short side for a crop, the long one for a pad), without upscaling."""
     needed = min(size) if settings.fit == "center_crop" else max(size)
     return needed < settings.size and not settings.allow_upscale
 

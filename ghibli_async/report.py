@@ -243,7 +243,7 @@ def _problems(problems: list[Problem], input_dir: Path) -> list[str]:
 def _rejected(total: int, first: list[Problem], input_dir: Path) -> list[str]:
     if not total:
         return []
-    lines = [f"Rejected ({total}, never deleted; `keep PATH` brings one back):"]
+    lines = [f"Rejected ({total}, never deleted; `keep PATH` brings one back, upscaled if too small):"]
     lines += [f"  {_relative(problem.source_path, input_dir)}  [{problem.stage}] {problem.reason}" for problem in first]
     if total > len(first):
         lines.append(f"  … and {total - len(first)} more: `filter-report --json` lists every frame's decision")

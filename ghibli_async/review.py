@@ -177,7 +177,7 @@ def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
             for shown in (_box_json(box, name, config) for box in boxes)
             if shown["counts"] or shown["score"] >= 0.1  # not the faintest guesses stored for later
         ],
-        "resize": item.resize_status,
+        "resize": {"status": item.resize_status, "reason": item.resize_reason},
         "caption": {
             "text": item.caption,
             "status": item.caption_status,

@@ -41,3 +41,6 @@ class VideoStatus(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+TOO_SMALL = "too_small"  # the resize stage's one reason to reject a frame: below the target size

@@ -18,6 +18,10 @@ from conftest import (
 )
 from PIL import Image
 
+from ghibli_async.config import load_config
+from ghibli_async.review import item_json
+from ghibli_async.state import State
+
 
 def close_to(pixel: object, colour: tuple[int, int, int], tolerance: int = 40) -> bool:
     """An RGB(A) pixel, as `getpixel` gives it, within `tolerance` of `colour` on every channel."""
@@ -201,3 +205,38 @@ def test_skip_resize_only_scans(project: Project) -> None:
     assert project.cli("--skip-resize") == 0
     assert not (project.root / "work" / "resized").exists()
     assert Image.open(project.frames / "a.jpg").size == (1000, 1000)
+
+
+def test_a_frame_too_small_comes_back_when_kept_or_when_upscaling_is_allowed(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_frame(project.frames / "big.png", (700, 700), seed=1)
+    save_frame(project.frames / "tiny.png", (300, 300), seed=2)
+    save_frame(project.frames / "small.png", (400, 400), seed=3)
+    project.write_config()
+    assert project.cli("--skip-caption") == 0
+    out = capsys.readouterr().out
+    assert "too_small 2" in out and "`keep PATH` brings one back, upscaled if too small" in out
+    assert len(project.resized()) == 1
+
+    assert project.cli("keep", str(project.frames / "tiny.png")) == 0
+    assert project.cli("--skip-caption") == 0
+    out = capsys.readouterr().out
+    assert "too_small 1" in out and "override" not in out  # tiny is back (upscaled); small is not
+    assert len(project.resized()) == 2 and all(img.size == (512, 512) for img in project.resized().values())
+
+    project.write_config("resize:\n  allow_upscale: true\n")
+    assert project.cli("--skip-caption") == 0
+    assert "too_small" not in capsys.readouterr().out
+    assert len(project.resized()) == 3
+
+
+def test_the_review_page_shows_a_frame_too_small_as_rejected_with_its_reason(project: Project) -> None:
+    save_frame(project.frames / "tiny.png", (300, 300), seed=2)
+    project.write_config()
+    assert project.cli("--skip-caption") == 0
+    config = load_config(project.config_path)
+    with State.open(config.state_path, readonly=True) as state:
+        total, (item,) = state.review.page("rejected", offset=0, limit=10)
+    shown = item_json(item, config)
+    assert total == 1 and shown["resize"] == {"status": "rejected", "reason": "too_small"}

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
-from ghibli_async.imaging import ResizeOutcome, resize_file
+from ghibli_async.imaging import ResizeOutcome, resize_file, too_small
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
@@ -51,6 +51,8 @@ async def run_resize(context: RunContext) -> Counter[str]:
     resized_dir.mkdir(parents=True, exist_ok=True)
     remove_partials(resized_dir)  # left by a killed run; their images are still pending
     _requeue_vanished(state, resized_dir)
+    if again := state.results.requeue_too_small(lambda size: not too_small(size, config.resize)):
+        log.info("too_small_again", count=again, reason="kept by hand, or the resize settings take them now")
     state.results.assign_output_numbers(require_kept=config.stages.filter)
     jobs = state.results.resize_jobs(limit=context.limit)
     tally: Counter[str] = Counter()
@@ -62,7 +64,8 @@ async def run_resize(context: RunContext) -> Counter[str]:
 
     def submit(job: ResizeJob) -> asyncio.Future[ResizeOutcome]:
         dest = str(resized_dir / output_name(job.number))
-        return loop.run_in_executor(pool, resize_file, job.source_path, dest, config.resize)
+        settings = config.resize.model_copy(update={"allow_upscale": True}) if job.upscale else config.resize
+        return loop.run_in_executor(pool, resize_file, job.source_path, dest, settings)
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
         async for job, outcome in _bounded(

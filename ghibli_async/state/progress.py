@@ -48,7 +48,8 @@ class ProgressStore:
         total, duplicates = self._db.execute("SELECT COUNT(*), COUNT(duplicate_of) FROM images").fetchone()
         rejected = self._db.execute(
             f"""SELECT CASE WHEN filter_reason LIKE 'duplicate_of:%' THEN 'duplicate'
-                           ELSE COALESCE(filter_reason, resize_reason, 'unknown') END, COUNT(*) FROM images
+                           WHEN resize_status = {_R} THEN COALESCE(resize_reason, 'unknown')
+                           ELSE COALESCE(filter_reason, 'unknown') END, COUNT(*) FROM images
                WHERE duplicate_of IS NULL AND (filter_status = {_R} OR resize_status = {_R})
                GROUP BY 1"""
         )

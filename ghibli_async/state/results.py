@@ -4,11 +4,11 @@ with a reason, the caption with the model and key#N that wrote it, and what expo
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 from ghibli_async.state.database import NOW, Database
-from ghibli_async.statuses import Status
+from ghibli_async.statuses import TOO_SMALL, Status
 
 _PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
 _FAILED, _B = Status.FAILED.sql, Status.BLOCKED.sql
@@ -24,6 +24,7 @@ class ResizeJob:
     image_id: int
     number: int
     source_path: str
+    upscale: bool = False  # kept by hand: a frame below the size is upscaled, not rejected
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,28 @@ class ResultStore:
 
     def resize_jobs(self, *, limit: int | None = None) -> list[ResizeJob]:
         rows = self._db.execute(
-            f"""SELECT id, number, source_path FROM images
+            f"""SELECT id, number, source_path, filter_override = 'keep' FROM images
                WHERE resize_status = {_PENDING} AND number IS NOT NULL AND duplicate_of IS NULL
                  AND filter_status != {_REJECTED}
                ORDER BY number LIMIT ?""",
             (-1 if limit is None else limit,),
         )
-        return [ResizeJob(*row) for row in rows]
+        return [ResizeJob(image_id, number, path, bool(keep)) for image_id, number, path, keep in rows]
+
+    def requeue_too_small(self, takes: Callable[[tuple[int, int]], bool]) -> int:
+        """Frames rejected as too small that the resize would take now (`takes` their source size:
+        `allow_upscale` turned on, a smaller size) or that were kept by hand go back to the queue."""
+        rows = self._db.execute(
+            f"""SELECT id, width, height, filter_override = 'keep' FROM images
+                WHERE resize_status = {_REJECTED} AND resize_reason = '{TOO_SMALL}'"""
+        ).fetchall()
+        again = [(image_id,) for image_id, width, height, keep in rows if keep or takes((width, height))]
+        with self._db.transaction() as db:
+            db.executemany(
+                f"UPDATE images SET resize_status = {_PENDING}, resize_reason = NULL, updated_at = {NOW} WHERE id = ?",
+                again,
+            )
+        return len(again)
 
     def record_resize(
         self, image_id: int, status: Status, *, reason: str | None = None, size: tuple[int, int] | None = None

@@ -27,7 +27,7 @@ REVIEW_TABS = {
 }
 _COLUMNS = (
     "id, number, source_path, filter_status, filter_reason, filter_override, detections, resize_status,"
-    " caption_status, caption_reason, caption, caption_model, caption_key, caption_edited, needs_review"
+    " resize_reason, caption_status, caption_reason, caption, caption_model, caption_key, caption_edited, needs_review"
 )
 
 
@@ -53,6 +53,7 @@ class ReviewItem:
     override: Override | None
     boxes: dict[str, list[Box]]
     resize_status: Status
+    resize_reason: str | None  # too_small: below the target size (kept by hand, it is upscaled)
     caption_status: Status
     caption_reason: str | None
     caption: str | None
@@ -243,11 +244,11 @@ class ReviewStore:
 
 
 def _review_item(row: tuple) -> ReviewItem:
-    image_id, number, path, f_status, f_reason, override, detections, r_status, *rest = row
+    image_id, number, path, f_status, f_reason, override, detections, r_status, r_reason, *rest = row
     c_status, c_reason, caption, model, key, edited, review = rest
     return ReviewItem(
         image_id, number, Path(path).name, Status(f_status), f_reason, Override(override) if override else None,
-        boxes_from(detections), Status(r_status), Status(c_status), c_reason, caption, model, key, bool(edited),
+        boxes_from(detections), Status(r_status), r_reason, Status(c_status), c_reason, caption, model, key, bool(edited),
         bool(review),
     )  # fmt: skip
 
