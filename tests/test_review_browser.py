@@ -100,6 +100,7 @@ def test_report_file_opens_without_a_server(project: Project) -> None:
         page.wait_for_selector(".tile img")
         assert page.locator(".tile").count() == 24
         assert "24" in page.locator("button[data-tab=kept]").inner_text()
+        assert page.locator(".tile button").count() == 0  # no keep / reject that would do nothing
         browser.close()
 
 
