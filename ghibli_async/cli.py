@@ -26,6 +26,7 @@ from ghibli_async.config import Config, load_caption_keys, load_config, with_ove
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import LOG_FILE, configure_logging, log_file
 from ghibli_async.pipeline import (
+    GRACE_S,
     Pipeline,
     exclusive,
     export_only,
@@ -286,7 +287,6 @@ async def _run_stopping_politely(pipeline: Pipeline, work: Coroutine[Any, Any, T
         raise KeyboardInterrupt from None
 
 
-GRACE_S = 15.0
 _STOP_SIGNALS = {signal.SIGINT: RunEnd.INTERRUPTED, signal.SIGTERM: RunEnd.TERMINATED}
 
 

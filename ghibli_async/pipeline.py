@@ -76,6 +76,9 @@ class RunReport:
         return self.stopped_by or worst([report.end for report in self.stages.values()])
 
 
+GRACE_S = 15.0  # after a polite stop, how long the requests in flight may take to land
+
+
 class Pipeline:
     """One configured pipeline. `await pipeline.run()` in async code; `run_sync()` anywhere else,
     including a Jupyter cell (which already runs an event loop)."""
@@ -96,7 +99,35 @@ class Pipeline:
         self.modes = ""  # what `status` says this process is: "" one pass, else the service's modes
 
     async def run(self, *, limit: int | None = None) -> RunReport:
-        """Every enabled stage in order; each resumes where the last run stopped."""
+        """Every enabled stage in order; each resumes where the last run stopped.
+
+        A cancel (a notebook's interrupt, which cancels the cell) stops the run politely, as the
+        CLI's first Ctrl-C does: no new work, the requests in flight get up to GRACE_S to land,
+        the export shows what is done, and the report comes back. A second cancel, or one after a
+        polite stop was already asked for, stops at once."""
+        work = asyncio.ensure_future(self._run(limit=limit))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if work.done() and not work.cancelled():
+                return work.result()
+            if self.stop.requested:
+                work.cancel()
+                raise
+        self.stop.request(RunEnd.INTERRUPTED)
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):  # Python 3.11+: this cancel is handled
+            task.uncancel()
+        log.warning(
+            "stopping", effect=f"the requests in flight get up to {GRACE_S:.0f} s to land; again to stop at once"
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), GRACE_S)
+        except (asyncio.CancelledError, asyncio.TimeoutError):
+            work.cancel()
+            raise asyncio.CancelledError from None
+
+    async def _run(self, *, limit: int | None) -> RunReport:
         config = self.config
         started = time.monotonic()
         report = RunReport()
@@ -156,24 +187,29 @@ class Pipeline:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(self.run(limit=limit))
-        # A notebook: its loop is busy with this cell, so the run gets a loop of its own in a thread;
-        # an interrupt (Jupyter's stop button) cancels it there and waits until it has stopped.
+        # A notebook: its loop is busy with this cell, so the run gets a loop of its own in a thread.
+        # An interrupt (Jupyter's stop button) cancels it there: the run stops politely and its
+        # report comes back; a second interrupt stops it at once.
         loop = asyncio.new_event_loop()
         task = loop.create_task(self.run(limit=limit))
         with ThreadPoolExecutor(1, thread_name_prefix="ghibli_async") as thread:
             try:
-                return _result_or_cancel(thread.submit(loop.run_until_complete, task), loop, task)
+                return _result_or_stop(thread.submit(loop.run_until_complete, task), loop, task)
             finally:
                 # Closed only here, after the interrupt (if any) was handled: an interrupt that lands
                 # as the run ends still finds the loop open to take the cancel.
                 thread.submit(_close, loop).result()
 
 
-def _result_or_cancel(running: Future[RunReport], loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> RunReport:
+def _result_or_stop(running: Future[RunReport], loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> RunReport:
     try:
         return running.result()
     except KeyboardInterrupt:
-        loop.call_soon_threadsafe(task.cancel)  # a no-op when the run has just ended
+        loop.call_soon_threadsafe(task.cancel)  # a polite stop (a no-op when the run has just ended)
+    try:
+        return running.result()
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)  # the second: at once
         with suppress(asyncio.CancelledError):
             running.result()
         raise

@@ -25,6 +25,7 @@ from ghibli_async.caption.answers import KeyRejected
 from ghibli_async.caption.check import check_keys, verdict_of
 from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 from ghibli_async.pipeline import Pipeline, RunReport
+from ghibli_async.run_end import RunEnd
 
 T = TypeVar("T")
 
@@ -302,8 +303,10 @@ def test_check_keys_shortens_reasons_at_a_word_boundary() -> None:
     assert detail[:-1] == reason[: len(detail) - 1] and reason[len(detail) - 1] == " "
 
 
-def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
-    """Jupyter's stop button raises KeyboardInterrupt in the cell; the run in its thread must stop too."""
+def test_interrupting_a_notebook_cell_stops_the_run_politely(project: Project) -> None:
+    """Jupyter's stop button raises KeyboardInterrupt in the cell: the run in its thread stops as
+    the CLI's first Ctrl-C does (the requests in flight land, the export shows them) and the cell
+    gets the report."""
     make_frames(project, 60)
     (project.root / ".env").write_text("GEMINI_API_KEY_1=k1\n")
     fake = FakeGemini(SteadyClock(), keys={"k1": "p"}, models={"m": ModelLimits()}, latency=lambda: 0.05)
@@ -313,8 +316,8 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
             "  models: [{name: m, rpm: 10000, rpd: 10000, tpm: 100000000}]\n"
         )
 
-        async def notebook_cell() -> None:
-            ghibli_async.run(project.config_path)
+        async def notebook_cell() -> RunReport:
+            return ghibli_async.run(project.config_path)
 
         cell_thread = threading.get_ident()
 
@@ -324,11 +327,13 @@ def test_interrupting_a_notebook_cell_stops_the_run(project: Project) -> None:
 
         threading.Thread(target=press_stop_once_captioning_runs, daemon=True).start()
         kernel_loop = asyncio.new_event_loop()  # a kernel's loop: SIGINT raises KeyboardInterrupt in the cell
-        with pytest.raises(KeyboardInterrupt):
-            kernel_loop.run_until_complete(notebook_cell())
+        report = kernel_loop.run_until_complete(notebook_cell())
         kernel_loop.close()
         sent = len(fake.seen)
+    assert report.end == RunEnd.INTERRUPTED
     assert 0 < sent < 60  # stopped part way, and nothing was sent after the cell returned
+    exported = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(exported) == len(fake.successes()) == report.outcomes("caption")["done"]  # none in flight lost
 
 
 def test_an_interrupt_that_lands_as_the_notebook_run_ends_is_an_interrupt(

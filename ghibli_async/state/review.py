@@ -248,8 +248,8 @@ def _review_item(row: tuple) -> ReviewItem:
     c_status, c_reason, caption, model, key, edited, review = rest
     return ReviewItem(
         image_id, number, Path(path).name, Status(f_status), f_reason, Override(override) if override else None,
-        boxes_from(detections), Status(r_status), r_reason, Status(c_status), c_reason, caption, model, key, bool(edited),
-        bool(review),
+        boxes_from(detections), Status(r_status), r_reason, Status(c_status), c_reason, caption, model, key,
+        bool(edited), bool(review),
     )  # fmt: skip
 
 
