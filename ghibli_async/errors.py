@@ -4,6 +4,11 @@
 class UserError(Exception):
     """A problem with the user's input or setup; the message says what to do."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback: the message is the user's to act on; the
+        code's lines would only hide it."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(UserError):
     """The config file is missing, unreadable or invalid."""

@@ -1,4 +1,5 @@
-"""structlog set-up for the CLI: readable console lines, or JSON lines with `--log-json`.
+"""structlog set-up: readable console lines, or JSON lines with `--log-json`; a library run gets
+the CLI's set-up unless its caller made one.
 
 Lines go through `tqdm.write`, so they print above the progress bars instead of through them.
 A `run` also appends every line as JSON to a rotating file in the work dir (`log_file`), so a
@@ -76,9 +77,21 @@ class _LogFileHandler(RotatingFileHandler):
         """A log file that cannot be written must not stop the run (the run reports its own folders)."""
 
 
+def configure_if_unset() -> None:
+    """A library run (a notebook, a script) logs as the CLI does, info and up on stderr, unless
+    the caller configured structlog itself (left alone, structlog prints every line, debug too,
+    on stdout: a notebook cell got one output per request)."""
+    if not structlog.is_configured():
+        configure_logging()
+
+
 @contextmanager
 def log_file(path: Path) -> Iterator[None]:
-    """Append the log to `path` (rotating past LOG_FILE_BYTES, five old files kept) while inside."""
+    """Append the log to `path` (rotating past LOG_FILE_BYTES, five old files kept) while inside;
+    when a log file is open already (the CLI's, around a whole service), lines keep going there."""
+    if any(isinstance(handler, _LogFileHandler) for handler in _file_lines.handlers):
+        yield
+        return
     handler = _LogFileHandler(path, maxBytes=LOG_FILE_BYTES, backupCount=5, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(message)s"))
     _file_lines.addHandler(handler)

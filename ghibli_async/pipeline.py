@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import multiprocessing
 import os
 import sys
@@ -24,6 +25,7 @@ from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError, WorkDirBusy
+from ghibli_async.logs import LOG_FILE, configure_if_unset, log_file
 from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, Stage, StageReport, StopRequest
@@ -36,7 +38,7 @@ from ghibli_async.stages.scan import ScanStage, list_inputs
 from ghibli_async.state import State
 from ghibli_async.state.progress import Counts, Problem
 from ghibli_async.state.runs import HEARTBEAT_S, Doing
-from ghibli_async.statuses import Override
+from ghibli_async.statuses import Override, Status
 
 log = structlog.get_logger(__name__)
 
@@ -50,16 +52,40 @@ UNGUARDED_SCRIPT = (
 STAGES: tuple[Stage, ...] = (ExtractStage(), ScanStage(), FilterStage(), ResizeStage(), CaptionStage(), ExportStage())
 
 
-@dataclass
+@dataclass(repr=False)
 class RunReport:
-    """What one run did (per stage, in run order), and the dataset's totals and problems as it left them."""
+    """What one run did (per stage, in run order), and the dataset's totals and problems as it left
+    them. Shown (in a notebook, or printed) it reads as the CLI's summary."""
 
     stages: dict[str, StageReport] = field(default_factory=dict)
     counts: Counts | None = None
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # every frame that failed or was blocked
     rejected: tuple[int, list[Problem]] = (0, [])  # how many frames are rejected, and the first of them
     elapsed_s: float = 0.0
     stopped_by: RunEnd | None = None  # Ctrl-C or SIGTERM, when the user stopped the run
+    input_dir: Path | None = None
+    output_dir: Path | None = None  # the dataset: images and metadata.jsonl
+
+    @property
+    def failed(self) -> list[str]:
+        """Source paths of the frames that failed (a rerun tries them again)."""
+        return [problem.source_path for problem in self.problems if problem.status == Status.FAILED.value]
+
+    @property
+    def blocked(self) -> list[str]:
+        """Source paths of the frames every model refused for safety (never exported)."""
+        return [problem.source_path for problem in self.problems if problem.status == Status.BLOCKED.value]
+
+    def __str__(self) -> str:
+        from ghibli_async.report import format_summary  # the report module imports this one
+
+        return format_summary(self)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the summary as it reads in a terminal."""
+        return f"<pre>{html.escape(str(self))}</pre>"
 
     def outcomes(self, stage: str) -> Counter[str]:
         """What the stage did, by outcome (empty when it did not run)."""
@@ -105,7 +131,8 @@ class Pipeline:
         CLI's first Ctrl-C does: no new work, the requests in flight get up to GRACE_S to land,
         the export shows what is done, and the report comes back. A second cancel, or one after a
         polite stop was already asked for, stops at once."""
-        work = asyncio.ensure_future(self._run(limit=limit))
+        configure_if_unset()
+        work = asyncio.ensure_future(self._logged_run(limit))
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -127,10 +154,14 @@ class Pipeline:
             work.cancel()
             raise asyncio.CancelledError from None
 
+    async def _logged_run(self, limit: int | None) -> RunReport:
+        with log_file(self.config.paths.work_dir / LOG_FILE):  # as a CLI run's, for a library run too
+            return await self._run(limit=limit)
+
     async def _run(self, *, limit: int | None) -> RunReport:
         config = self.config
         started = time.monotonic()
-        report = RunReport()
+        report = RunReport(input_dir=config.paths.input_dir, output_dir=config.paths.output_dir)
         stages = [stage for stage in STAGES if stage.enabled(config)]
         inputs = list_inputs(config)  # nothing to do: say so first
         # Detectors load before any work: a missing package or weights file stops the run at once.
@@ -158,7 +189,7 @@ class Pipeline:
             report.stopped_by = self.stop.end
             state.runs.finish(run_id, int(report.end))
             report.counts = state.progress.counts()
-            report.problems = state.progress.problems(limit=MAX_PROBLEMS_SHOWN + 1)
+            report.problems = state.progress.problems()
             report.rejected = state.progress.rejected(limit=MAX_PROBLEMS_SHOWN)
         report.elapsed_s = time.monotonic() - started
         return report

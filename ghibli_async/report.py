@@ -27,8 +27,9 @@ from ghibli_async.statuses import Status
 STAGE_LABELS = {stage.name: stage.label for stage in STAGES}
 
 
-def format_summary(report: RunReport, config: Config) -> str:
+def format_summary(report: RunReport) -> str:
     """The end-of-run table: this run's work stage by stage, then the dataset's totals, failures and notes."""
+    input_dir = report.input_dir or Path()
     lines = [f"Summary ({_duration(report.elapsed_s)})", "This run:"]
     for name, stage in report.stages.items():
         if stage.line is not None:
@@ -36,8 +37,8 @@ def format_summary(report: RunReport, config: Config) -> str:
     if report.counts:
         lines.append("Dataset so far:")
         lines += _totals(report.counts, {stage.name: stage.name in report.stages for stage in STAGES})
-    lines += _problems(report.problems, config.paths.input_dir)
-    lines += _rejected(*report.rejected, config.paths.input_dir)
+    lines += _problems(report.problems, input_dir)
+    lines += _rejected(*report.rejected, input_dir)
     lines += [f"Note: {note}" for note in report.notes]
     lines.append(describe_end(report))
     return "\n".join(lines)
@@ -50,7 +51,7 @@ def format_service_summary(report: ServiceReport, config: Config) -> str:
             f"Nothing to work on: no frames or videos arrived in {config.paths.input_dir}.\n"
             f"Result: stopped when asked (exit {int(report.end)})."
         )
-    text = format_summary(report.last, config)
+    text = format_summary(report.last)
     if report.passes == 1:
         return text
     done = ", ".join(f"{STAGE_LABELS[name]} {n}" for name, n in report.shown.items() if n)

@@ -20,9 +20,8 @@ from virtual_time import VirtualClock, run_virtual
 from ghibli_async.caption.answers import KeyRejected, ModelUnavailable, RateLimited, TransientError
 from ghibli_async.caption.check import check_keys
 from ghibli_async.caption.openai_chat import classify_status_error, read_completion
-from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota, ProviderConfig, load_config, with_stages
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota, ProviderConfig, with_stages
 from ghibli_async.pipeline import Pipeline, RunReport
-from ghibli_async.report import format_summary
 from ghibli_async.run_end import RunEnd
 
 
@@ -311,7 +310,7 @@ def test_a_server_that_is_down_is_named_and_no_image_is_said_to_have_failed(proj
     assert report.end == RunEnd.FAILED and not report.problems
     (note,) = report.notes
     assert note.startswith(f"the caption service keeps failing (cannot reach {url}/: APIConnectionError")
-    summary = format_summary(report, load_config(project.config_path))
+    summary = str(report)
     assert summary.splitlines()[-1] == (
         "Result: failed: see the notes above; 12 images still to caption; rerun when it answers (exit 1)."
     )

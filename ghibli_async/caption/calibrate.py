@@ -147,7 +147,9 @@ async def calibrate(
     chosen = config.caption.model(model)
     numbers = pick_sample(state, [chosen.name], size)
     if not numbers:
-        raise UserError("no resized frames to calibrate on yet: run the pipeline with --skip-caption first")
+        raise UserError(
+            "no resized frames to calibrate on yet: run the pipeline with the caption stage off first (--skip-caption)"
+        )
     jobs = [CaptionJob(0, number) for number in numbers]
     runs = []
     for k in (1, frames_per_request):

@@ -32,7 +32,10 @@ def load_detectors(config: FilterConfig) -> list[Detector]:
     try:
         return [_load(detector) for detector in config.detectors]
     except UserError as exc:
-        raise UserError(f"{exc}; or run without the person filter: --skip-filter (or stages.filter: false)") from None
+        raise UserError(
+            f"{exc}; or run without the person filter: stages.filter: false in the config "
+            "(--skip-filter on the command line)"
+        ) from None
 
 
 def _load(config: DetectorConfig) -> Detector:

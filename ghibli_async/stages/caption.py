@@ -70,7 +70,10 @@ class CaptionStage:
         if not context.keys:
             waiting = context.state.results.caption_pending_count()
             end = RunEnd.NO_KEYS if waiting else RunEnd.DONE
-            return StageReport(notes=[_no_keys_note(context.config, waiting)], end=end)
+            note = _no_keys_note(context.config, waiting)
+            if waiting:
+                log.warning("caption_skipped", reason=note)  # a library run that shows no summary says it too
+            return StageReport(notes=[note], end=end)
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         with context.stop.listening(engine.stop_politely):
             caption = await engine.run(limit=context.limit)

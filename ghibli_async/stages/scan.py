@@ -94,7 +94,9 @@ def list_inputs(config: Config) -> InputFiles:
     inside the input folder must not come back as new frames."""
     input_dir, extracted_dir = config.paths.input_dir, config.extracted_dir
     if not input_dir.is_dir():
-        raise UserError(f"input folder not found: {input_dir} (set paths.input_dir in the config or pass --input)")
+        raise UserError(
+            f"input folder not found: {input_dir} (set paths.input_dir in the config; --input on the command line)"
+        )
     skipped: list[tuple[str, str]] = []
     own = {_identity(folder) for folder in (config.paths.work_dir, config.paths.output_dir) if folder.is_dir()}
     stats = dict(_walk(input_dir, skipped, never_enter=own))
@@ -105,7 +107,10 @@ def list_inputs(config: Config) -> InputFiles:
     videos = sorted((p for p in found if p.suffix.lower() in VIDEO_SUFFIXES), key=lambda p: natural_sort_key(str(p)))
     if not images and not videos:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-        raise NoInput(f"no images or videos in {input_dir} (looked for {suffixes}): put them there or pass --input")
+        raise NoInput(
+            f"no images or videos in {input_dir} (looked for {suffixes}): put them there, or set "
+            "paths.input_dir (--input on the command line)"
+        )
     return InputFiles(images, videos, skipped, stats)
 
 

@@ -88,8 +88,8 @@ class ProgressStore:
         )
         return total, [Problem(*row) for row in rows]
 
-    def problems(self, *, limit: int = 50) -> list[Problem]:
-        """Images that failed or were blocked, in natural order."""
+    def problems(self, *, limit: int | None = None) -> list[Problem]:
+        """Images that failed or were blocked, in natural order (the first `limit` of them)."""
         rows = self._db.execute(
             f"""SELECT source_path, 'filter', filter_status, COALESCE(filter_reason, '') FROM images
                WHERE filter_status = {_F}
@@ -100,6 +100,6 @@ class ProgressStore:
                SELECT source_path, 'caption', caption_status, COALESCE(caption_reason, '') FROM images
                WHERE caption_status IN ({_F}, {_B})
                ORDER BY 1 LIMIT ?""",
-            (limit,),
+            (-1 if limit is None else limit,),
         )
         return [Problem(*row) for row in rows]
