@@ -5,6 +5,10 @@ In a notebook or script::
     import ghibli_async
     report = ghibli_async.run("config.yaml")   # works inside Jupyter's running event loop too
 
+The review page beside it, from a cell (it serves from a thread of its own)::
+
+    page = ghibli_async.review_page("config.yaml")   # shows its link; page.stop() ends it
+
 From async code::
 
     from ghibli_async import Pipeline, load_config
@@ -26,6 +30,7 @@ _EXPORTS = {
     "Pipeline": "ghibli_async.pipeline",
     "RunReport": "ghibli_async.pipeline",
     "run": "ghibli_async.pipeline",
+    "review_page": "ghibli_async.review",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from enum import Enum
@@ -27,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ghibli_async.config import Config
+from ghibli_async.config import Config, load_config
 from ghibli_async.errors import UserError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
@@ -464,11 +465,9 @@ def served_names(host: str) -> frozenset[str]:
     return LOCAL_NAMES | {f"[{address}]" if ":" in address else address for address in addresses}
 
 
-async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> None:
-    """Serve until Ctrl-C."""
-    everywhere = host in ("0.0.0.0", "::", "")
-    names = served_names(host)
-    app = make_app(config, hosts=names)
+async def start_page(config: Config, *, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """The review app listening on `host:port` (0: any free port): its runner and its URL."""
+    app = make_app(config, hosts=served_names(host))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
@@ -479,14 +478,22 @@ async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> 
         if exc.errno == errno.EADDRINUSE:
             raise UserError(f"port {port} is in use (another review page?): --port 0 picks a free one") from None
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound_port = runner.addresses[0][1]
-    shown = socket.gethostname() if everywhere else f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound_port}/"
+    shown = socket.gethostname() if _everywhere(host) else f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{runner.addresses[0][1]}/"
+
+
+def _everywhere(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> None:
+    """Serve until Ctrl-C."""
+    runner, url = await start_page(config, host=host, port=port)
     print(f"Review page: {url}  (Ctrl-C to stop; changes are saved at once)", flush=True)
-    if everywhere:
+    if _everywhere(host):
         print(
-            f"Warning: listening on every network interface ({host or '0.0.0.0'}:{bound_port}): anyone who can "
-            "reach this machine can see the frames; use --host 127.0.0.1 to keep it local",
+            f"Warning: listening on every network interface ({url}): anyone who can reach this machine "
+            "can see the frames; use --host 127.0.0.1 to keep it local",
             flush=True,
         )
     if open_browser:
@@ -497,3 +504,45 @@ async def serve(config: Config, *, host: str, port: int, open_browser: bool) -> 
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+class ReviewPage:
+    """The review page on a thread of its own, for a notebook: the cell that starts it returns at
+    once and the kernel stays free for the next cell (a run, say); `stop()` ends it. (Awaited in
+    a cell, `serve` would hold the kernel, and the next cell, until the kernel is interrupted.)"""
+
+    def __init__(self, config: Config, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ghibli_async-review", daemon=True)
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(start_page(config, host=host, port=port), self._loop)
+        try:
+            self._runner, self.url = started.result()
+        except BaseException:
+            self._end()
+            raise
+
+    def stop(self) -> None:
+        """Stop serving (every change was saved as it was made)."""
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            self._end()
+
+    def _end(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __repr__(self) -> str:
+        return f"Review page: {self.url} (page.stop() ends it)"
+
+    def _repr_html_(self) -> str:
+        return f'Review page: <a href="{self.url}" target="_blank">{self.url}</a> (<code>page.stop()</code> ends it)'
+
+
+def review_page(config: Config | str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0) -> ReviewPage:
+    """Start the review page from Python (a notebook cell): `page = ghibli_async.review_page("config.yaml")`."""
+    config = config if isinstance(config, Config) else load_config(config)
+    if not config.state_path.exists():
+        raise UserError(f"nothing to review yet: no state at {config.state_path} (run the pipeline first)")
+    return ReviewPage(config, host=host, port=port)

@@ -5,6 +5,7 @@ kernel's own interrupt (the stop button) does to a run."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -120,3 +121,29 @@ def test_a_mistake_in_the_config_is_one_line_in_a_cell(project: Project) -> None
         cell = execute(client, "import ghibli_async\nghibli_async.run('config.yaml')")
     assert cell.error is not None and len(cell.error) == 1
     assert cell.error[0].startswith("UserError: input folder not found") and "paths.input_dir" in cell.error[0]
+
+
+def test_the_review_page_serves_beside_a_run_from_its_own_cell(project: Project) -> None:
+    """Started from a cell it serves from a thread of its own: the kernel stays free, a run in the
+    next cell goes on, and the page answers all the while (awaited, it held the kernel)."""
+    fake = FakeGemini(SteadyClock(), keys={"k1": "p"}, models={"m": ModelLimits()})
+    with fake.serving_in_thread(), kernel(project.root) as (_, client):
+        caption_project(project, fake, 6)
+        execute(client, "import ghibli_async\nghibli_async.run('config.yaml', limit=2)")
+        started = execute(client, "page = ghibli_async.review_page('config.yaml')\npage")
+        (shown,) = started.results
+        url = shown["text/plain"].split()[2]
+        assert captioned(url) == 2
+        ran = execute(client, "ghibli_async.run('config.yaml').end.name")
+        assert ran.results[0]["text/plain"] == "'DONE'"
+        assert captioned(url) == 6  # the page sees the run's work
+        stopped = execute(client, "page.stop()")
+        assert stopped.error is None
+        with pytest.raises(OSError):
+            captioned(url)
+
+
+def captioned(url: str) -> int:
+    """Frames the page lists with a caption (read from the state at each request)."""
+    with urllib.request.urlopen(f"{url}api/images?tab=kept&limit=100", timeout=30) as answer:
+        return sum(1 for item in json.load(answer)["items"] if item["caption"]["text"])
