@@ -147,3 +147,11 @@ def captioned(url: str) -> int:
     """Frames the page lists with a caption (read from the state at each request)."""
     with urllib.request.urlopen(f"{url}api/images?tab=kept&limit=100", timeout=30) as answer:
         return sum(1 for item in json.load(answer)["items"] if item["caption"]["text"])
+
+
+def test_a_run_without_keys_says_so_in_the_cell(project: Project) -> None:
+    make_frames(project, 2)
+    project.write_config("resize:\n  size: 64\n")
+    with kernel(project.root) as (_, client):
+        cell = execute(client, "import ghibli_async\nreport = ghibli_async.run('config.yaml')")
+    assert cell.error is None and "captioning needs API keys" in cell.stderr

@@ -209,6 +209,7 @@ def test_a_blocked_frame_in_a_pack_blocks_only_itself(project: Project) -> None:
     assert [seen.kind for seen in alone].count("blocked") == 1
     rows = exported(project)
     assert 3 not in rows and len(rows) == 7
+    assert len(report.blocked) == 1 and report.failed == [] and report.output_dir == project.root / "out" / "train"
 
 
 def image_digests_after_resize(project: Project) -> dict[int, str]:
