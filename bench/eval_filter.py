@@ -4,7 +4,7 @@ writes BENCHMARKS.md.
     python bench/eval_filter.py [--frames ../shared/data/frames] [--weights yolo11n.pt]
                                 [--person-model NAME] [--head-model NAME]
 
-For each detector that loads (YOLO from `--weights`; the imgutils person and head models from the
+For each detector that loads (YOLO from `--weights`; the anime person and head models from the
 Hugging Face cache, or the hub when online): precision and recall of the `person` label at several
 confidence thresholds, alone and combined (`mode: any`), and frames/s. A detector whose model is
 not here is reported as not measured: random weights are never reported as accuracy. The junk
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.config import DetectorConfig, FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig  # noqa: E402
+from ghibli_async.config import AnimeDetectorConfig, DetectorConfig, FilterConfig, YoloDetectorConfig  # noqa: E402
 from ghibli_async.detect import Detector, load_detectors  # noqa: E402
 from ghibli_async.errors import UserError  # noqa: E402
 from ghibli_async.facts import (
@@ -53,8 +53,8 @@ def main() -> None:
     default = Path(__file__).resolve().parents[2] / "shared" / "data" / "frames"
     parser.add_argument("--frames", type=Path, default=default)
     parser.add_argument("--weights", default=None, help="YOLO weights file (e.g. yolo11n.pt)")
-    parser.add_argument("--person-model", default=None, help="imgutils person model (default: the config's)")
-    parser.add_argument("--head-model", default=None, help="imgutils head model (default: the config's)")
+    parser.add_argument("--person-model", default=None, help="anime person model (default: the config's)")
+    parser.add_argument("--head-model", default=None, help="anime head model (default: the config's)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not (args.frames / "labels.csv").exists():
@@ -69,8 +69,8 @@ def main() -> None:
     ]
     lines += junk_checks(names, looks, labels)
     configs: list[DetectorConfig] = [
-        ImgutilsDetectorConfig(name="imgutils", target="person", model=args.person_model),
-        ImgutilsDetectorConfig(name="imgutils", target="head", model=args.head_model),
+        AnimeDetectorConfig(name="anime", target="person", model=args.person_model),
+        AnimeDetectorConfig(name="anime", target="head", model=args.head_model),
     ]
     if args.weights:
         configs.insert(0, YoloDetectorConfig(weights=args.weights))
@@ -93,7 +93,9 @@ def main() -> None:
 
 def junk_checks(names: list[str], looks: dict, labels: dict[str, str]) -> list[str]:
     """The dark/blur/duplicate checks alone (every frame counted as showing a person)."""
-    everyone = {"yolo": [Box(0.0, 0.0, 1.0, 1.0, 1.0, "person")]}  # so only the junk checks decide
+    everyone = {  # every detector of the default filter sees a person: only the junk checks decide
+        detector.key: [Box(0.0, 0.0, 1.0, 1.0, 1.0, "person")] for detector in FilterConfig().detectors
+    }
     facts = [
         FrameFacts(i, looks[n].brightness, looks[n].contrast, looks[n].sharpness, looks[n].phash, everyone, None, False)
         for i, n in enumerate(names)

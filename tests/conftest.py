@@ -17,7 +17,7 @@ from ghibli_async.cli import main
 from ghibli_async.clock import Clock
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics: no update checks or downloads from tests
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Hugging Face hub (imgutils models): the local cache only
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Hugging Face hub (the anime models): the local cache only
 from ghibli_async.config import Config, load_config
 
 # Quadrant colours of a synthetic frame, as the viewer should see them (after EXIF rotation).

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, save_frame
 
-from ghibli_async.config import Config, ImgutilsDetectorConfig, YoloDetectorConfig, load_api_keys, load_config
+from ghibli_async.config import AnimeDetectorConfig, Config, YoloDetectorConfig, load_api_keys, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
             "caption:\n  models: [{name: models/gemini-flash-latest, rpm: 5, rpd: 20, tpm: 250000}]\n",
             "without a '/'",
         ),
-        ("filter:\n  detectors: [{name: haar}]\n", "filter.detectors.0: unknown detector name (use yolo or imgutils)"),
-        ("filter:\n  detectors: [{name: imgutils, weights: x.pt}]\n", "filter.detectors.0.imgutils.weights: unknown"),
+        ("filter:\n  detectors: [{name: haar}]\n", "filter.detectors.0: unknown detector name (use anime or yolo)"),
+        ("filter:\n  detectors: [{name: anime, weights: x.pt}]\n", "filter.detectors.0.anime.weights: unknown"),
         (
             "filter:\n  detectors: [{name: yolo}, {weights: b.pt}]\n",
             "filter.detectors: each detector may be listed once",
@@ -114,17 +114,22 @@ def test_example_config_documents_the_defaults() -> None:
 
 
 def test_detectors_of_both_kinds(project: Project) -> None:
-    """`name` may be left out for yolo; imgutils picks its repo's default model per target."""
+    """`name` may be left out for yolo; anime (or its old name, imgutils) picks its repo's default
+    model per target."""
     project.write_config(
-        "filter:\n  detectors:\n    - {weights: models/y.pt}\n    - {name: imgutils}\n"
+        "filter:\n  detectors:\n    - {weights: models/y.pt}\n    - {name: anime}\n"
         "    - {name: imgutils, target: person, model: person_detect_v1.1_m}\n"
     )
     yolo, head, person = project.config.filter.detectors
-    assert isinstance(yolo, YoloDetectorConfig) and isinstance(head, ImgutilsDetectorConfig)
-    assert isinstance(person, ImgutilsDetectorConfig)
+    assert isinstance(yolo, YoloDetectorConfig) and isinstance(head, AnimeDetectorConfig)
+    assert isinstance(person, AnimeDetectorConfig)
     assert (yolo.key, yolo.weights) == ("yolo", str(project.root / "models" / "y.pt"))
-    assert (head.key, head.model_name, head.confidence) == ("imgutils-head", "head_detect_v2.0_s", 0.25)
-    assert (person.key, person.model_name) == ("imgutils-person", "person_detect_v1.1_m")
+    assert (head.key, head.repo, head.model_name) == (
+        "anime-head",
+        "deepghs/anime_head_detection",
+        "head_detect_v2.0_n",
+    )
+    assert (person.key, person.model_name) == ("anime-person", "person_detect_v1.1_m")
 
 
 def test_keys_from_env_file_and_environment(tmp_path: Path) -> None:

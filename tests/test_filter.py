@@ -13,7 +13,7 @@ import pytest
 from conftest import PERSON_MARK, Project, scene_image
 from PIL import Image, ImageFilter
 
-from ghibli_async.config import FilterConfig, ImgutilsDetectorConfig, YoloDetectorConfig, load_config
+from ghibli_async.config import AnimeDetectorConfig, FilterConfig, YoloDetectorConfig, load_config
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import near_duplicate_groups, person_found
 from ghibli_async.pipeline import Pipeline
@@ -23,7 +23,7 @@ from ghibli_async.run_end import RunEnd
 class StubDetector:
     """Reports a person, with a chosen score, wherever the magenta block is; counts its calls."""
 
-    key = "yolo"
+    key = "anime-head"  # the default filter's first detector
 
     def __init__(self, score: float = 0.3, signature: str = "stub:1") -> None:
         self.score, self.signature, self.calls, self.frames_seen = score, signature, 0, 0
@@ -132,7 +132,7 @@ def test_overrides_survive_reruns_and_report_lists_every_frame(
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 13 and {row["source"].rsplit("/", 1)[-1] for row in rows} == set(got)
     person3 = next(row for row in rows if row["source"].endswith("person3.png"))
-    assert person3["decision"] == "kept" and person3["scores"] == {"yolo": 0.3}
+    assert person3["decision"] == "kept" and person3["scores"] == {"anime-head": 0.3}
     assert project.cli("filter-report") == 0
     assert "no_person" in capsys.readouterr().out
 
@@ -160,8 +160,8 @@ def test_near_duplicate_grouping_finds_close_hashes_only() -> None:
 
 
 def test_all_mode_needs_every_detector() -> None:
-    found = {"yolo": [Box(0.1, 0.1, 0.5, 0.9, 0.6, "person")], "imgutils-head": [Box(0.2, 0.1, 0.3, 0.2, 0.2, "head")]}
-    two = [YoloDetectorConfig(), ImgutilsDetectorConfig(name="imgutils", target="head", confidence=0.3)]
+    found = {"yolo": [Box(0.1, 0.1, 0.5, 0.9, 0.6, "person")], "anime-head": [Box(0.2, 0.1, 0.3, 0.2, 0.2, "head")]}
+    two = [YoloDetectorConfig(), AnimeDetectorConfig(name="anime", target="head", confidence=0.3)]
     assert person_found(found, FilterConfig(detectors=two, mode="any"))
     assert not person_found(found, FilterConfig(detectors=two, mode="all"))
 
@@ -181,13 +181,13 @@ def test_changed_frame_is_measured_again(project: Project) -> None:
 def test_missing_detector_package_is_one_clear_line(
     project: Project, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "imgutils.detect", None)  # as if dghs-imgutils were not installed
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [detect] extra were not installed
     scene_image(1).save(project.frames / "a.png", compress_level=1)
-    project.write_config("filter:\n  detectors: [{name: imgutils}]\n", person_filter=True)
+    project.write_config("filter:\n  detectors: [{name: anime}]\n", person_filter=True)
 
     assert project.cli() == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the imgutils detector needs dghs-imgutils") and '".[imgutils]"' in err
+    assert err.startswith("error: the anime detectors need onnxruntime") and '".[detect]"' in err
     assert "\n" not in err and not (project.root / "work").exists()
 
 

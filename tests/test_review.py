@@ -189,8 +189,12 @@ def test_boxes_say_whether_they_count_under_the_current_threshold(reviewed: Proj
         return [box for item in kept["items"] for box in item["boxes"]]
 
     boxes = asyncio.run(boxes_of_kept())
-    assert boxes and all(box["counts"] and box["detector"] == "yolo" and box["label"] == "person" for box in boxes)
-    reviewed.config_path.write_text(reviewed.config_path.read_text() + "filter:\n  detectors: [{confidence: 0.5}]\n")
+    assert boxes and all(
+        box["counts"] and box["detector"] == "anime-head" and box["label"] == "person" for box in boxes
+    )
+    reviewed.config_path.write_text(
+        reviewed.config_path.read_text() + "filter:\n  detectors: [{name: anime, confidence: 0.5}]\n"
+    )
     assert not any(box["counts"] for box in asyncio.run(boxes_of_kept()))
 
 

@@ -20,7 +20,7 @@ SCORE_FLOOR = 0.05
 
 
 class Detector(Protocol):
-    key: str  # what its boxes are stored under: the config's `key` (yolo, imgutils-head, ...)
+    key: str  # what its boxes are stored under: the config's `key` (anime-head, anime-person, yolo)
     signature: str  # what stored boxes depend on (backend, weights, image size): a change reruns it
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Box]]:
@@ -43,6 +43,6 @@ def _load(config: DetectorConfig) -> Detector:
         from ghibli_async.detect.yolo import YoloDetector
 
         return YoloDetector(config)
-    from ghibli_async.detect.anime import ImgutilsDetector
+    from ghibli_async.detect.anime import AnimeDetector
 
-    return ImgutilsDetector(config)
+    return AnimeDetector(config)

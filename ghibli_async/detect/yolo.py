@@ -1,4 +1,4 @@
-"""YOLO person detector (ultralytics, COCO class `person`), from the `[detect]` extra."""
+"""YOLO person detector (ultralytics, COCO class `person`), from the `[yolo]` extra."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class YoloDetector:
         try:
             from ultralytics import YOLO
         except ImportError:
-            raise UserError('the yolo detector needs ultralytics: pip install -e ".[detect]"') from None
+            raise UserError('the yolo detector needs ultralytics: pip install -e ".[yolo]"') from None
         self.config = config
         self.signature = f"yolo:{Path(config.weights).name}:{config.image_size}"
         self.device = _pick_device(config.device)
