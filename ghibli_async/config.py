@@ -82,7 +82,15 @@ class ExtractConfig(_Section):
 
 class ResizeConfig(_Section):
     size: int = Field(512, ge=64, le=4096)
-    fit: Literal["center_crop", "pad"] = "center_crop"
+    # person_crop: the square keeping the most of the stored person boxes; center_crop; pad (whole
+    # frame on `background`); bucket: the frame's own aspect, `size` as the bucket side (1024: SDXL)
+    fit: Literal["person_crop", "center_crop", "pad", "bucket"] = "person_crop"
+
+    @property
+    def signature(self) -> str:
+        """What a resized file depends on: a change re-resizes (and re-exports) every frame."""
+        return f"{self.fit}:{self.size}" + (f":{self.background}" if self.fit == "pad" else "")
+
     background: tuple[int, int, int] = (255, 255, 255)
     allow_upscale: bool = False
     quality: int = Field(95, ge=1, le=100)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from PIL import ExifTags, Image, ImageOps
 from ghibli_async.atomic import atomic_path
 from ghibli_async.config import ResizeConfig
 from ghibli_async.facts import Measurements
+from ghibli_async.geometry import BUCKET_STEP, Corners, bucket_size, crop_window
 from ghibli_async.statuses import TOO_SMALL, Status
 
 # Decode JPEGs at a reduced DCT scale, and box-reduce other formats, only while the result stays
@@ -45,10 +47,11 @@ class ResizeOutcome:
     machine: bool = False
 
 
-def resize_file(source: str, dest: str, settings: ResizeConfig) -> ResizeOutcome:
-    """Resize `source` to a `settings.size` square JPEG at `dest`, atomically."""
+def resize_file(source: str, dest: str, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> ResizeOutcome:
+    """Resize `source` to a JPEG at `dest` in the geometry `settings.fit` says, atomically;
+    `persons`: the frame's person boxes (fractions), which a person-aware crop keeps."""
     try:
-        square, outcome = square_image(source, settings)
+        square, outcome = square_image(source, settings, persons)
         if square is not None:
             write_jpeg_atomic(square, Path(dest), settings)
     except Image.DecompressionBombError:
@@ -70,8 +73,10 @@ def machine_problem(exc: BaseException) -> str | None:
     return None
 
 
-def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | None, ResizeOutcome]:
-    """The upright RGB square, before JPEG encoding; None with a `rejected` outcome if too small."""
+def square_image(
+    source: str, settings: ResizeConfig, persons: Sequence[Corners] = ()
+) -> tuple[Image.Image | None, ResizeOutcome]:
+    """The upright RGB image to write, before JPEG encoding; None with a `rejected` outcome if too small."""
     with Image.open(source) as img:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
         source_size = img.size[::-1] if orientation in _SWAPS_AXES else img.size
@@ -79,12 +84,16 @@ def square_image(source: str, settings: ResizeConfig) -> tuple[Image.Image | Non
             return None, ResizeOutcome(Status.REJECTED, TOO_SMALL, source_size)
         _decode_reduced(img, settings.size)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        return fit_square(to_rgb(upright, settings.background), settings), ResizeOutcome(Status.DONE, None, source_size)
+        return fit_frame(to_rgb(upright, settings.background), settings, persons), ResizeOutcome(
+            Status.DONE, None, source_size
+        )
 
 
 def too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:
     """Below the target size (the short side for a crop, the long one for a pad), without upscaling."""
-    needed = min(size) if settings.fit == "center_crop" else max(size)
+    if settings.fit == "bucket":  # a bucket is never larger than the frame: only a sliver is too small
+        return min(size) < BUCKET_STEP
+    needed = max(size) if settings.fit == "pad" else min(size)
     return needed < settings.size and not settings.allow_upscale
 
 
@@ -108,10 +117,21 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
-def fit_square(img: Image.Image, settings: ResizeConfig) -> Image.Image:
-    """Center-crop (or pad with the background) to a square and LANCZOS-resize to the target."""
+def fit_frame(img: Image.Image, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> Image.Image:
+    """The frame in its target geometry, LANCZOS-resized: a square (person-aware or centred crop,
+    or padded with the background), or its aspect-ratio bucket (bars trimmed first)."""
     size = settings.size
     width, height = img.size
+    if settings.fit in ("person_crop", "bucket"):
+        left, top, right, bottom = content_box(img)  # letterbox / pillarbox bars are not the frame
+        boxes = [
+            (x1 * width - left, y1 * height - top, x2 * width - left, y2 * height - top) for x1, y1, x2, y2 in persons
+        ]
+        inner_w, inner_h = right - left, bottom - top
+        target = bucket_size(inner_w, inner_h, size) if settings.fit == "bucket" else (size, size)
+        x1, y1, x2, y2 = crop_window(inner_w, inner_h, target[0] / target[1], boxes)
+        box = (left + x1, top + y1, left + x2, top + y2)
+        return img.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP)
     if settings.fit == "center_crop":
         side = min(width, height)
         box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
@@ -122,6 +142,20 @@ def fit_square(img: Image.Image, settings: ResizeConfig) -> Image.Image:
     canvas = Image.new("RGB", (size, size), settings.background)
     canvas.paste(resized, ((size - inner[0]) // 2, (size - inner[1]) // 2))
     return canvas
+
+
+_BAR_LUMA = 0.06  # a row or column this dark on average is a letterbox / pillarbox bar
+
+
+def content_box(img: Image.Image) -> tuple[int, int, int, int]:
+    """The frame without black bars at its edges (left, top, right, bottom); the whole frame when
+    it is dark all over."""
+    grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
+    rows = np.flatnonzero(grey.mean(axis=1) > _BAR_LUMA)
+    cols = np.flatnonzero(grey.mean(axis=0) > _BAR_LUMA)
+    if not len(rows) or not len(cols):
+        return (0, 0, img.width, img.height)
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def write_jpeg_atomic(img: Image.Image, dest: Path, settings: ResizeConfig) -> None:

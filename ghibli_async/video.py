@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from ghibli_async.config import ExtractConfig
+from ghibli_async.imaging import content_box
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi"})
 _SMALL = (64, 36)  # the grey thumbnail that scene changes and black frames are measured on
-_BAR_LUMA = 0.06  # letterbox/pillarbox rows and columns are darker than this on average
 _SEEK_GAP_S = 8.0  # a target this far ahead is reached by seeking, a nearer one by decoding on
 
 
@@ -111,19 +111,10 @@ def crop(img: Image.Image, mode: str) -> Image.Image:
     if mode == "none":
         return img
     if mode == "trim_bars":
-        img = img.crop(_content_box(img))
+        img = img.crop(content_box(img))
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     return img.crop((left, top, left + side, top + side))
-
-
-def _content_box(img: Image.Image) -> tuple[int, int, int, int]:
-    grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
-    rows = np.flatnonzero(grey.mean(axis=1) > _BAR_LUMA)
-    cols = np.flatnonzero(grey.mean(axis=0) > _BAR_LUMA)
-    if not len(rows) or not len(cols):
-        return (0, 0, img.width, img.height)
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def frame_name(video: Path, seconds: float) -> str:

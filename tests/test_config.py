@@ -24,7 +24,7 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
     [
         ("resize:\n  sise: 512\n", "resize.sise: unknown field"),
         ("resize:\n  size: big\n", "resize.size: Input should be a valid integer"),
-        ("resize:\n  fit: stretch\n", "resize.fit: Input should be 'center_crop' or 'pad'"),
+        ("resize:\n  fit: stretch\n", "resize.fit: Input should be 'person_crop', 'center_crop', 'pad' or 'bucket'"),
         ("resize:\n  background: not-a-colour\n", "resize.background: not a colour"),
         ("caption:\n  models: []\n", "caption.models: List should have at least 1 item"),
         ("caption:\n  models:\n    - {name: m, rpm: 0, rpd: 1, tpm: 1}\n", "caption.models.0.rpm"),

@@ -1,4 +1,5 @@
-"""Resize stage: numbered 512x512 RGB JPEGs in the work dir, made on all cores.
+"""Resize stage: numbered RGB JPEGs in the work dir (512 px squares by default, person-aware; or
+aspect-ratio buckets), made on all cores.
 
 The worker processes only read the source and write `resized/N.jpg`; the state is written here,
 in the event loop's thread, one short transaction per image as results arrive.
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
+from ghibli_async.filter_rules import box_counts
 from ghibli_async.imaging import ResizeOutcome, resize_file, too_small
 from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
@@ -53,6 +55,8 @@ async def run_resize(context: RunContext) -> Counter[str]:
     _requeue_vanished(state, resized_dir)
     if again := state.results.requeue_too_small(lambda size: not too_small(size, config.resize)):
         log.info("too_small_again", count=again, reason="kept by hand, or the resize settings take them now")
+    if again := state.results.requeue_other_geometry(config.resize.signature):
+        log.info("resize_again", count=again, geometry=config.resize.signature, effect="captions are kept")
     state.results.assign_output_numbers(require_kept=config.stages.filter)
     jobs = state.results.resize_jobs(limit=context.limit)
     tally: Counter[str] = Counter()
@@ -65,13 +69,19 @@ async def run_resize(context: RunContext) -> Counter[str]:
     def submit(job: ResizeJob) -> asyncio.Future[ResizeOutcome]:
         dest = str(resized_dir / output_name(job.number))
         settings = config.resize.model_copy(update={"allow_upscale": True}) if job.upscale else config.resize
-        return loop.run_in_executor(pool, resize_file, job.source_path, dest, settings)
+        persons = [
+            (box.x1, box.y1, box.x2, box.y2)
+            for key, boxes in job.boxes.items()
+            for box in boxes
+            if box_counts(box, key, config.filter)
+        ]
+        return loop.run_in_executor(pool, resize_file, job.source_path, dest, settings, persons)
 
     with tqdm(total=len(jobs), desc="resize", unit="img") as bar:
         async for job, outcome in _bounded(
             jobs, submit, window=workers * 4, keep_going=lambda: not context.stop.requested
         ):
-            _record(state, job, outcome)
+            _record(state, job, outcome, config.resize.signature)
             tally[outcome.status.value] += 1
             bar.update()
     return tally
@@ -102,13 +112,15 @@ async def _bounded(
             future.cancel()
 
 
-def _record(state: State, job: ResizeJob, outcome: ResizeOutcome) -> None:
+def _record(state: State, job: ResizeJob, outcome: ResizeOutcome, signature: str) -> None:
     if outcome.machine:
         raise MachineError(
             f"resize stopped: {outcome.reason} (with {Path(job.source_path).name}); free space or fix the "
             "permissions of the work dir, then rerun: the frames not resized stay pending"
         )
-    state.results.record_resize(job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size)
+    state.results.record_resize(
+        job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size, signature=signature
+    )
     if outcome.status == Status.FAILED:
         log.warning("resize_failed", path=job.source_path, reason=outcome.reason)
 

@@ -162,6 +162,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- instead of waiting for its heartbeat to go stale.
     ALTER TABLE activity ADD COLUMN host TEXT;
     """,
+    """
+    -- The geometry a resized file was made with (`fit:size`): another one re-resizes the frame,
+    -- and its caption is kept.
+    ALTER TABLE images ADD COLUMN resize_signature TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ghibli_async.facts import Box
 from ghibli_async.state.database import NOW, Database
+from ghibli_async.state.filtering import boxes_from
 from ghibli_async.statuses import TOO_SMALL, Status
 
 _PENDING, _DONE, _KEPT, _REJECTED = Status.PENDING.sql, Status.DONE.sql, Status.KEPT.sql, Status.REJECTED.sql
@@ -25,6 +27,7 @@ class ResizeJob:
     number: int
     source_path: str
     upscale: bool = False  # kept by hand: a frame below the size is upscaled, not rejected
+    boxes: dict[str, list[Box]] = field(default_factory=dict)  # detector key -> its stored boxes
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,30 @@ class ResultStore:
 
     def resize_jobs(self, *, limit: int | None = None) -> list[ResizeJob]:
         rows = self._db.execute(
-            f"""SELECT id, number, source_path, filter_override = 'keep' FROM images
+            f"""SELECT id, number, source_path, filter_override = 'keep', detections FROM images
                WHERE resize_status = {_PENDING} AND number IS NOT NULL AND duplicate_of IS NULL
                  AND filter_status != {_REJECTED}
                ORDER BY number LIMIT ?""",
             (-1 if limit is None else limit,),
         )
-        return [ResizeJob(image_id, number, path, bool(keep)) for image_id, number, path, keep in rows]
+        return [
+            ResizeJob(image_id, number, path, bool(keep), boxes_from(detections))
+            for image_id, number, path, keep, detections in rows
+        ]
+
+    def requeue_other_geometry(self, signature: str) -> int:
+        """Frames resized with another geometry (`fit`, `size`) go back to the queue; their captions
+        stay. Frames resized before the geometry was recorded are taken to have this one."""
+        with self._db.transaction() as db:
+            db.execute(
+                f"UPDATE images SET resize_signature = ? WHERE resize_status = {_DONE} AND resize_signature IS NULL",
+                (signature,),
+            )
+            return db.execute(
+                f"""UPDATE images SET resize_status = {_PENDING}, updated_at = {NOW}
+                    WHERE resize_status = {_DONE} AND resize_signature != ?""",
+                (signature,),
+            ).rowcount
 
     def requeue_too_small(self, takes: Callable[[tuple[int, int]], bool]) -> int:
         """Frames rejected as too small that the resize would take now (`takes` their source size:
@@ -97,14 +117,20 @@ class ResultStore:
         return len(again)
 
     def record_resize(
-        self, image_id: int, status: Status, *, reason: str | None = None, size: tuple[int, int] | None = None
+        self,
+        image_id: int,
+        status: Status,
+        *,
+        reason: str | None = None,
+        size: tuple[int, int] | None = None,
+        signature: str | None = None,
     ) -> None:
         width, height = size or (None, None)
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET resize_status = ?, resize_reason = ?, width = ?, height = ?,
-                       updated_at = {NOW} WHERE id = ?""",
-                (Status(status).value, reason, width, height, image_id),
+                       resize_signature = ?, updated_at = {NOW} WHERE id = ?""",
+                (Status(status).value, reason, width, height, signature, image_id),
             )
 
     def resized_numbers(self) -> set[int]:
