@@ -74,7 +74,7 @@ class ExtractConfig(_Section):
     exact: bool = True  # interval mode: false takes the nearest keyframe instead (much faster)
     skip_start_s: float = Field(0.0, ge=0)  # opening credits
     skip_end_s: float = Field(0.0, ge=0)  # ending credits
-    crop: Literal["center_square", "trim_bars", "none"] = "center_square"
+    crop: Literal["trim_bars", "center_square", "none"] = "trim_bars"
     min_shot_s: float = Field(1.0, gt=0)  # shots mode: shorter shots give no frame
     max_per_shot: int = Field(1, ge=1)  # shots mode: more frames of a long shot, every_s apart
     scene_change: float = Field(0.07, gt=0, lt=1)  # shots mode: mean colour difference (0-1) that starts a shot

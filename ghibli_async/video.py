@@ -106,12 +106,13 @@ def _mean_luma(frame: av.VideoFrame) -> float:
 
 
 def crop(img: Image.Image, mode: str) -> Image.Image:
-    """`center_square`: the middle square, as the original capture tool took it; `trim_bars`: cut
-    black letterbox/pillarbox bars first; `none`: the whole frame."""
+    """`trim_bars`: the whole frame without black letterbox/pillarbox bars (the geometry is decided
+    at resize, so one extraction serves every target); `center_square`: the middle square, as the
+    original capture tool took it; `none`: the frame as decoded."""
     if mode == "none":
         return img
     if mode == "trim_bars":
-        img = img.crop(content_box(img))
+        return img.crop(content_box(img))
     side = min(img.size)
     left, top = (img.width - side) // 2, (img.height - side) // 2
     return img.crop((left, top, left + side, top + side))

@@ -19,7 +19,7 @@ from ghibli_async.config import load_config, with_stages
 from ghibli_async.pipeline import Pipeline
 from ghibli_async.stages.extract import run_extract
 from ghibli_async.state import State
-from ghibli_async.video import seconds_of
+from ghibli_async.video import crop, seconds_of
 
 
 def at_s(name: str) -> float:
@@ -64,10 +64,13 @@ def test_crops(project: Project) -> None:
     make_video(project.frames / "wide.mp4", [(1, 2.0)])
     make_video(project.frames / "letterboxed.mp4", [(2, 2.0)], bars=20)
 
-    extract_only(project, "extract:\n  every_s: 1.0\n  crop: trim_bars\n")
+    extract_only(project, "extract:\n  every_s: 1.0\n")  # the default: whole frames, bars cut
 
     sizes = {p.name.split("_")[0]: Image.open(p).size for p in extracted(project)}
-    assert sizes == {"wide": (180, 180), "letterboxed": (140, 140)}
+    assert sizes == {"wide": (320, 180), "letterboxed": (320, 140)}
+
+    frame = Image.open(next(p for p in extracted(project) if p.name.startswith("wide")))
+    assert crop(frame, "center_square").size == (180, 180)  # the original capture tool's square
 
 
 def test_rerun_extracts_nothing_and_interrupted_video_resumes(project: Project) -> None:
