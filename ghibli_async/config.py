@@ -388,8 +388,34 @@ class CaptionConfig(_Section):
         return next(model for model in self.models if model.name == name)
 
 
+LayoutName = Literal["imagefolder", "kohya", "ai_toolkit", "musubi", "parquet"]
+
+
 class ExportConfig(_Section):
-    kohya_txt: bool = False
+    """Which trainers' layouts the output folder holds (the images are shared; README, "Layouts")."""
+
+    layouts: list[LayoutName] = Field(default_factory=lambda: list[LayoutName](["imagefolder"]), min_length=1)
+    trigger_placeholder: bool = False  # ai_toolkit: captions start with [trigger] (ai-toolkit's trigger_word)
+    parquet_rows_per_shard: int = Field(1000, ge=1)
+    kohya_txt: bool = False  # the earlier name for N.txt captions: adds the kohya layout
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kohya_txt_adds_kohya(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("kohya_txt"):
+            layouts = list(data.get("layouts") or ["imagefolder"])
+            return {**data, "layouts": layouts if "kohya" in layouts else [*layouts, "kohya"]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportConfig:
+        if len(set(self.layouts)) < len(self.layouts):
+            raise ValueError(f"each layout may be listed once: {self.layouts}")
+        if self.trigger_placeholder and "kohya" in self.layouts:
+            raise ValueError(
+                "trigger_placeholder writes [trigger] into the N.txt captions kohya reads as they are: drop one of them"
+            )
+        return self
 
 
 class Config(_Section):

@@ -1,8 +1,8 @@
-"""Export stage: the Hugging Face imagefolder dataset, rebuilt from the state.
+"""Export stage: the dataset, rebuilt from the state in every layout `export.layouts` names.
 
-`output_dir` holds exactly the captioned images (`N.jpg`), `metadata.jsonl` in number order and,
-optionally, kohya-style `N.txt` sidecars. Images without a caption stay in the work dir only, so
-`datasets.load_dataset("imagefolder", data_dir=output_dir)` never meets an image without text.
+`output_dir` holds exactly the captioned images (`N.jpg`) and each layout's files (`metadata.jsonl`
+for imagefolder, `N.txt` and a dataset TOML for kohya, …; `ghibli_async.layouts`). Images without
+a caption stay in the work dir only, so no trainer meets an image without text.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import structlog
 from ghibli_async.atomic import is_partial
 from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
+from ghibli_async.layouts import Folders, all_layouts, chosen
+from ghibli_async.layouts.imagefolder import METADATA_FILE
 from ghibli_async.stages.base import RunContext, StageReport
 from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
@@ -30,11 +32,12 @@ from ghibli_async.state.results import CaptionedImage
 
 log = structlog.get_logger(__name__)
 
-METADATA_FILE = "metadata.jsonl"
 # What the export wrote, row by row, with each frame's source and content hash: a hidden file that
 # trainers and `datasets` skip, from which `restore` rebuilds a lost state without a request.
 MANIFEST_FILE = ".ghibli_async.jsonl"
-_MANAGED = re.compile(r"\d+\.(jpg|txt)|" + re.escape(MANIFEST_FILE))
+_MANAGED = re.compile(
+    "|".join([r"\d+\.jpg", re.escape(MANIFEST_FILE), *(layout.managed.pattern for layout in all_layouts().values())])
+)
 
 
 class ExportStage:
@@ -70,7 +73,7 @@ def export_dataset(state: State, config: Config) -> ExportResult:
     if not count and not output_dir.exists():
         return ExportResult(0, 0, output_dir)
     try:
-        _build(staging, state.results.captioned_images(), config, carry_from=output_dir)
+        _build(Folders(staging, output_dir), state.results.captioned_images(), config, carry_from=output_dir)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise MachineError(
@@ -120,24 +123,26 @@ def _finish_an_interrupted_swap(output_dir: Path, staging: Path, previous: Path)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(staging: Path, items: Iterable[CaptionedImage], config: Config, *, carry_from: Path) -> None:
-    """The whole export in `staging`: images hard-linked from the work dir, sidecars, metadata,
-    and the user's own files from the current export (linked, never moved)."""
+def _build(folders: Folders, items: Iterable[CaptionedImage], config: Config, *, carry_from: Path) -> None:
+    """The whole export in `folders.staging`: images hard-linked from the work dir, each layout's
+    files, the manifest, and the user's own files from the current export (linked, never moved)."""
+    staging = folders.staging
     staging.mkdir(parents=True)
+    writers = [layout.open(folders, config) for layout in chosen(config)]
     with ExitStack() as files:
-        metadata = manifest = None
+        manifest = None
         for item in items:
             name = output_name(item.number)
             link_or_copy(config.resized_dir / name, staging / name)
-            if config.export.kohya_txt:
-                (staging / f"{item.number}.txt").write_text(item.caption, encoding="utf-8")
-            if metadata is None or manifest is None:  # no caption, no metadata file
-                metadata = files.enter_context((staging / METADATA_FILE).open("w", encoding="utf-8"))
+            if manifest is None:  # no caption, no manifest
                 manifest = files.enter_context((staging / MANIFEST_FILE).open("w", encoding="utf-8"))
-            metadata.write(metadata_line(item))
             manifest.write(manifest_line(item))
+            for writer in writers:
+                writer.add(item)
+        for writer in writers:
+            writer.close()
     for entry in carry_from.iterdir() if carry_from.exists() else ():
-        if entry.name == METADATA_FILE or _MANAGED.fullmatch(entry.name) or is_partial(entry.name):
+        if _MANAGED.fullmatch(entry.name) or is_partial(entry.name):
             continue
         if entry.is_dir():
             shutil.copytree(entry, staging / entry.name, copy_function=link_or_copy)
@@ -153,11 +158,6 @@ def link_or_copy(source: Path | str, dest: Path | str) -> None:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
         shutil.copy2(source, dest)
-
-
-def metadata_line(item: CaptionedImage) -> str:
-    """One `{"file_name", "text"}` object, UTF-8 as is (no \\u escapes)."""
-    return json.dumps({"file_name": output_name(item.number), "text": item.caption}, ensure_ascii=False) + "\n"
 
 
 def manifest_line(item: CaptionedImage) -> str:
@@ -177,7 +177,7 @@ def _warn_about_foreign_files(output_dir: Path) -> None:
     foreign = sorted(
         entry.name
         for entry in output_dir.iterdir()
-        if entry.name != METADATA_FILE and not _MANAGED.fullmatch(entry.name) and not entry.name.startswith(".")
+        if not _MANAGED.fullmatch(entry.name) and not entry.name.startswith(".")
     )
     if foreign:
         log.warning(
