@@ -109,10 +109,11 @@ def test_the_stop_button_stops_a_run_politely_and_the_cell_keeps_its_report(proj
 
         stopped = execute(client, code, meanwhile=press_stop_once_captions_arrive)
         after = execute(client, "print(report.end.name, report.outcomes('caption')['done'])")
-    assert stopped.error is None, "\n".join(stopped.error or [])
+    seen = f"stopped cell: {stopped.error}, stderr …{stopped.stderr[-1500:]}; next cell: {after}"
+    assert stopped.error is None, seen
     end, done = after.stdout.split()
-    assert end == "INTERRUPTED" and 0 < int(done) < 80
-    assert exported(project) == int(done) == len(fake.successes())  # the requests in flight landed, none lost
+    assert end == "INTERRUPTED" and 0 < int(done) < 80, seen
+    assert exported(project) == int(done) == len(fake.successes()), seen  # the requests in flight landed, none lost
 
 
 def test_a_mistake_in_the_config_is_one_line_in_a_cell(project: Project) -> None:
