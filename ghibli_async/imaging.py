@@ -45,6 +45,7 @@ class ResizeOutcome:
     reason: str | None = None
     source_size: tuple[int, int] | None = None
     machine: bool = False
+    output_size: tuple[int, int] | None = None  # the written image's (a bucket's) width and height
 
 
 def resize_file(source: str, dest: str, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> ResizeOutcome:
@@ -84,9 +85,8 @@ def square_image(
             return None, ResizeOutcome(Status.REJECTED, TOO_SMALL, source_size)
         _decode_reduced(img, settings.size)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        return fit_frame(to_rgb(upright, settings.background), settings, persons), ResizeOutcome(
-            Status.DONE, None, source_size
-        )
+        fitted = fit_frame(to_rgb(upright, settings.background), settings, persons)
+        return fitted, ResizeOutcome(Status.DONE, None, source_size, output_size=fitted.size)
 
 
 def too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:

@@ -88,8 +88,9 @@ def test_buckets_keep_each_frames_aspect_and_lose_the_bars(project: Project) -> 
     letterboxed.save(project.frames / "c_scope.png")
     project.write_config("resize:\n  size: 1024\n  fit: bucket\n")
 
-    asyncio.run(Pipeline(load_config(project.config_path), keys=[]).run())
+    report = asyncio.run(Pipeline(load_config(project.config_path), keys=[]).run())
 
+    assert report.stages["resize"].line == "done 3; buckets: 768×448 1, 1344×768 1, 1536×640 1"
     resized = project.resized()
     assert [resized[n].size for n in (1, 2, 3)] == [(1344, 768), (768, 448), (1536, 640)]
     top_row = np.asarray(resized[3].convert("L"))[0]

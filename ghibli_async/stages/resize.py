@@ -42,12 +42,17 @@ class ResizeStage:
         return config.stages.resize
 
     async def run(self, context: RunContext) -> StageReport:
-        counts = await run_resize(context)
-        return StageReport(counts, shown=counts.total(), line=counts_line(counts))
+        counts, sizes = await run_resize(context)
+        line = counts_line(counts)
+        if context.config.resize.fit == "bucket" and sizes:  # how the frames spread over the buckets
+            spread = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))  # most used first
+            line += "; buckets: " + ", ".join(f"{w}×{h} {n}" for (w, h), n in spread)
+        return StageReport(counts, shown=counts.total(), line=line)
 
 
-async def run_resize(context: RunContext) -> Counter[str]:
-    """Resize every numbered image still pending; returns how many ended in each status."""
+async def run_resize(context: RunContext) -> tuple[Counter[str], Counter[tuple[int, int]]]:
+    """Resize every numbered image still pending; returns how many ended in each status, and how
+    many images of each size were written."""
     state, config, workers = context.state, context.config, context.pool.workers
     resized_dir = config.resized_dir
     resized_dir.mkdir(parents=True, exist_ok=True)
@@ -60,8 +65,9 @@ async def run_resize(context: RunContext) -> Counter[str]:
     state.results.assign_output_numbers(require_kept=config.stages.filter)
     jobs = state.results.resize_jobs(limit=context.limit)
     tally: Counter[str] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
     if not jobs:
-        return tally
+        return tally, sizes
     log.info("resize_start", images=len(jobs), workers=workers, size=config.resize.size)
     loop = asyncio.get_running_loop()
     pool = context.pool.executor()
@@ -83,8 +89,10 @@ async def run_resize(context: RunContext) -> Counter[str]:
         ):
             _record(state, job, outcome, config.resize.signature)
             tally[outcome.status.value] += 1
+            if outcome.output_size:
+                sizes[outcome.output_size] += 1
             bar.update()
-    return tally
+    return tally, sizes
 
 
 async def _bounded(
