@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import sys
@@ -63,11 +64,16 @@ def random_anime_models(scratch: Path) -> list[DetectorConfig]:
         model = YOLO("yolov8n.yaml")  # 80 classes where the real ones have 1: a few % more work, no matter
         net: Any = model.model
         net.names = {i: (config.target if i == 0 else f"class{i}") for i in range(len(model.names))}
-        exported = model.export(format="onnx", imgsz=640, simplify=False, verbose=False)  # into the cwd
+        cwd = Path.cwd()
+        os.chdir(scratch)  # ultralytics exports into the working directory
+        try:
+            exported = model.export(format="onnx", imgsz=640, simplify=False, verbose=False)
+        finally:
+            os.chdir(cwd)
         repo = scratch / "hub" / f"models--{config.repo.replace('/', '--')}"
         snapshot = repo / "snapshots" / ("0" * 40)
         (snapshot / config.model_name).mkdir(parents=True)
-        shutil.move(exported, snapshot / config.model_name / "model.onnx")
+        shutil.move(scratch / exported, snapshot / config.model_name / "model.onnx")  # exported may be relative
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text("0" * 40)
     constants.HF_HUB_CACHE = str(scratch / "hub")
