@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Project
@@ -47,21 +48,24 @@ def test_musubi_reads_a_jsonl_of_image_paths_and_captions(captioned: Project) ->
     assert config["general"]["resolution"] == [512, 512] and config["general"]["bucket_no_upscale"]
 
 
+def loaded(kind: str, folder: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The folder as `datasets` reads it (offline), its train split."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from datasets import load_dataset
+
+    return load_dataset(kind, data_dir=str(folder), split="train", cache_dir=str(cache))
+
+
 def test_parquet_shards_load_as_images_and_text(
     captioned: Project,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from datasets import load_dataset
-
     captioned.write_config(ALL + "  parquet_rows_per_shard: 2\n")
     captioned.cli("export")
     shards = sorted(p.name for p in (output(captioned) / "parquet").iterdir())
     assert shards == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
-    dataset = load_dataset(
-        "parquet", data_dir=str(output(captioned) / "parquet"), split="train", cache_dir=str(tmp_path / "hf")
-    )
+    dataset = loaded("parquet", output(captioned) / "parquet", tmp_path / "hf", monkeypatch)
     assert sorted(dataset["text"]) == sorted(CAPTIONS.values())
     assert {(row["image"].mode, row["image"].size) for row in dataset} == {("RGB", (512, 512))}
 
@@ -71,14 +75,9 @@ def test_the_imagefolder_still_loads_beside_every_other_layout(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    from datasets import load_dataset
-
     captioned.write_config(ALL)
     captioned.cli("export")
-    dataset = load_dataset(
-        "imagefolder", data_dir=str(output(captioned)), split="train", cache_dir=str(tmp_path / "hf")
-    )
+    dataset = loaded("imagefolder", output(captioned), tmp_path / "hf", monkeypatch)
     assert sorted(dataset["text"]) == sorted(CAPTIONS.values())
 
 
