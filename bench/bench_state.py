@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.stages.scan import natural_sort_key  # noqa: E402
+from ghibli_async.inputs import natural_sort_key  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
 from ghibli_async.state.sources import SourceFile  # noqa: E402
 from ghibli_async.statuses import Status  # noqa: E402

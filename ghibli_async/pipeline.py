@@ -25,6 +25,7 @@ from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError, WorkDirBusy
+from ghibli_async.inputs import list_inputs
 from ghibli_async.logs import LOG_FILE, configure_if_unset, log_file
 from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
@@ -34,7 +35,7 @@ from ghibli_async.stages.export import ExportResult, ExportStage, export_dataset
 from ghibli_async.stages.extract import ExtractStage
 from ghibli_async.stages.filter import FilterStage
 from ghibli_async.stages.resize import ResizeStage
-from ghibli_async.stages.scan import ScanStage, list_inputs
+from ghibli_async.stages.scan import ScanStage
 from ghibli_async.state import State
 from ghibli_async.state.progress import Counts, Problem
 from ghibli_async.state.runs import HEARTBEAT_S, Doing

@@ -14,9 +14,9 @@ from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.detect import load_detectors
 from ghibli_async.errors import UserError
+from ghibli_async.inputs import InputFiles, list_inputs
 from ghibli_async.pipeline import refuse_a_lost_state
 from ghibli_async.stages.base import plural
-from ghibli_async.stages.scan import InputFiles, list_inputs
 from ghibli_async.state import State
 from ghibli_async.state.progress import Counts
 from ghibli_async.state.sources import KnownSource

@@ -17,7 +17,6 @@ from PIL import Image
 from ghibli_async.config import ExtractConfig
 from ghibli_async.imaging import content_box
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".webm", ".mov", ".avi"})
 _SMALL = (64, 36)  # the grey thumbnail that scene changes and black frames are measured on
 _SEEK_GAP_S = 8.0  # a target this far ahead is reached by seeking, a nearer one by decoding on
 

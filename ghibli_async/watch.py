@@ -14,8 +14,7 @@ from pathlib import Path
 
 from watchfiles import Change, watch
 
-from ghibli_async.stages.scan import IMAGE_SUFFIXES
-from ghibli_async.video import VIDEO_SUFFIXES
+from ghibli_async.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 POLL_MS = 200  # how long one question blocks a worker thread when nothing changes (5 wake-ups a second idle)
 

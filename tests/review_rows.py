@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from ghibli_async.stages.scan import natural_sort_key
+from ghibli_async.inputs import natural_sort_key
 from ghibli_async.state import State
 from ghibli_async.state.sources import SourceFile
 

@@ -10,7 +10,7 @@ import pytest
 
 from ghibli_async.errors import UserError
 from ghibli_async.facts import Decision
-from ghibli_async.stages.scan import natural_sort_key
+from ghibli_async.inputs import natural_sort_key
 from ghibli_async.state import SCHEMA_VERSION, State
 from ghibli_async.state.quota import LimitWrite, ServedWrite
 from ghibli_async.state.sources import SourceFile

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ghibli_async.clock import Clock
     from ghibli_async.config import ApiKey, Config
     from ghibli_async.detect import Detector
+    from ghibli_async.inputs import InputFiles
     from ghibli_async.pool import LazyPool
-    from ghibli_async.stages.scan import InputFiles
     from ghibli_async.state import State
 
 

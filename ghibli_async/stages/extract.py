@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from ghibli_async.atomic import atomic_path, remove_partials
 from ghibli_async.config import Config
+from ghibli_async.inputs import list_inputs
 from ghibli_async.stages.base import RunContext, StageReport
-from ghibli_async.stages.scan import list_inputs
 from ghibli_async.state import State
 from ghibli_async.statuses import VideoStatus
 from ghibli_async.video import frame_name, sample_frames, seconds_of, video_duration
