@@ -24,7 +24,7 @@ from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
-from ghibli_async.logs import LOG_FILE, configure_logging, log_file
+from ghibli_async.logs import configure_logging, log_file
 from ghibli_async.pipeline import (
     GRACE_S,
     Pipeline,
@@ -42,6 +42,7 @@ from ghibli_async.run_end import RunEnd
 from ghibli_async.service import Service
 from ghibli_async.stages.export import exported_count
 from ghibli_async.state import State
+from ghibli_async.workdir import LOG_FILE, REPORT
 
 T = TypeVar("T")
 
@@ -393,7 +394,7 @@ def _cmd_review(config: Config, args: argparse.Namespace, clock: Clock) -> int:
 def _cmd_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     if not config.state_path.exists():
         raise UserError(f"nothing to report yet: no state at {config.state_path} (run the pipeline first)")
-    dest = args.to.resolve() if args.to else config.paths.work_dir / "report"
+    dest = args.to.resolve() if args.to else config.paths.work_dir / REPORT
     print(f"Report written: {write_report(config, dest)}")
     return 0
 

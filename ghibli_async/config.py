@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ghibli_async import workdir
 from ghibli_async.errors import ConfigError, UserError
 
 DEFAULT_PROMPT = (
@@ -436,15 +437,15 @@ class Config(_Section):
 
     @property
     def state_path(self) -> Path:
-        return self.paths.work_dir / "state.sqlite"
+        return self.paths.work_dir / workdir.STATE_FILE
 
     @property
     def extracted_dir(self) -> Path:
-        return self.paths.work_dir / "extracted"
+        return self.paths.work_dir / workdir.EXTRACTED
 
     @property
     def resized_dir(self) -> Path:
-        return self.paths.work_dir / "resized"
+        return self.paths.work_dir / workdir.RESIZED
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -49,7 +49,6 @@ def configure_logging(*, json_lines: bool = False, verbose: bool = False) -> Non
     )
 
 
-LOG_FILE = Path("logs") / "run.jsonl"  # under the work dir; rotated to run.jsonl.1 … .5
 LOG_FILE_BYTES = 10_000_000
 
 _file_lines = logging.getLogger("ghibli_async.log_file")

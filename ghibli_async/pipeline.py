@@ -26,7 +26,7 @@ from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config
 from ghibli_async.detect import Detector, load_detectors
 from ghibli_async.errors import UserError, WorkDirBusy
 from ghibli_async.inputs import list_inputs
-from ghibli_async.logs import LOG_FILE, configure_if_unset, log_file
+from ghibli_async.logs import configure_if_unset, log_file
 from ghibli_async.pool import LazyPool
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, Stage, StageReport, StopRequest
@@ -40,6 +40,7 @@ from ghibli_async.state import State
 from ghibli_async.state.progress import Counts, Problem
 from ghibli_async.state.runs import HEARTBEAT_S, Doing
 from ghibli_async.statuses import Override, Status
+from ghibli_async.workdir import LOCK, LOG_FILE
 
 log = structlog.get_logger(__name__)
 
@@ -295,7 +296,7 @@ def ensure_writable(*folders: Path) -> None:
 def exclusive(work_dir: Path) -> Iterator[None]:
     """One run per work dir: two would resize and caption the same images."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(work_dir / ".lock", timeout=0)
+    lock = FileLock(work_dir / LOCK, timeout=0)
     try:
         lock.acquire()
     except Timeout:

@@ -21,10 +21,10 @@ from ghibli_async.errors import StateDamaged, UserError
 from ghibli_async.inputs import natural_sort_key
 from ghibli_async.pipeline import exclusive
 from ghibli_async.stages.export import MANIFEST_FILE, link_or_copy
-from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionedImage
 from ghibli_async.state.sources import SourceFile
+from ghibli_async.workdir import output_name
 
 
 @dataclass(frozen=True)

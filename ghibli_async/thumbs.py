@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ghibli_async.atomic import atomic_path
 from ghibli_async.config import Config
 from ghibli_async.pool import LazyPool
-from ghibli_async.stages.resize import output_name
+from ghibli_async.workdir import THUMBS, output_name
 
 THUMB_SIDE = 256
 
@@ -28,7 +28,7 @@ class ThumbJob:
 
 
 def thumb_path(config: Config, image_id: int) -> Path:
-    return config.paths.work_dir / "thumbs" / f"{image_id}.jpg"
+    return config.paths.work_dir / THUMBS / f"{image_id}.jpg"
 
 
 def thumb_source(config: Config, job: ThumbJob) -> Path | None:

@@ -44,10 +44,10 @@ from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import RunContext, StageReport, counts_line, plural
-from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionJob
 from ghibli_async.statuses import Status
+from ghibli_async.workdir import output_name
 
 log = structlog.get_logger(__name__)
 

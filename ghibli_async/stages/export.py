@@ -26,9 +26,9 @@ from ghibli_async.errors import MachineError
 from ghibli_async.layouts import Folders, all_layouts, chosen
 from ghibli_async.layouts.imagefolder import METADATA_FILE
 from ghibli_async.stages.base import RunContext, StageReport
-from ghibli_async.stages.resize import output_name
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionedImage
+from ghibli_async.workdir import output_name
 
 log = structlog.get_logger(__name__)
 

@@ -24,12 +24,9 @@ from ghibli_async.stages.base import RunContext, StageReport, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
 from ghibli_async.statuses import Status
+from ghibli_async.workdir import output_name
 
 log = structlog.get_logger(__name__)
-
-
-def output_name(number: int) -> str:
-    return f"{number}.jpg"
 
 
 class ResizeStage:
