@@ -27,6 +27,7 @@ from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import configure_logging, log_file
 from ghibli_async.pipeline import (
     GRACE_S,
+    STAGES,
     Pipeline,
     exclusive,
     export_only,
@@ -62,7 +63,7 @@ COMMANDS = {
 }
 
 
-RETRY_STAGES = ("filter", "resize", "caption")
+RETRY_STAGES = tuple(stage.name for stage in STAGES if stage.status_column)  # filter, resize, caption
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,14 +123,11 @@ def _add_options(parser: argparse.ArgumentParser, *, run_options: bool, defaults
     parser.add_argument(
         "--limit", type=_positive_int, default=default(None), metavar="N", help="process at most N images per stage"
     )
-    parser.add_argument(
-        "--skip-extract", action="store_true", default=default(False), help="do not extract frames from videos"
-    )
-    parser.add_argument(
-        "--skip-filter", action="store_true", default=default(False), help="do not run the person filter"
-    )
-    parser.add_argument("--skip-resize", action="store_true", default=default(False), help="do not resize new frames")
-    parser.add_argument("--skip-caption", action="store_true", default=default(False), help="do not caption")
+    for stage in STAGES:  # --skip-extract, --skip-filter, …: one run without that stage
+        if stage.skip:
+            parser.add_argument(
+                f"--skip-{stage.name}", action="store_true", default=default(False), help=f"do not {stage.skip}"
+            )
     parser.add_argument(
         "--dry-run", action="store_true", default=default(False), help="say what would be done, write nothing"
     )
@@ -232,13 +230,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         config, input_dir=getattr(args, "input", None), output_dir=args.output, work_dir=args.work_dir
     )
     if args.command in (None, "run"):
-        skipped = {
-            "extract": args.skip_extract,
-            "filter": args.skip_filter,
-            "resize": args.skip_resize,
-            "caption": args.skip_caption,
-        }
-        config = with_stages(config, **{stage: False for stage, skip in skipped.items() if skip})
+        skipped = [stage.name for stage in STAGES if stage.skip and getattr(args, f"skip_{stage.name}")]
+        config = with_stages(config, **dict.fromkeys(skipped, False))
     return config
 
 

@@ -335,7 +335,8 @@ def retry_failed(config: Config, stages: list[str]) -> dict[str, int]:
     if not config.state_path.exists():
         return {}
     with exclusive(config.paths.work_dir), State.open(config.state_path) as state:
-        return state.progress.retry_failed(stages)
+        columns = {stage.name: stage.status_column for stage in STAGES if stage.name in stages and stage.status_column}
+        return state.progress.retry_failed(columns)
 
 
 def set_override(config: Config, source_paths: list[str], command: str) -> list[str]:

@@ -22,10 +22,7 @@ import aiofiles
 import structlog
 
 from ghibli_async.caption.answers import Answer, Blocked, RateLimited, Reply, TransientError
-from ghibli_async.caption.buckets import (
-    Grant,
-    seconds_into_quota_day,
-)
+from ghibli_async.caption.buckets import Grant, build_buckets, quota_day, seconds_into_quota_day
 from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.ledger import QuotaLedger
 from ghibli_async.caption.packing import Frame
@@ -41,9 +38,9 @@ from ghibli_async.caption.reducer import (
     reduce_reply,
 )
 from ghibli_async.clock import Clock
-from ghibli_async.config import ApiKey, Config
+from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.run_end import RunEnd, worst
-from ghibli_async.stages.base import RunContext, StageReport, counts_line, plural
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport, capped, counts_line, plural
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionJob
 from ghibli_async.statuses import Status
@@ -62,6 +59,26 @@ class CaptionStage:
     label = "captioned"
     uses_pool = False
     after_stop = False
+    status_column: str | None = "caption_status"
+    skip: str | None = "caption"
+
+    def plan(self, context: PlanContext) -> None:
+        config, counts = context.config, context.counts
+        if not config.stages.caption:
+            context.says(self.name, "off")
+            return
+        keys = load_caption_keys(config)
+        waiting = (
+            counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0) if counts else 0
+        )
+        buckets = build_buckets(config.caption, keys, day=quota_day(context.clock.wall()), used_today={}, learned={})
+        names = ", ".join(bucket.name for bucket in buckets[:4]) + (", …" if len(buckets) > 4 else "")
+        context.says(
+            self.name,
+            f"{capped(waiting, context.limit)} resized frames wait (plus those resized now); "
+            f"{plural(len(buckets), 'bucket')}: {names or 'none'}",
+        )
+        context.plan.warnings += _caption_warnings(config, keys)
 
     def enabled(self, config: Config) -> bool:
         return config.stages.caption
@@ -96,6 +113,17 @@ def _caption_line(caption: CaptionReport) -> str:
         parts.append(f"{caption.outcomes[LEFT]} left for the next run ({why})")
     parts.append(plural(caption.requests, "request"))
     return "; ".join(parts)
+
+
+def _caption_warnings(config: Config, keys: list[ApiKey]) -> list[str]:
+    if not keys:
+        return ["no API keys found: captioning would stop at once (exit 4); set GEMINI_API_KEY_1 in .env"]
+    providers = {key.provider for key in keys}
+    return [
+        f"model {model.name} has no key of its provider '{model.provider}': it would not be used"
+        for model in config.caption.models
+        if model.provider not in providers
+    ]
 
 
 def _no_keys_note(config: Config, waiting: int) -> str:

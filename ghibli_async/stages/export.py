@@ -25,7 +25,7 @@ from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
 from ghibli_async.layouts import Folders, all_layouts, chosen
 from ghibli_async.layouts.imagefolder import METADATA_FILE
-from ghibli_async.stages.base import RunContext, StageReport
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport
 from ghibli_async.state import State
 from ghibli_async.state.results import CaptionedImage
 from ghibli_async.workdir import output_name
@@ -45,6 +45,12 @@ class ExportStage:
     label = "exported"
     uses_pool = False
     after_stop = True
+    status_column: str | None = None
+    skip: str | None = None
+
+    def plan(self, context: PlanContext) -> None:
+        layouts = ", ".join(context.config.export.layouts)
+        context.says(self.name, f"{context.config.paths.output_dir} rebuilt from the state ({layouts})")
 
     def enabled(self, config: Config) -> bool:
         return True  # the output folder always matches the state

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ghibli_async.atomic import atomic_path, remove_partials
 from ghibli_async.config import Config
 from ghibli_async.inputs import list_inputs
-from ghibli_async.stages.base import RunContext, StageReport
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport, plural
 from ghibli_async.state import State
 from ghibli_async.statuses import VideoStatus
 from ghibli_async.video import frame_name, sample_frames, seconds_of, video_duration
@@ -36,6 +36,17 @@ class ExtractStage:
     label = "extracted"
     uses_pool = False
     after_stop = False
+    status_column: str | None = None
+    skip: str | None = "extract frames from videos"
+
+    def plan(self, context: PlanContext) -> None:
+        if not context.config.stages.extract:
+            context.says(self.name, "off")
+            return
+        todo = [video for video in context.inputs.videos if str(video) not in context.extracted]
+        context.says(
+            self.name, f"{plural(len(todo), 'video')} to extract frames from (their frames are not counted below)"
+        )
 
     def enabled(self, config: Config) -> bool:
         return config.stages.extract

@@ -18,14 +18,15 @@ import structlog
 from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
-from ghibli_async.detect import Detector
-from ghibli_async.errors import MachineError
+from ghibli_async.detect import Detector, load_detectors
+from ghibli_async.errors import MachineError, UserError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import decide_all
 from ghibli_async.imaging import FrameLook, look_at_frame
-from ghibli_async.stages.base import RunContext, StageReport, StopRequest, counts_line
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport, StopRequest, capped, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.filtering import FilterJob
+from ghibli_async.statuses import Status
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +36,23 @@ class FilterStage:
     label = "filter"
     uses_pool = True
     after_stop = False
+    status_column: str | None = "filter_status"
+    skip: str | None = "run the person filter"
+
+    def plan(self, context: PlanContext) -> None:
+        if not context.config.stages.filter:
+            context.says(self.name, "off: every frame goes on to resize")
+            return
+        try:
+            detectors = load_detectors(context.config.filter)
+        except UserError as exc:
+            context.plan.blocking.append(str(exc))
+            context.says(self.name, "cannot run: its detector does not load")
+            return
+        counts = context.counts
+        unmeasured = context.fresh + (counts.filter.get(Status.PENDING.value, 0) if counts else 0)
+        names = ", ".join(detector.signature for detector in detectors)
+        context.says(self.name, f"about {capped(unmeasured, context.limit)} frames to look at with {names} (loaded)")
 
     def enabled(self, config: Config) -> bool:
         return config.stages.filter

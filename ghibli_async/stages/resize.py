@@ -20,7 +20,7 @@ from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
 from ghibli_async.filter_rules import box_counts
 from ghibli_async.imaging import ResizeOutcome, resize_file, too_small
-from ghibli_async.stages.base import RunContext, StageReport, counts_line
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport, capped, counts_line
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
 from ghibli_async.statuses import Status
@@ -34,6 +34,17 @@ class ResizeStage:
     label = "resized"
     uses_pool = True
     after_stop = False
+    status_column: str | None = "resize_status"
+    skip: str | None = "resize new frames"
+
+    def plan(self, context: PlanContext) -> None:
+        config, counts = context.config, context.counts
+        if not config.stages.resize:
+            context.says(self.name, "off")
+            return
+        waiting = context.fresh + (counts.resize.get(Status.PENDING.value, 0) if counts else 0)
+        kept = " (those the filter keeps)" if config.stages.filter else ""
+        context.says(self.name, f"up to {capped(waiting, context.limit)} frames to resize{kept}")
 
     def enabled(self, config: Config) -> bool:
         return config.stages.resize

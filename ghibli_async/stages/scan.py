@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ghibli_async.config import Config
 from ghibli_async.inputs import natural_sort_key
-from ghibli_async.stages.base import RunContext, StageReport
+from ghibli_async.stages.base import PlanContext, RunContext, StageReport, plural
 from ghibli_async.state import State
 from ghibli_async.state.sources import KnownSource, SourceFile
 
@@ -34,6 +34,12 @@ class ScanStage:
     label = "scanned"
     uses_pool = False
     after_stop = False
+    status_column: str | None = None
+    skip: str | None = None
+
+    def plan(self, context: PlanContext) -> None:
+        found = plural(len(context.inputs.images), "frame")
+        context.says(self.name, f"{found} in {context.config.paths.input_dir}: {context.fresh} new or changed")
 
     def enabled(self, config: Config) -> bool:
         return True  # every other stage works on what the scan registered

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ghibli_async.state.database import NOW, Database
 from ghibli_async.statuses import Status
 
-_STATUS_COLUMNS = {"filter": "filter_status", "resize": "resize_status", "caption": "caption_status"}
 _R, _F, _B, _D = Status.REJECTED.sql, Status.FAILED.sql, Status.BLOCKED.sql, Status.DONE.sql
 
 
@@ -64,12 +63,11 @@ class ProgressStore:
             rejected_by_reason=dict(rejected.fetchall()),
         )
 
-    def retry_failed(self, stages: Sequence[str]) -> dict[str, int]:
-        """Put the frames that failed in these stages (filter, resize, caption) back in their queue."""
+    def retry_failed(self, columns: Mapping[str, str]) -> dict[str, int]:
+        """Put the frames that failed in these stages (stage -> its status column) back in their queue."""
         requeued = {}
         with self._db.transaction() as db:
-            for stage in stages:
-                column = _STATUS_COLUMNS[stage]
+            for stage, column in columns.items():
                 cursor = db.execute(
                     f"UPDATE images SET {column} = {Status.PENDING.sql}, updated_at = {NOW} WHERE {column} = {_F}"
                 )
