@@ -46,6 +46,7 @@ class ResizeOutcome:
     source_size: tuple[int, int] | None = None
     machine: bool = False
     output_size: tuple[int, int] | None = None  # the written image's (a bucket's) width and height
+    window: Corners | None = None  # what of the frame it shows, in fractions (the review page maps boxes)
 
 
 def resize_file(source: str, dest: str, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> ResizeOutcome:
@@ -85,8 +86,8 @@ def square_image(
             return None, ResizeOutcome(Status.REJECTED, TOO_SMALL, source_size)
         _decode_reduced(img, settings.size)
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
-        fitted = fit_frame(to_rgb(upright, settings.background), settings, persons)
-        return fitted, ResizeOutcome(Status.DONE, None, source_size, output_size=fitted.size)
+        fitted, window = fit_frame(to_rgb(upright, settings.background), settings, persons)
+        return fitted, ResizeOutcome(Status.DONE, None, source_size, output_size=fitted.size, window=window)
 
 
 def too_small(size: tuple[int, int], settings: ResizeConfig) -> bool:
@@ -117,9 +118,16 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     return img.convert("RGB")
 
 
-def fit_frame(img: Image.Image, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> Image.Image:
+def fit_frame(img: Image.Image, settings: ResizeConfig, persons: Sequence[Corners] = ()) -> tuple[Image.Image, Corners]:
     """The frame in its target geometry, LANCZOS-resized: a square (person-aware or centred crop,
-    or padded with the background), or its aspect-ratio bucket (bars trimmed first)."""
+    or padded with the background), or its aspect-ratio bucket (bars trimmed first); and the
+    window the result shows, as fractions of the frame (beyond 0..1 where it is padding)."""
+    width, height = img.size
+    fitted, box = _fit(img, settings, persons)
+    return fitted, (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
+
+
+def _fit(img: Image.Image, settings: ResizeConfig, persons: Sequence[Corners]) -> tuple[Image.Image, Corners]:
     size = settings.size
     width, height = img.size
     if settings.fit in ("person_crop", "bucket"):
@@ -131,17 +139,18 @@ def fit_frame(img: Image.Image, settings: ResizeConfig, persons: Sequence[Corner
         target = bucket_size(inner_w, inner_h, size) if settings.fit == "bucket" else (size, size)
         x1, y1, x2, y2 = crop_window(inner_w, inner_h, target[0] / target[1], boxes)
         box = (left + x1, top + y1, left + x2, top + y2)
-        return img.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP)
+        return img.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP), box
     if settings.fit == "center_crop":
         side = min(width, height)
         box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-        return img.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP)
+        return img.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP), box
     scale = size / max(width, height)
     inner = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = img.resize(inner, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP)
     canvas = Image.new("RGB", (size, size), settings.background)
     canvas.paste(resized, ((size - inner[0]) // 2, (size - inner[1]) // 2))
-    return canvas
+    side = max(width, height)  # the square canvas, in frame pixels, centred on the frame
+    return canvas, ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
 _BAR_LUMA = 0.06  # a row or column this dark on average is a letterbox / pillarbox bar

@@ -175,8 +175,10 @@ def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
         "boxes": [
             shown
             for name, boxes in item.boxes.items()
-            for shown in (_box_json(box, name, config) for box in boxes)
-            if shown["counts"] or shown["score"] >= 0.1  # not the faintest guesses stored for later
+            for shown in (_box_json(box, name, config, _shown_window(item)) for box in boxes)
+            if (shown["counts"] or shown["score"] >= 0.1)  # not the faintest guesses stored for later
+            and shown["x2"] > shown["x1"]
+            and shown["y2"] > shown["y1"]  # not one the crop left out
         ],
         "resize": {"status": item.resize_status, "reason": item.resize_reason},
         "caption": {
@@ -191,12 +193,27 @@ def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
     }
 
 
-def _box_json(box: Box, detector: str, config: Config) -> dict[str, Any]:
+def _shown_window(item: ReviewItem) -> tuple[float, float, float, float] | None:
+    """The part of the frame its thumbnail shows, when the thumbnail is the resized image (a crop,
+    a bucket, or a padded square); None: the whole frame."""
+    return item.resize_window if item.resize_status == Status.DONE else None
+
+
+def _box_json(
+    box: Box, detector: str, config: Config, window: tuple[float, float, float, float] | None
+) -> dict[str, Any]:
+    """A box where it is in the thumbnail: in the resized image's own fractions when the thumbnail
+    is the resized image (clipped to it), else in the frame's."""
+    x1, y1, x2, y2 = box.x1, box.y1, box.x2, box.y2
+    if window is not None:
+        left, top, right, bottom = window
+        x1, x2 = (min(max((x - left) / (right - left), 0.0), 1.0) for x in (x1, x2))
+        y1, y2 = (min(max((y - top) / (bottom - top), 0.0), 1.0) for y in (y1, y2))
     return {
-        "x1": box.x1,
-        "y1": box.y1,
-        "x2": box.x2,
-        "y2": box.y2,
+        "x1": round(x1, 4),
+        "y1": round(y1, 4),
+        "x2": round(x2, 4),
+        "y2": round(y2, 4),
         "score": round(box.score, 3),
         "label": box.label,
         "detector": detector,

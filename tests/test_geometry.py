@@ -20,6 +20,8 @@ from virtual_time import VirtualClock, run_virtual
 from ghibli_async.config import load_config
 from ghibli_async.geometry import BUCKET_STEP, bucket_size, crop_window
 from ghibli_async.pipeline import Pipeline
+from ghibli_async.review import item_json
+from ghibli_async.state import State
 
 
 @pytest.mark.parametrize(
@@ -70,11 +72,18 @@ def magenta_share(img: Image.Image) -> float:
 
 def test_a_person_at_the_right_edge_stays_whole_in_the_square(project: Project) -> None:
     film_frame((1920, 1080), 1, person_at=(1700, 300, 1900, 900)).save(project.frames / "edge.png")
-    shares = {}
+    shares, drawn = {}, {}
     for fit in ("person_crop", "center_crop"):
         project.write_config(f"resize:\n  size: 256\n  fit: {fit}\n", person_filter=True)
-        asyncio.run(Pipeline(load_config(project.config_path), keys=[], detectors=[StubDetector()]).run())
+        config = load_config(project.config_path)
+        asyncio.run(Pipeline(config, keys=[], detectors=[StubDetector()]).run())
         shares[fit] = magenta_share(project.resized()[1])
+        with State.open(config.state_path, readonly=True) as state:
+            _, (item,) = state.review.page("kept", offset=0, limit=1)
+        drawn[fit] = [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in item_json(item, config)["boxes"]]
+    # The review page draws the box where it is in the resized square (its thumbnail).
+    assert drawn["person_crop"] == [pytest.approx((880 / 1080, 300 / 1080, 1.0, 900 / 1080), abs=0.01)]
+    assert drawn["center_crop"] == []  # outside the middle square: nothing to draw
     # The figure is 200 x 600 of a 1080 x 1080 window: about 10 % of the square, whole.
     assert shares["person_crop"] == pytest.approx(200 * 600 / 1080**2, rel=0.1)
     assert shares["center_crop"] == 0.0  # the middle square cut the figure away

@@ -24,6 +24,7 @@ from ghibli_async.stages.base import PlanContext, RunContext, StageReport, cappe
 from ghibli_async.state import State
 from ghibli_async.state.results import ResizeJob
 from ghibli_async.statuses import Status
+from ghibli_async.thumbs import thumb_path
 from ghibli_async.workdir import output_name
 
 log = structlog.get_logger(__name__)
@@ -95,7 +96,7 @@ async def run_resize(context: RunContext) -> tuple[Counter[str], Counter[tuple[i
         async for job, outcome in _bounded(
             jobs, submit, window=workers * 4, keep_going=lambda: not context.stop.requested
         ):
-            _record(state, job, outcome, config.resize.signature)
+            _record(state, config, job, outcome)
             tally[outcome.status.value] += 1
             if outcome.output_size:
                 sizes[outcome.output_size] += 1
@@ -128,15 +129,22 @@ async def _bounded(
             future.cancel()
 
 
-def _record(state: State, job: ResizeJob, outcome: ResizeOutcome, signature: str) -> None:
+def _record(state: State, config: Config, job: ResizeJob, outcome: ResizeOutcome) -> None:
     if outcome.machine:
         raise MachineError(
             f"resize stopped: {outcome.reason} (with {Path(job.source_path).name}); free space or fix the "
             "permissions of the work dir, then rerun: the frames not resized stay pending"
         )
     state.results.record_resize(
-        job.image_id, outcome.status, reason=outcome.reason, size=outcome.source_size, signature=signature
+        job.image_id,
+        outcome.status,
+        reason=outcome.reason,
+        size=outcome.source_size,
+        signature=config.resize.signature,
+        window=outcome.window,
     )
+    if outcome.status == Status.DONE:  # a thumbnail of the frame as it was shown before is stale now
+        thumb_path(config, job.image_id).unlink(missing_ok=True)
     if outcome.status == Status.FAILED:
         log.warning("resize_failed", path=job.source_path, reason=outcome.reason)
 

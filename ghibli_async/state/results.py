@@ -124,13 +124,15 @@ class ResultStore:
         reason: str | None = None,
         size: tuple[int, int] | None = None,
         signature: str | None = None,
+        window: tuple[float, float, float, float] | None = None,
     ) -> None:
         width, height = size or (None, None)
+        shown = json.dumps([round(value, 5) for value in window]) if window else None
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET resize_status = ?, resize_reason = ?, width = ?, height = ?,
-                       resize_signature = ?, updated_at = {NOW} WHERE id = ?""",
-                (Status(status).value, reason, width, height, signature, image_id),
+                       resize_signature = ?, resize_window = ?, updated_at = {NOW} WHERE id = ?""",
+                (Status(status).value, reason, width, height, signature, shown, image_id),
             )
 
     def resized_numbers(self) -> set[int]:

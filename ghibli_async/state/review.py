@@ -3,6 +3,7 @@ tab, and captions written by hand."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ REVIEW_TABS = {
 }
 _COLUMNS = (
     "id, number, source_path, filter_status, filter_reason, filter_override, detections, resize_status,"
-    " resize_reason, caption_status, caption_reason, caption, caption_model, caption_key, caption_edited, needs_review"
+    " resize_reason, resize_window, caption_status, caption_reason, caption, caption_model, caption_key,"
+    " caption_edited, needs_review"
 )
 
 
@@ -54,6 +56,7 @@ class ReviewItem:
     boxes: dict[str, list[Box]]
     resize_status: Status
     resize_reason: str | None  # too_small: below the target size (kept by hand, it is upscaled)
+    resize_window: tuple[float, float, float, float] | None  # what of the frame the resized image shows
     caption_status: Status
     caption_reason: str | None
     caption: str | None
@@ -244,11 +247,12 @@ class ReviewStore:
 
 
 def _review_item(row: tuple) -> ReviewItem:
-    image_id, number, path, f_status, f_reason, override, detections, r_status, r_reason, *rest = row
+    image_id, number, path, f_status, f_reason, override, detections, r_status, r_reason, window, *rest = row
     c_status, c_reason, caption, model, key, edited, review = rest
     return ReviewItem(
         image_id, number, Path(path).name, Status(f_status), f_reason, Override(override) if override else None,
-        boxes_from(detections), Status(r_status), r_reason, Status(c_status), c_reason, caption, model, key,
+        boxes_from(detections), Status(r_status), r_reason, tuple(json.loads(window)) if window else None,
+        Status(c_status), c_reason, caption, model, key,
         bool(edited), bool(review),
     )  # fmt: skip
 
