@@ -42,3 +42,29 @@ def test_musubi_tuner_reads_the_musubi_layout(captioned: Project, monkeypatch: p
     assert len(source) == len(CAPTIONS)
     read = [source.get_image_data(i) for i in range(len(source))]
     assert sorted(caption for _, _, caption, *_ in read) == sorted(CAPTIONS.values())
+
+
+def test_kohya_sd_scripts_reads_the_kohya_layout(captioned: Project, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Its config code imports transformers, diffusers and accelerate at the versions it pins: run
+    this in an environment of its own (README, Development)."""
+    source = TRAINERS / "sd-scripts"
+    if not (source / "library" / "config_util.py").is_file():
+        pytest.skip(f"sd-scripts is not checked out in {TRAINERS} (README, Development)")
+    monkeypatch.syspath_prepend(str(source))
+    try:
+        from library import config_util
+    except ImportError as exc:
+        pytest.skip(f"sd-scripts' config code does not import here ({exc}): it wants its own pinned packages")
+
+    captioned.write_config("export:\n  layouts: [imagefolder, kohya]\n")
+    assert captioned.cli("export") == 0
+    user_config = config_util.load_user_config(str(output(captioned) / "kohya_dataset.toml"))
+    generator = config_util.BlueprintGenerator(config_util.ConfigSanitizer(True, True, False, True))
+    blueprint = generator.generate(user_config, argparse.Namespace())
+    train, _ = config_util.generate_dataset_group_by_blueprint(blueprint.dataset_group)
+    (dataset,) = train.datasets
+    assert dataset.enable_bucket and dataset.bucket_no_upscale
+    (subset,) = dataset.subsets
+    assert subset.keep_tokens == 1 and subset.caption_extension == ".txt"
+    captions = {info.caption for info in dataset.image_data.values()}
+    assert captions == set(CAPTIONS.values())
