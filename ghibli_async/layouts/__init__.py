@@ -2,12 +2,14 @@
 into the same output folder (the images are shared; each layout adds its own files).
 
 A layout is one module with a `LAYOUT` that says which files it manages in the output folder and
-opens a writer over the staging folder the export builds; a new layout is that module, its name
-in `ALL`, and its config (`export.layouts`).
+opens a writer over the staging folder the export builds; a new layout is that module (found here
+by itself) and its name in `ExportConfig.layouts`.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +45,9 @@ class Layout:
 
 
 def all_layouts() -> dict[str, Layout]:
-    from ghibli_async.layouts import ai_toolkit, imagefolder, kohya, musubi, parquet
-
-    return {module.LAYOUT.name: module.LAYOUT for module in (imagefolder, kohya, ai_toolkit, musubi, parquet)}
+    """Every module of this package that defines a `LAYOUT`, by name."""
+    modules = (importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__))
+    return {module.LAYOUT.name: module.LAYOUT for module in modules if hasattr(module, "LAYOUT")}
 
 
 def chosen(config: Config) -> list[Layout]:
