@@ -10,6 +10,7 @@ frame's aspect to the nearest multiple of 64 on each side, area at most size², 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 BUCKET_STEP = 64  # trainers' latent grids: both sides multiples of this
@@ -58,3 +59,9 @@ def bucket_size(width: int, height: int, side: int, step: int = BUCKET_STEP) -> 
     if not fitting:  # a frame under one step on a side: the smallest bucket
         return step, step
     return min(fitting, key=lambda wh: (abs(math.log(wh[0] / wh[1] / aspect)), -wh[0] * wh[1]))
+
+
+def bucket_spread(sizes: Counter[tuple[int, int]]) -> str:
+    """`1344×768 120, 768×448 3`: the most used bucket first."""
+    spread = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{width}×{height} {count}" for (width, height), count in spread)

@@ -12,6 +12,7 @@ from ghibli_async.caption.ledger import QuotaLedger
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config
 from ghibli_async.filter_rules import best_score
+from ghibli_async.geometry import bucket_spread
 from ghibli_async.pipeline import MAX_PROBLEMS_SHOWN, STAGES, RunReport
 from ghibli_async.run_end import RunEnd
 from ghibli_async.service import ServiceReport
@@ -92,6 +93,8 @@ def format_status(state: State, config: Config, keys: list[ApiKey], exported: in
     stages_on = _stages_on(config, state.runs.last())
     lines += _totals(counts, stages_on)
     lines.append(f"  {'exported':<12}{exported:>8}  in {config.paths.output_dir}")
+    if config.resize.fit == "bucket" and (sizes := state.results.resized_sizes()):
+        lines.append(f"  {'buckets':<12}{sum(sizes.values()):>8}  {bucket_spread(sizes)}")
     left = _left_to_do(counts, stages_on)
     lines.append("Left to do: " + (", ".join(f"{stage} {n}" for stage, n in left.items()) if left else "nothing"))
     lines += _problems(problems, config.paths.input_dir)

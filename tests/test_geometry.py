@@ -89,7 +89,9 @@ def test_a_person_at_the_right_edge_stays_whole_in_the_square(project: Project) 
     assert shares["center_crop"] == 0.0  # the middle square cut the figure away
 
 
-def test_buckets_keep_each_frames_aspect_and_lose_the_bars(project: Project) -> None:
+def test_buckets_keep_each_frames_aspect_and_lose_the_bars(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
     film_frame((1920, 1080), 1).save(project.frames / "a_wide.png")
     film_frame((800, 450), 2).save(project.frames / "b_small.png")
     letterboxed = Image.new("RGB", (1920, 1080))
@@ -104,6 +106,9 @@ def test_buckets_keep_each_frames_aspect_and_lose_the_bars(project: Project) -> 
     assert [resized[n].size for n in (1, 2, 3)] == [(1344, 768), (768, 448), (1536, 640)]
     top_row = np.asarray(resized[3].convert("L"))[0]
     assert top_row.mean() > 40  # no black bar left
+    capsys.readouterr()
+    assert project.cli("status") == 0
+    assert "buckets            3  768×448 1, 1344×768 1, 1536×640 1" in capsys.readouterr().out
 
 
 def test_another_geometry_re_resizes_and_re_exports_without_a_caption_request(project: Project) -> None:

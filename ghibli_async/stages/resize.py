@@ -19,6 +19,7 @@ from ghibli_async.atomic import remove_partials
 from ghibli_async.config import Config
 from ghibli_async.errors import MachineError
 from ghibli_async.filter_rules import box_counts
+from ghibli_async.geometry import bucket_spread
 from ghibli_async.imaging import ResizeOutcome, resize_file, too_small
 from ghibli_async.stages.base import PlanContext, RunContext, StageReport, capped, counts_line
 from ghibli_async.state import State
@@ -54,8 +55,7 @@ class ResizeStage:
         counts, sizes = await run_resize(context)
         line = counts_line(counts)
         if context.config.resize.fit == "bucket" and sizes:  # how the frames spread over the buckets
-            spread = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))  # most used first
-            line += "; buckets: " + ", ".join(f"{w}×{h} {n}" for (w, h), n in spread)
+            line += f"; buckets: {bucket_spread(sizes)}"
         return StageReport(counts, shown=counts.total(), line=line)
 
 
@@ -142,6 +142,7 @@ def _record(state: State, config: Config, job: ResizeJob, outcome: ResizeOutcome
         size=outcome.source_size,
         signature=config.resize.signature,
         window=outcome.window,
+        written=outcome.output_size,
     )
     if outcome.status == Status.DONE:  # a thumbnail of the frame as it was shown before is stale now
         thumb_path(config, job.image_id).unlink(missing_ok=True)

@@ -166,8 +166,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- The geometry a resized file was made with (`fit:size`): another one re-resizes the frame,
     -- and its caption is kept. The window of the frame it shows (JSON [x1, y1, x2, y2] fractions):
     -- the review page draws the frame's boxes where they are in the resized image.
+    -- And the size it was written at (a bucket's), for `status`.
     ALTER TABLE images ADD COLUMN resize_signature TEXT;
     ALTER TABLE images ADD COLUMN resize_window TEXT;
+    ALTER TABLE images ADD COLUMN resized_width INTEGER;
+    ALTER TABLE images ADD COLUMN resized_height INTEGER;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,6 +4,7 @@ with a reason, the caption with the model and key#N that wrote it, and what expo
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -125,15 +126,36 @@ class ResultStore:
         size: tuple[int, int] | None = None,
         signature: str | None = None,
         window: tuple[float, float, float, float] | None = None,
+        written: tuple[int, int] | None = None,
     ) -> None:
         width, height = size or (None, None)
+        written_width, written_height = written or (None, None)
         shown = json.dumps([round(value, 5) for value in window]) if window else None
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET resize_status = ?, resize_reason = ?, width = ?, height = ?,
-                       resize_signature = ?, resize_window = ?, updated_at = {NOW} WHERE id = ?""",
-                (Status(status).value, reason, width, height, signature, shown, image_id),
+                       resize_signature = ?, resize_window = ?, resized_width = ?, resized_height = ?,
+                       updated_at = {NOW} WHERE id = ?""",
+                (
+                    Status(status).value,
+                    reason,
+                    width,
+                    height,
+                    signature,
+                    shown,
+                    written_width,
+                    written_height,
+                    image_id,
+                ),
             )
+
+    def resized_sizes(self) -> Counter[tuple[int, int]]:
+        """How many resized frames each written size (each bucket) has."""
+        rows = self._db.execute(
+            f"""SELECT resized_width, resized_height, COUNT(*) FROM images
+                WHERE resize_status = {_DONE} AND resized_width IS NOT NULL GROUP BY 1, 2"""
+        )
+        return Counter({(width, height): count for width, height, count in rows})
 
     def resized_numbers(self) -> set[int]:
         rows = self._db.execute(f"SELECT number FROM images WHERE resize_status = {_DONE}")
