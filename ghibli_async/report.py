@@ -209,9 +209,7 @@ def _totals(counts: Counts, stages_on: dict[str, bool]) -> list[str]:
         f"  {'frames':<12}{counts.sources - counts.duplicates:>8}  "
         f"unique ({counts.duplicates} exact duplicate(s) skipped)"
     ]
-    lines.append(row("filter", counts.filter))
-    lines.append(row("resize", counts.resize))
-    lines.append(row("caption", counts.caption))
+    lines += [row(stage.name, counts.of(stage.status_column)) for stage in STAGES if stage.status_column]
     if counts.rejected_by_reason:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.rejected_by_reason.items()))
         lines.append(f"  {'rejected':<12}{sum(counts.rejected_by_reason.values()):>8}  {reasons}")
@@ -226,8 +224,11 @@ def _stages_on(config: Config, last: RunRecord | None) -> dict[str, bool]:
 
 
 def _left_to_do(counts: Counts, stages_on: dict[str, bool]) -> dict[str, int]:
-    by_stage = {"filter": counts.filter, "resize": counts.resize, "caption": counts.caption}
-    left = {stage: statuses.get(Status.PENDING.value, 0) for stage, statuses in by_stage.items() if stages_on[stage]}
+    left = {
+        stage.name: counts.of(stage.status_column).get(Status.PENDING.value, 0)
+        for stage in STAGES
+        if stage.status_column and stages_on[stage.name]
+    }
     return {stage: n for stage, n in left.items() if n}
 
 

@@ -68,9 +68,8 @@ class CaptionStage:
             context.says(self.name, "off")
             return
         keys = load_caption_keys(config)
-        waiting = (
-            counts.caption.get(Status.PENDING.value, 0) + counts.caption.get(Status.FAILED.value, 0) if counts else 0
-        )
+        statuses = counts.of(self.status_column) if counts else {}
+        waiting = statuses.get(Status.PENDING.value, 0) + statuses.get(Status.FAILED.value, 0)
         buckets = build_buckets(config.caption, keys, day=quota_day(context.clock.wall()), used_today={}, learned={})
         names = ", ".join(bucket.name for bucket in buckets[:4]) + (", …" if len(buckets) > 4 else "")
         context.says(

@@ -50,7 +50,7 @@ class FilterStage:
             context.says(self.name, "cannot run: its detector does not load")
             return
         counts = context.counts
-        unmeasured = context.fresh + (counts.filter.get(Status.PENDING.value, 0) if counts else 0)
+        unmeasured = context.fresh + (counts.of(self.status_column).get(Status.PENDING.value, 0) if counts else 0)
         names = ", ".join(detector.signature for detector in detectors)
         context.says(self.name, f"about {capped(unmeasured, context.limit)} frames to look at with {names} (loaded)")
 

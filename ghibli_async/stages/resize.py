@@ -44,7 +44,7 @@ class ResizeStage:
         if not config.stages.resize:
             context.says(self.name, "off")
             return
-        waiting = context.fresh + (counts.resize.get(Status.PENDING.value, 0) if counts else 0)
+        waiting = context.fresh + (counts.of(self.status_column).get(Status.PENDING.value, 0) if counts else 0)
         kept = " (those the filter keeps)" if config.stages.filter else ""
         context.says(self.name, f"up to {capped(waiting, context.limit)} frames to resize{kept}")
 

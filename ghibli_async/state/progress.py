@@ -23,14 +23,28 @@ class Problem:
 
 @dataclass(frozen=True)
 class Counts:
-    """How many images are in each status, per stage (duplicates not included)."""
+    """How many images are in each status, per stage's status column (duplicates not included)."""
 
     sources: int
     duplicates: int
-    filter: dict[str, int]
-    resize: dict[str, int]
-    caption: dict[str, int]
+    by_column: dict[str, dict[str, int]]  # filter_status, resize_status, caption_status -> status -> images
     rejected_by_reason: dict[str, int]
+
+    def of(self, column: str | None) -> dict[str, int]:
+        """The statuses of a stage's column (none for a stage without one)."""
+        return self.by_column.get(column, {}) if column else {}
+
+    @property
+    def filter(self) -> dict[str, int]:
+        return self.of("filter_status")
+
+    @property
+    def resize(self) -> dict[str, int]:
+        return self.of("resize_status")
+
+    @property
+    def caption(self) -> dict[str, int]:
+        return self.of("caption_status")
 
 
 class ProgressStore:
@@ -55,11 +69,14 @@ class ProgressStore:
         return Counts(
             sources=total,
             duplicates=duplicates,
-            filter=by_status("filter_status"),
-            resize=by_status("resize_status", f"AND filter_status NOT IN ({_R}, {_F})"),
-            caption=by_status(
-                "CASE WHEN needs_review = 1 THEN 'needs_review' ELSE caption_status END", f"AND resize_status = {_D}"
-            ),
+            by_column={  # each over the frames that reach the stage
+                "filter_status": by_status("filter_status"),
+                "resize_status": by_status("resize_status", f"AND filter_status NOT IN ({_R}, {_F})"),
+                "caption_status": by_status(
+                    "CASE WHEN needs_review = 1 THEN 'needs_review' ELSE caption_status END",
+                    f"AND resize_status = {_D}",
+                ),
+            },
             rejected_by_reason=dict(rejected.fetchall()),
         )
 
