@@ -294,6 +294,20 @@ def _default_safety() -> list[SafetySetting]:
     return [SafetySetting(category=f"HARM_CATEGORY_{name}", threshold="BLOCK_NONE") for name in categories]
 
 
+class CaptionChecks(_Section):
+    """Which named checks run on captions (README, "Caption checks"); each is on by default."""
+
+    word_count: bool = True
+    banned_words: bool = True
+    repetition: bool = True
+    refusal: bool = True
+    proper_name: bool = True
+    language: bool = True
+    generic: bool = True
+    length: bool = True  # over the dataset: far outside its own lengths
+    duplicate: bool = True  # over the dataset: the same caption on several frames
+
+
 class CaptionConfig(_Section):
     trigger: str = Field("Ghibli style", min_length=1)
     separator: str = Field(", ", min_length=1)  # between the trigger and the rest of the caption
@@ -325,6 +339,10 @@ class CaptionConfig(_Section):
     min_words: int = Field(8, ge=1)
     max_words: int = Field(60, ge=1)
     banned_words: list[str] = Field(default_factory=list)
+    checks: CaptionChecks = CaptionChecks()
+    review_doubt: float = Field(0.7, gt=0, le=1)  # a caption this doubtful is asked again once, then needs review
+    language: str = "en"  # the captions' language (the language check knows English)
+    identity_share: float = Field(0.8, gt=0, le=1)  # phrases in this share of captions belong in the trigger
     backoff: BackoffConfig = BackoffConfig()
 
     @field_validator("models")

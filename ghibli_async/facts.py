@@ -52,3 +52,13 @@ class FrameFacts:
 class Decision:
     status: Status  # KEPT | REJECTED
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A caption check that fired (caption/checks.py), stored with the caption."""
+
+    check: str  # the check's name (its entry under caption.checks)
+    reason: str
+    weight: float  # 0..1: how sure the check is that the caption is wrong
+    words: tuple[str, ...] = ()  # the offending words, for the review page to mark

@@ -171,7 +171,11 @@ class FakeGemini:
 
     def caption_text(self, image: str) -> str:
         """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
-        words = " ".join(["a", "girl", "in", "a", "red", "coat", "walks", "past", "a", "bakery"] * 5).split()
+        words = (
+            "a girl in a red coat walks past a small bakery while her younger brother waves from a wooden "
+            "bridge over the quiet river under soft evening light with lanterns glowing and swallows "
+            "circling above the tiled roofs of the old harbour town"
+        ).split()
         return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
 
     # --- running it ---------------------------------------------------------------------------

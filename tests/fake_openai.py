@@ -126,7 +126,11 @@ class FakeOpenAI:
 
     def caption_text(self, image: str) -> str:
         """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
-        words = " ".join(["a", "boy", "in", "a", "blue", "shirt", "runs", "across", "a", "meadow"] * 5).split()
+        words = (
+            "a boy in a blue shirt runs across a windy meadow toward a hill where an old camphor tree "
+            "stands beside a stone shrine while clouds drift over green rice fields and a bicycle "
+            "leans against the fence of a farmhouse"
+        ).split()
         return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
 
     async def start(self) -> web.AppRunner:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ghibli_async.caption.answers import KeyRejected, ModelUnavailable, RateLimited, TransientError
+from ghibli_async.caption.checks import check_caption
 from ghibli_async.caption.gemini import classify_api_error
-from ghibli_async.caption.text import build_prompt, caption_problems, normalize_caption
+from ghibli_async.caption.text import build_prompt, normalize_caption
 from ghibli_async.config import CaptionConfig
 
 
@@ -32,9 +33,13 @@ def test_the_separator_after_the_trigger_is_a_setting() -> None:
 
 def test_checks_word_count_and_banned_names() -> None:
     config = CaptionConfig(min_words=4, max_words=8, banned_words=["Totoro", "Spirited Away"])
-    assert caption_problems("Ghibli style a girl waits", config) == []
-    assert caption_problems("Ghibli style Totoro", config) == ["3 words (allowed 4-8)", "banned word: Totoro"]
-    assert caption_problems("Ghibli style a scene from spirited away", config) == ["banned word: Spirited Away"]
+
+    def reasons(text: str) -> list[str]:
+        return [finding.reason for finding in check_caption(text, config) if finding.check != "generic"]
+
+    assert reasons("Ghibli style a girl waits by the road") == []
+    assert reasons("Ghibli style Totoro") == ["3 words (allowed 4-8)", "banned word: Totoro", "a name: Totoro"]
+    assert reasons("Ghibli style a scene from spirited away") == ["banned word: Spirited Away"]
 
 
 def test_prompt_names_the_trigger() -> None:

@@ -26,9 +26,16 @@ from ghibli_async.caption.reducer import (
     when_no_bucket,
 )
 from ghibli_async.config import CaptionConfig
+from ghibli_async.facts import Finding
 from ghibli_async.run_end import RunEnd
 from ghibli_async.statuses import Status
 
+TOTORO_FINDINGS = (
+    Finding("word_count", "3 words (allowed 4-30)", 0.8),
+    Finding("banned_words", "banned word: Totoro", 1.0, ("Totoro",)),
+    Finding("proper_name", "a name: Totoro", 0.7, ("Totoro",)),
+    Finding("generic", "says little: 1 content words", 0.5),
+)
 RULES = CaptionConfig(min_words=4, max_words=30, banned_words=["Totoro"], blocked_retries=1, max_attempts=3)
 GOOD = "Ghibli style, a girl in a red coat walks past a bakery"
 B = "p/m1"
@@ -86,7 +93,7 @@ CASES = [
         0,
         False,
         [Served(B, 50, 600)],
-        Accept("Ghibli style, Totoro", 50, ("3 words (allowed 4-30)", "banned word: Totoro")),
+        Accept("Ghibli style, Totoro", 50, TOTORO_FINDINGS, needs_review=True),
         (True, True),
     ),
     (
@@ -96,7 +103,7 @@ CASES = [
         0,
         True,
         [Served(B, 50, 600)],
-        Accept("Ghibli style, Totoro", 50, ("3 words (allowed 4-30)", "banned word: Totoro")),
+        Accept("Ghibli style, Totoro", 50, TOTORO_FINDINGS, needs_review=True),
         (True, True),
     ),
     (

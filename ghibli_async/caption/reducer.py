@@ -23,9 +23,11 @@ from ghibli_async.caption.answers import (
     TransientError,
 )
 from ghibli_async.caption.buckets import Grant
+from ghibli_async.caption.checks import check_caption, doubt
 from ghibli_async.caption.packing import MISSES_BEFORE_SINGLE, read_pack
-from ghibli_async.caption.text import caption_problems, normalize_caption
+from ghibli_async.caption.text import normalize_caption
 from ghibli_async.config import CaptionConfig
+from ghibli_async.facts import Finding
 from ghibli_async.run_end import RunEnd
 from ghibli_async.statuses import Status
 
@@ -137,7 +139,8 @@ Effect = Served | CoolDown | SpendForToday | LearnLimit | NarrowInFlight | OnePe
 class Accept:
     text: str
     tokens: int | None = None
-    problems: tuple[str, ...] = ()  # not empty: stored, but flagged for review and not exported
+    findings: tuple[Finding, ...] = ()  # the checks that fired, stored with the caption
+    needs_review: bool = False  # doubtful enough: stored, but flagged for review and not exported
 
 
 @dataclass(frozen=True)
@@ -263,11 +266,12 @@ def _judge(
 ) -> tuple[Verdict, Attempt]:
     """One frame's caption through the clean-up and the checks: kept, or asked again elsewhere once."""
     text = normalize_caption(raw, rules.trigger, rules.separator)
-    problems = tuple(caption_problems(text, rules))
-    if problems and attempt.bad_answers == 0 and other_bucket_free:
+    findings = check_caption(text, rules)
+    doubtful = doubt(findings) >= rules.review_doubt
+    if doubtful and attempt.bad_answers == 0 and other_bucket_free:
         # a second opinion from another bucket, once
         return Retry(), replace(attempt, bad_answers=1, avoid_buckets=attempt.avoid_buckets | {grant.bucket.name})
-    return Accept(text, tokens, problems), attempt
+    return Accept(text, tokens, findings, doubtful), attempt
 
 
 def _reduce(

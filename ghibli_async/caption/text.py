@@ -1,4 +1,4 @@
-"""The prompt, and the clean-up and checks every answer goes through before it is stored."""
+"""The prompt, and the clean-up every answer goes through before it is checked (caption/checks.py)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,3 @@ def normalize_caption(raw: str, trigger: str, separator: str = ", ") -> str:
         text = text[len(trigger) :]
     rest = text.lstrip(" ,.:;-–—").strip(_QUOTES + " ")
     return f"{trigger}{separator}{rest}" if rest else trigger
-
-
-def caption_problems(text: str, caption: CaptionConfig) -> list[str]:
-    """Why a normalized caption should not be used as is (empty list: it is fine)."""
-    problems = []
-    words = len(text.split())
-    if not caption.min_words <= words <= caption.max_words:
-        problems.append(f"{words} words (allowed {caption.min_words}-{caption.max_words})")
-    for banned in caption.banned_words:
-        if re.search(rf"\b{re.escape(banned)}\b", text, re.IGNORECASE):
-            problems.append(f"banned word: {banned}")
-    return problems

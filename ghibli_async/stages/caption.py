@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +23,7 @@ import structlog
 
 from ghibli_async.caption.answers import Answer, Blocked, RateLimited, Reply, TransientError
 from ghibli_async.caption.buckets import Grant, build_buckets, quota_day, seconds_into_quota_day
+from ghibli_async.caption.checks import doubt
 from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.ledger import QuotaLedger
 from ghibli_async.caption.packing import Frame
@@ -39,6 +40,7 @@ from ghibli_async.caption.reducer import (
 )
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
+from ghibli_async.facts import Finding
 from ghibli_async.run_end import RunEnd, worst
 from ghibli_async.stages.base import PlanContext, RunContext, StageReport, capped, counts_line, plural
 from ghibli_async.state import State
@@ -150,6 +152,8 @@ class CaptionResults(Protocol):
         attempts: int = 1,
         tokens: int | None = None,
         needs_review: bool = False,
+        findings: Sequence[Finding] = (),
+        doubt: float = 0.0,
     ) -> None: ...
 
     def record_caption_failure(
@@ -372,9 +376,11 @@ class CaptionEngine:
                 key_label=grant.key,
                 attempts=attempt.requests,
                 tokens=verdict.tokens,
-                needs_review=bool(verdict.problems),
+                needs_review=verdict.needs_review,
+                findings=verdict.findings,
+                doubt=doubt(verdict.findings),
             )
-            return "review" if verdict.problems else "done"
+            return "review" if verdict.needs_review else "done"
         if isinstance(verdict, GiveUp):
             if verdict.status == Status.FAILED:
                 self.report.end = worst([self.report.end, RunEnd.FAILED])

@@ -172,6 +172,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN resized_width INTEGER;
     ALTER TABLE images ADD COLUMN resized_height INTEGER;
     """,
+    """
+    -- The caption checks that fired on a frame's caption (JSON: check, reason, weight, words) and
+    -- its doubt (0: none fired), for `caption-report` and the review page's order.
+    ALTER TABLE images ADD COLUMN caption_checks TEXT;
+    ALTER TABLE images ADD COLUMN caption_doubt REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from ghibli_async.facts import Box
+from ghibli_async.facts import Box, Finding
 from ghibli_async.state.database import NOW, Database
 from ghibli_async.state.filtering import boxes_from
 from ghibli_async.statuses import TOO_SMALL, Status
@@ -231,14 +231,19 @@ class ResultStore:
         attempts: int = 1,
         tokens: int | None = None,
         needs_review: bool = False,
+        findings: Sequence[Finding] = (),
+        doubt: float = 0.0,
     ) -> None:
-        """A caption from the service; one written by hand on the review page meanwhile stays."""
+        """A caption from the service, with the checks that fired on it and its doubt; one written by
+        hand on the review page meanwhile stays."""
+        checks = json.dumps([asdict(finding) for finding in findings], ensure_ascii=False) if findings else None
         with self._db.transaction() as db:
             db.execute(
                 f"""UPDATE images SET caption_status = {_DONE}, caption_reason = NULL, caption = ?,
                        caption_model = ?, caption_key = ?, caption_attempts = ?, caption_tokens = ?,
-                       needs_review = ?, updated_at = {NOW} WHERE number = ? AND caption_edited = 0""",
-                (caption, model, key_label, attempts, tokens, int(needs_review), number),
+                       needs_review = ?, caption_checks = ?, caption_doubt = ?, updated_at = {NOW}
+                    WHERE number = ? AND caption_edited = 0""",
+                (caption, model, key_label, attempts, tokens, int(needs_review), checks, doubt, number),
             )
 
     def record_caption_failure(
