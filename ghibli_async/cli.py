@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ghibli_async.caption.calibrate import calibrate
 from ghibli_async.caption.check import check_keys, format_checks
+from ghibli_async.caption_report import caption_rows, format_caption_report
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_caption_keys, load_config, with_overrides, with_stages
 from ghibli_async.errors import MachineError, UserError
@@ -54,6 +55,7 @@ COMMANDS = {
     "check-keys": "send one cheap request per key and model; exit 0 if at least one pair works",
     "calibrate": "caption a sample one frame per request and k per request on one model; compare the captions",
     "filter-report": "show the filter's decisions: counts per reason, or one JSON line per frame (--json)",
+    "caption-report": "show what the caption checks found, per check and model, or one JSON line per frame (--json)",
     "keep": "keep these frames whatever the filter says (the next run honours it)",
     "reject": "reject these frames whatever the filter says (they are never deleted)",
     "retry": "put the frames that failed (in one stage, or all) back in the queue for the next run",
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary, description=summary)
         # Options may come before or after the command; SUPPRESS keeps a value given before it.
         _add_options(command, run_options=name == "run", defaults=False)
-        if name == "filter-report":
+        if name in ("filter-report", "caption-report"):
             command.add_argument("--json", action="store_true", help="one JSON object per frame, for scripts")
         if name == "review":
             command.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -182,6 +184,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         "check-keys": _cmd_check_keys,
         "calibrate": _cmd_calibrate,
         "filter-report": _cmd_filter_report,
+        "caption-report": _cmd_caption_report,
         "keep": _cmd_override,
         "reject": _cmd_override,
         "retry": _cmd_retry,
@@ -353,6 +356,19 @@ def _cmd_filter_report(config: Config, args: argparse.Namespace, clock: Clock) -
             print(json.dumps(filter_row_json(row), ensure_ascii=False))
     else:
         print(format_filter_report(rows, config))
+    return 0
+
+
+def _cmd_caption_report(config: Config, args: argparse.Namespace, clock: Clock) -> int:
+    if not config.state_path.exists():
+        raise UserError(f"no captions yet: no state at {config.state_path} (run the pipeline first)")
+    with State.open(config.state_path, readonly=True) as state:
+        rows = caption_rows(state, config)
+    if args.json:
+        for row in rows:
+            print(row.json())
+    else:
+        print(format_caption_report(rows, config))
     return 0
 
 

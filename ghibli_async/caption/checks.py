@@ -42,6 +42,11 @@ def _body(text: str, trigger: str) -> str:
     return text[len(trigger) :].lstrip(" ,.;:") if text.startswith(trigger) else text
 
 
+def _stem(word: str) -> str:
+    """`I'm` -> `i`: a contraction is its first word."""
+    return re.split(r"['’]", word.lower())[0]
+
+
 def _words(text: str) -> list[str]:
     return _WORD.findall(text)
 
@@ -87,7 +92,7 @@ def proper_name(text: str, rules: CaptionConfig) -> Finding | None:
     names = []
     for index, sentence in enumerate(re.split(r"[.!?]\s+", _body(text, rules.trigger))):
         words = _words(sentence)[1 if index else 0 :]  # right after the trigger no sentence begins
-        names += [word for word in words if word[0].isupper() and word.lower() not in _FUNCTION_WORDS]
+        names += [word for word in words if word[0].isupper() and _stem(word) not in _FUNCTION_WORDS]
     trigger_words = set(_words(rules.trigger))
     names = [name for name in names if name not in trigger_words]
     return Finding("proper_name", f"a name: {', '.join(names)}", 0.7, tuple(names)) if names else None

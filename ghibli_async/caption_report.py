@@ -1,0 +1,77 @@
+"""`caption-report`: what the caption checks found, per check and model, the phrases most captions
+share (for the trigger), and one JSON line per captioned frame (`--json`) with its checks and doubt.
+The dataset-wide checks run here over every caption, beside those stored as each caption came."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from ghibli_async.caption.checks import dataset_findings, doubt, identity_phrases
+from ghibli_async.config import Config
+from ghibli_async.facts import Finding
+from ghibli_async.state import State
+
+
+@dataclass(frozen=True)
+class CaptionRow:
+    number: int
+    source: str
+    model: str | None
+    caption: str
+    edited: bool
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def doubt(self) -> float:
+        return 0.0 if self.edited else doubt(self.findings)  # a person wrote or kept it: no doubt
+
+    def json(self) -> str:
+        row = {
+            "number": self.number,
+            "source": self.source,
+            "model": self.model,
+            "caption": self.caption,
+            "edited": self.edited,
+            "checks": [asdict(finding) for finding in self.findings],
+            "doubt": self.doubt,
+        }
+        return json.dumps(row, ensure_ascii=False)
+
+
+def caption_rows(state: State, config: Config) -> list[CaptionRow]:
+    """Every captioned frame with the checks that fired on it: as it came, and over the dataset."""
+    rows = [
+        CaptionRow(number, source, model, caption, edited, [Finding(**item) for item in json.loads(checks or "[]")])
+        for number, source, model, caption, edited, checks in state.results.captions_checked()
+    ]
+    wide = dataset_findings({row.number: row.caption for row in rows}, config.caption)
+    for row in rows:
+        row.findings.extend(wide.get(row.number, []))
+    return rows
+
+
+def format_caption_report(rows: list[CaptionRow], config: Config) -> str:
+    if not rows:
+        return "No captions yet."
+    by_check: Counter[tuple[str, str]] = Counter()
+    for row in rows:
+        by_check.update((finding.check, row.model or "by hand") for finding in row.findings)
+    flagged = [row for row in rows if row.findings]
+    lines = [f"Captions: {len(rows)}; with a check fired: {len(flagged)}"]
+    if by_check:
+        lines.append("Checks fired, per model:")
+        lines += [f"  {check:<14} {model:<32} {n:>6}" for (check, model), n in sorted(by_check.items())]
+    phrases = identity_phrases([row.caption for row in rows], config.caption)
+    if phrases:
+        shown = ", ".join(f"'{phrase}' {share:.0%}" for phrase, share in phrases[:5])
+        lines.append(f"Phrases in most captions (fold them into the trigger?): {shown}")
+    doubtful = sorted(flagged, key=lambda row: -row.doubt)[:10]
+    if doubtful:
+        lines.append("Most doubtful:")
+        for row in doubtful:
+            reasons = "; ".join(finding.reason for finding in row.findings)
+            lines.append(f"  {row.number:>6}.jpg  doubt {row.doubt:.2f}  {reasons}")
+    lines.append("`caption-report --json` gives one line per frame; the review page orders by caption doubt.")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""`caption-report`: the checks stored with each caption and those over the whole dataset, per
+check and model, and one JSON line per frame."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Project, save_frame
+
+from ghibli_async.caption.checks import check_caption, doubt
+from ghibli_async.state import State
+
+CAPTIONS = {
+    1: "Ghibli style, a girl in a red coat walks past a small bakery at dusk",
+    2: "Ghibli style, I'm sorry, but I can't describe the people in this frame",
+    3: "Ghibli style, an old man waits at the bus stop in the evening rain",
+    4: "Ghibli style, an old man waits at the bus stop in the evening rain",
+    5: "Ghibli style, Satsuki runs along the river bank past the rice fields",
+}
+
+
+@pytest.fixture
+def checked(project: Project) -> Project:
+    """Five resized frames captioned as the engine records them: with the checks that fired."""
+    for i in range(1, 6):
+        save_frame(project.frames / f"f{i}.jpg", (600, 600), seed=i)
+    project.write_config()
+    assert project.cli("--skip-caption") == 0
+    with State.open(project.config.state_path) as state:
+        for number, text in CAPTIONS.items():
+            findings = check_caption(text, project.config.caption)
+            state.results.record_caption(
+                number, text, model="gemma-3-27b-it", key_label="key#1", findings=findings, doubt=doubt(findings)
+            )
+    return project
+
+
+def test_one_json_line_per_frame_with_its_checks_and_doubt(
+    checked: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert checked.cli("caption-report", "--json") == 0
+    rows = {row["number"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert sorted(rows) == [1, 2, 3, 4, 5]
+    checks = {number: [check["check"] for check in row["checks"]] for number, row in rows.items()}
+    assert checks == {1: [], 2: ["refusal"], 3: ["duplicate"], 4: ["duplicate"], 5: ["proper_name"]}
+    assert rows[2]["doubt"] == 1.0 and rows[1]["doubt"] == 0.0
+    assert rows[5]["checks"][0]["words"] == ["Satsuki"] and rows[5]["model"] == "gemma-3-27b-it"
+
+
+def test_the_text_report_counts_per_check_and_model(checked: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert checked.cli("caption-report") == 0
+    out = capsys.readouterr().out
+    assert "Captions: 5; with a check fired: 4" in out
+    assert "refusal        gemma-3-27b-it" in out and "duplicate      gemma-3-27b-it                        2" in out
+    assert out.index("     2.jpg  doubt 1.00") < out.index("     5.jpg  doubt 0.70")  # most doubtful first
