@@ -189,6 +189,8 @@ def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
             "key": item.key,
             "edited": item.edited,
             "needs_review": item.needs_review,
+            "checks": [] if item.edited else item.checks,  # what the caption checks found, and where
+            "doubt": 0.0 if item.edited else item.caption_doubt,
         },
     }
 

@@ -56,3 +56,18 @@ def test_the_text_report_counts_per_check_and_model(checked: Project, capsys: py
     assert "Captions: 5; with a check fired: 4" in out
     assert "refusal        gemma-3-27b-it" in out and "duplicate      gemma-3-27b-it                        2" in out
     assert out.index("     2.jpg  doubt 1.00") < out.index("     5.jpg  doubt 0.70")  # most doubtful first
+
+
+def test_the_review_page_orders_by_caption_doubt_and_names_the_words(checked: Project) -> None:
+    from test_review import with_client
+
+    async def scenario(client) -> None:  # noqa: ANN001 - aiohttp's test client
+        answer = await (await client.get("/api/images?tab=kept&sort=caption_doubt")).json()
+        order = [item["number"] for item in answer["items"]]
+        assert order == [2, 5, 1, 3, 4]  # the refusal, the name, then the rest in file order
+        by_number = {item["number"]: item["caption"] for item in answer["items"]}
+        assert by_number[5]["checks"][0]["words"] == ["Satsuki"] and by_number[5]["doubt"] == 0.7
+        position = await (await client.get("/api/position?tab=kept&sort=caption_doubt&number=5")).json()
+        assert order.index(5) == position["index"]
+
+    with_client(checked, scenario)

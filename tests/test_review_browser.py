@@ -189,3 +189,26 @@ def test_twenty_thousand_frames_in_a_virtual_grid(project: Project) -> None:
         states = dict(db.execute("SELECT number, filter_status FROM images WHERE number <= 8 OR number = 19000"))
     on, off = "kept", "rejected"
     assert states == {1: on, 2: off, 3: on, 4: on, 5: on, 6: on, 7: off, 8: on, 19000: off}
+
+
+def test_caption_doubt_order_reasons_and_marked_words_in_the_browser(project: Project) -> None:
+    from ghibli_async.caption.checks import check_caption, doubt
+
+    thirty_frames(project)
+    with State.open(project.config.state_path) as state:
+        text = "Ghibli style, Satsuki waits at the bus stop in the evening rain with her sister"
+        findings = check_caption(text, project.config.caption)
+        state.results.record_caption(
+            7, text, model="gemma-3-27b-it", key_label="key#1", findings=findings, doubt=doubt(findings)
+        )
+    with review_server(project) as url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.wait_for_selector(".tile img")
+        page.select_option("#sort", "caption_doubt")
+        first = page.locator(".tile").first
+        first.locator(".caption mark").wait_for()
+        assert "7.jpg" in first.inner_text() and first.locator(".caption mark").inner_text() == "Satsuki"
+        assert "a name: Satsuki" in first.locator(".checks").inner_text()
+        browser.close()

@@ -29,7 +29,7 @@ REVIEW_TABS = {
 _COLUMNS = (
     "id, number, source_path, filter_status, filter_reason, filter_override, detections, resize_status,"
     " resize_reason, resize_window, caption_status, caption_reason, caption, caption_model, caption_key,"
-    " caption_edited, needs_review"
+    " caption_edited, needs_review, caption_checks, caption_doubt"
 )
 
 
@@ -64,6 +64,8 @@ class ReviewItem:
     key: str | None
     edited: bool
     needs_review: bool
+    checks: list[dict[str, object]]  # the caption checks that fired (check, reason, weight, words)
+    caption_doubt: float
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class ReviewQuery:
     sort: str = "natural"
 
 
-SORTS = ("natural", "doubt")
+SORTS = ("natural", "doubt", "caption_doubt")
 _SCORE = "COALESCE(person_score, 0)"
+_CAPTION_DOUBT = "COALESCE(caption_doubt, 0)"
 
 
 def review_where(tab: str, query: ReviewQuery) -> tuple[str, list[object]]:
@@ -109,13 +112,16 @@ def search_terms(text: str) -> list[str]:
     return [phrase or word for phrase, word in re.findall(r'"([^"]+)"|(\S+)', text) if (phrase or word).strip()]
 
 
-def _order(tab: str, sort: str) -> tuple[str, str]:
-    """ORDER BY, and whether the score sorts descending: kept frames with the weakest person
-    evidence first; rejected ones with the strongest first (the likeliest mistakes either way)."""
+def _order(tab: str, sort: str) -> tuple[str, str, str]:
+    """ORDER BY, the score it sorts by first, and its direction. `doubt`: kept frames with the
+    weakest person evidence first, rejected ones with the strongest first (the likeliest mistakes
+    either way); `caption_doubt`: the captions the checks doubt most first."""
+    if sort == "caption_doubt":
+        return f"{_CAPTION_DOUBT} DESC, sort_key, source_path", _CAPTION_DOUBT, "DESC"
     if sort != "doubt":
-        return "sort_key, source_path", ""
+        return "sort_key, source_path", "", ""
     direction = "DESC" if tab == "rejected" else "ASC"
-    return f"{_SCORE} {direction}, sort_key, source_path", direction
+    return f"{_SCORE} {direction}, sort_key, source_path", _SCORE, direction
 
 
 class ReviewStore:
@@ -128,7 +134,7 @@ class ReviewStore:
         """One page of a review tab as the query narrows and orders it, and the total it has."""
         where, params = review_where(tab, query)
         (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", params).fetchone()
-        order, _ = _order(tab, query.sort)
+        order, _, _ = _order(tab, query.sort)
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM images WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
         )
@@ -147,17 +153,17 @@ class ReviewStore:
     def position(self, tab: str, number: int, query: ReviewQuery = ReviewQuery()) -> int | None:
         """Where frame `number` is in the tab's order (0-based); None when the tab does not hold it."""
         where, params = review_where(tab, query)
+        _, score_of, direction = _order(tab, query.sort)
         row = self._db.execute(
-            f"SELECT {_SCORE}, sort_key, source_path FROM images WHERE {where} AND number = ?", [*params, number]
+            f"SELECT {score_of or 0}, sort_key, source_path FROM images WHERE {where} AND number = ?", [*params, number]
         ).fetchone()
         if row is None:
             return None
         score, sort_key, path = row
-        _, direction = _order(tab, query.sort)
         before = "(sort_key, source_path) < (?, ?)"
         if direction:
             beats = ">" if direction == "DESC" else "<"
-            before = f"({_SCORE} {beats} ? OR ({_SCORE} = ? AND {before}))"
+            before = f"({score_of} {beats} ? OR ({score_of} = ? AND {before}))"
             params += [score, score]
         (index,) = self._db.execute(
             f"SELECT COUNT(*) FROM images WHERE {where} AND {before}", [*params, sort_key, path]
@@ -248,12 +254,12 @@ class ReviewStore:
 
 def _review_item(row: tuple) -> ReviewItem:
     image_id, number, path, f_status, f_reason, override, detections, r_status, r_reason, window, *rest = row
-    c_status, c_reason, caption, model, key, edited, review = rest
+    c_status, c_reason, caption, model, key, edited, review, checks, caption_doubt = rest
     return ReviewItem(
         image_id, number, Path(path).name, Status(f_status), f_reason, Override(override) if override else None,
         boxes_from(detections), Status(r_status), r_reason, tuple(json.loads(window)) if window else None,
         Status(c_status), c_reason, caption, model, key,
-        bool(edited), bool(review),
+        bool(edited), bool(review), json.loads(checks) if checks else [], caption_doubt or 0.0,
     )  # fmt: skip
 
 
