@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from fake_packs import PackAnswers, PackedFrame, frames_in
+from fake_packs import GIRL, PackAnswers, PackedFrame, frames_in, named_caption
 from thread_server import serving_in_thread
 
 from ghibli_async.clock import Clock
@@ -170,13 +170,7 @@ class FakeGemini:
         return 200, "ok", _response(model, self.caption_text(frames[0].image if frames else ""), 1), self.latency()
 
     def caption_text(self, image: str) -> str:
-        """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
-        words = (
-            "a girl in a red coat walks past a small bakery while her younger brother waves from a wooden "
-            "bridge over the quiet river under soft evening light with lanterns glowing and swallows "
-            "circling above the tiled roofs of the old harbour town"
-        ).split()
-        return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
+        return named_caption(image, GIRL, self.caption_words)
 
     # --- running it ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from fake_packs import PackAnswers, PackedFrame, frames_in
+from fake_packs import BOY, PackAnswers, PackedFrame, frames_in, named_caption
 
 from ghibli_async.clock import Clock
 
@@ -125,13 +125,7 @@ class FakeOpenAI:
         return 200, "ok", _completion(model, self.caption_text(image), "stop"), {}
 
     def caption_text(self, image: str) -> str:
-        """The fake's caption of an image: it ends with the first 8 hex digits of the image's sha256."""
-        words = (
-            "a boy in a blue shirt runs across a windy meadow toward a hill where an old camphor tree "
-            "stands beside a stone shrine while clouds drift over green rice fields and a bicycle "
-            "leans against the fence of a farmhouse"
-        ).split()
-        return f"Ghibli style, {' '.join(words[: self.caption_words - 3])} {image[:8]}"
+        return named_caption(image, BOY, self.caption_words)
 
     async def start(self) -> web.AppRunner:
         app = web.Application(client_max_size=32 * 1024 * 1024)

@@ -18,6 +18,24 @@ GARBAGE = "garbage"  # prose, no JSON
 CUT = "cut"  # cut at the token limit in the middle of the last entry
 FAULTS = (MISSING, UNKNOWN, REPEATED, GARBAGE, CUT)
 
+GIRL = (
+    "a girl in a red coat walks past a small bakery while her younger brother waves from a wooden "
+    "bridge over the quiet river under soft evening light with lanterns glowing and swallows "
+    "circling above the tiled roofs of the old harbour town"
+)
+BOY = (
+    "a boy in a blue shirt runs across a windy meadow toward a hill where an old camphor tree "
+    "stands beside a stone shrine while clouds drift over green rice fields and a bicycle "
+    "leans against the fence of a farmhouse"
+)
+
+
+def named_caption(image: str, scene: str, words: int) -> str:
+    """A caption of `words` words that ends with the first 8 hex digits of the image's sha256, so
+    a test can tell whose caption it is."""
+    return f"Ghibli style, {' '.join(scene.split()[: words - 3])} {image[:8]}"
+
+
 _LABEL = re.compile(r"^\s*Frame (\S+?):\s*$")
 
 
