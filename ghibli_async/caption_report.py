@@ -42,11 +42,14 @@ class CaptionRow:
 
 def caption_rows(state: State, config: Config) -> list[CaptionRow]:
     """Every captioned frame with the checks that fired on it: as it came, and over the dataset."""
+    checked = state.results.captions_checked()
     rows = [
         CaptionRow(number, source, model, caption, edited, [Finding(**item) for item in json.loads(checks or "[]")])
-        for number, source, model, caption, edited, checks in state.results.captions_checked()
+        for number, source, model, caption, edited, checks, _ in checked
     ]
-    wide = dataset_findings({row.number: row.caption for row in rows}, config.caption)
+    hashes = {number: phash for number, *_, phash in checked if phash}
+    near = config.filter.duplicates.max_distance
+    wide = dataset_findings({row.number: row.caption for row in rows}, config.caption, hashes, near)
     for row in rows:
         row.findings.extend(wide.get(row.number, []))
     return rows

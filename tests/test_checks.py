@@ -83,3 +83,12 @@ def test_phrases_in_most_captions_are_offered_for_the_trigger() -> None:
     phrases = dict(identity_phrases(captions, RULES))
     assert phrases["soft watercolor background"] == 1.0
     assert identity_phrases(captions[:10], RULES) == []  # too few captions to say
+
+
+def test_the_same_caption_on_nearly_the_same_picture_is_not_a_fault() -> None:
+    captions = {1: "Ghibli style, a girl waits at the bus stop in the rain", 2: "", 3: ""}
+    captions[2] = captions[3] = captions[1]
+    hashes = {1: "f0f0f0f0f0f0f0f0", 2: "f0f0f0f0f0f0f0f1", 3: "0f0f0f0f0f0f0f0f"}  # 2 is 1 a bit off; 3 is not
+    found = dataset_findings(captions, RULES, hashes, near=6)
+    assert [f.reason for f in found[1]] == ["the same caption as frame(s) 3"]
+    assert [f.reason for f in found[3]] == ["the same caption as frame(s) 1, 2"]

@@ -146,9 +146,13 @@ def doubt(findings: Sequence[Finding]) -> float:
     return round(1.0 - left, 3)
 
 
-def dataset_findings(captions: Mapping[int, str], rules: CaptionConfig) -> dict[int, list[Finding]]:
+def dataset_findings(
+    captions: Mapping[int, str], rules: CaptionConfig, hashes: Mapping[int, str] | None = None, near: int = 6
+) -> dict[int, list[Finding]]:
     """Checks over the whole dataset (frame number -> caption): a length far outside the dataset's
-    own (beyond 3 interquartile ranges), and the same caption on several frames."""
+    own (beyond 3 interquartile ranges), and the same caption on frames that are not near-duplicates
+    of each other (`hashes`: their perceptual hashes; within `near` bits two frames may well share
+    a caption)."""
     found: dict[int, list[Finding]] = {}
     lengths = {number: len(text.split()) for number, text in captions.items()}
     if rules.checks.length and len(lengths) >= 20:
@@ -165,9 +169,20 @@ def dataset_findings(captions: Mapping[int, str], rules: CaptionConfig) -> dict[
             by_text.setdefault(" ".join(_body(text, rules.trigger).lower().split()), []).append(number)
         for numbers in by_text.values():
             for number in numbers if len(numbers) > 1 else ():
-                others = ", ".join(str(other) for other in numbers if other != number)
-                found.setdefault(number, []).append(Finding("duplicate", f"the same caption as frame(s) {others}", 0.6))
+                others = [other for other in numbers if other != number and not _alike(number, other, hashes, near)]
+                if others:
+                    shown = ", ".join(map(str, others))
+                    found.setdefault(number, []).append(
+                        Finding("duplicate", f"the same caption as frame(s) {shown}", 0.6)
+                    )
     return found
+
+
+def _alike(one: int, other: int, hashes: Mapping[int, str] | None, near: int) -> bool:
+    """Two frames whose perceptual hashes differ in at most `near` bits: nearly the same picture."""
+    if not hashes or one not in hashes or other not in hashes:
+        return False
+    return bin(int(hashes[one], 16) ^ int(hashes[other], 16)).count("1") <= near
 
 
 def identity_phrases(captions: Sequence[str], rules: CaptionConfig) -> list[tuple[str, float]]:

@@ -258,13 +258,18 @@ class ResultStore:
                 (Status(status).value, reason, attempts, refused, number),
             )
 
-    def captions_checked(self) -> list[tuple[int, str, str | None, str, bool, str | None]]:
-        """(number, source, model, caption, edited, the checks that fired as JSON) of every caption, in order."""
+    def captions_checked(self) -> list[tuple[int, str, str | None, str, bool, str | None, str | None]]:
+        """(number, source, model, caption, edited, the checks that fired as JSON, perceptual hash) of
+        every caption, in order."""
         rows = self._db.execute(
-            f"""SELECT number, source_path, caption_model, caption, caption_edited, caption_checks FROM images
-                WHERE caption_status = {_DONE} AND caption IS NOT NULL AND duplicate_of IS NULL ORDER BY number"""
+            f"""SELECT number, source_path, caption_model, caption, caption_edited, caption_checks, phash
+                FROM images WHERE caption_status = {_DONE} AND caption IS NOT NULL AND duplicate_of IS NULL
+                ORDER BY number"""
         )
-        return [(n, source, model, text, bool(edited), checks) for n, source, model, text, edited, checks in rows]
+        return [
+            (n, source, model, text, bool(edited), checks, phash)
+            for n, source, model, text, edited, checks, phash in rows
+        ]
 
     def caption_pending_count(self) -> int:
         return self._db.execute(
