@@ -1,6 +1,6 @@
-"""`caption-report`: what the caption checks found, per check and model, the phrases most captions
-share (for the trigger), and one JSON line per captioned frame (`--json`) with its checks and doubt.
-The dataset-wide checks run here over every caption, beside those stored as each caption came."""
+"""The caption checks over the whole dataset (after each caption pass: `refresh_dataset_checks`),
+and `caption-report`: what the checks found, per check and model, the phrases most captions share
+(for the trigger), and one JSON line per captioned frame (`--json`) with its checks and doubt."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ghibli_async.caption.checks import dataset_findings, doubt, identity_phrases
+from ghibli_async.caption.checks import DATASET_CHECKS, dataset_findings, doubt, identity_phrases
 from ghibli_async.config import Config
 from ghibli_async.facts import Finding
 from ghibli_async.state import State
@@ -41,10 +41,22 @@ class CaptionRow:
 
 
 def caption_rows(state: State, config: Config) -> list[CaptionRow]:
-    """Every captioned frame with the checks that fired on it: as it came, and over the dataset."""
+    """Every captioned frame with the checks that fired on it: as it came, and over the dataset as
+    it is now."""
     checked = state.results.captions_checked()
     rows = [
-        CaptionRow(number, source, model, caption, edited, [Finding(**item) for item in json.loads(checks or "[]")])
+        CaptionRow(
+            number,
+            source,
+            model,
+            caption,
+            edited,
+            [
+                finding
+                for item in json.loads(checks or "[]")
+                if (finding := Finding(**item)).check not in DATASET_CHECKS
+            ],
+        )
         for number, source, model, caption, edited, checks, _ in checked
     ]
     hashes = {number: phash for number, *_, phash in checked if phash}
@@ -53,6 +65,23 @@ def caption_rows(state: State, config: Config) -> list[CaptionRow]:
     for row in rows:
         row.findings.extend(wide.get(row.number, []))
     return rows
+
+
+def refresh_dataset_checks(state: State, config: Config) -> int:
+    """Store the dataset-wide checks with each caption (they raise its doubt, and the review page
+    orders by it); returns how many frames' checks changed. Nothing is asked again for them."""
+    stored = {number: checks for number, *_, checks, _ in state.results.captions_checked()}
+    changed = {
+        row.number: row.findings
+        for row in caption_rows(state, config)
+        if not row.edited and _as_json(row.findings) != (stored[row.number] or None)
+    }
+    state.results.update_caption_checks({number: (_as_json(f), doubt(f)) for number, f in changed.items()})
+    return len(changed)
+
+
+def _as_json(findings: list[Finding]) -> str | None:
+    return json.dumps([asdict(finding) for finding in findings], ensure_ascii=False) if findings else None
 
 
 def format_caption_report(rows: list[CaptionRow], config: Config) -> str:

@@ -71,3 +71,13 @@ def test_the_review_page_orders_by_caption_doubt_and_names_the_words(checked: Pr
         assert order.index(5) == position["index"]
 
     with_client(checked, scenario)
+
+
+def test_after_a_caption_pass_the_dataset_checks_are_stored(checked: Project) -> None:
+    from ghibli_async.caption_report import refresh_dataset_checks
+
+    with State.open(checked.config.state_path) as state:
+        assert refresh_dataset_checks(state, checked.config) == 2  # the two frames sharing a caption
+        assert refresh_dataset_checks(state, checked.config) == 0  # nothing new the second time
+        stored = {number: checks or "" for number, _, _, _, _, checks, _ in state.results.captions_checked()}
+    assert "duplicate" in stored[3] and "duplicate" in stored[4] and "duplicate" not in stored[1]

@@ -146,6 +146,9 @@ def doubt(findings: Sequence[Finding]) -> float:
     return round(1.0 - left, 3)
 
 
+DATASET_CHECKS = frozenset({"length", "duplicate"})  # found over the dataset: found anew after each pass
+
+
 def dataset_findings(
     captions: Mapping[int, str], rules: CaptionConfig, hashes: Mapping[int, str] | None = None, near: int = 6
 ) -> dict[int, list[Finding]]:

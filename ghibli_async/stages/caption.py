@@ -38,6 +38,7 @@ from ghibli_async.caption.reducer import (
     Verdict,
     reduce_reply,
 )
+from ghibli_async.caption_report import refresh_dataset_checks
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.facts import Finding
@@ -95,6 +96,8 @@ class CaptionStage:
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         with context.stop.listening(engine.stop_politely):
             caption = await engine.run(limit=context.limit)
+        if caption.outcomes["done"] or caption.outcomes["review"]:
+            refresh_dataset_checks(context.state, context.config)  # lengths and duplicates, over all captions
         return StageReport(
             caption.outcomes,
             shown=caption.outcomes["done"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from ghibli_async.facts import Box, Finding
@@ -270,6 +270,14 @@ class ResultStore:
             (n, source, model, text, bool(edited), checks, phash)
             for n, source, model, text, edited, checks, phash in rows
         ]
+
+    def update_caption_checks(self, checks: Mapping[int, tuple[str | None, float]]) -> None:
+        """New checks (JSON) and doubt for these frames' captions (the dataset-wide checks)."""
+        with self._db.transaction() as db:
+            db.executemany(
+                "UPDATE images SET caption_checks = ?, caption_doubt = ? WHERE number = ?",
+                ((found, doubt, number) for number, (found, doubt) in checks.items()),
+            )
 
     def caption_pending_count(self) -> int:
         return self._db.execute(
