@@ -158,13 +158,25 @@ _BAR_LUMA = 0.06  # a row or column this dark on average is a letterbox / pillar
 
 def content_box(img: Image.Image) -> tuple[int, int, int, int]:
     """The frame without black bars at its edges (left, top, right, bottom); the whole frame when
-    it is dark all over."""
-    grey = np.asarray(img.convert("L"), dtype=np.float32) / 255
+    it is dark all over. Looked for on a copy about 256 px on its short side (a fifth of the cost
+    at 1080p); where a bar ends inside a block of that copy, the block goes with the bar."""
+    factor = max(1, min(img.size) // 256)
+    small = img.convert("L").reduce(factor) if factor > 1 else img.convert("L")
+    grey = np.asarray(small, dtype=np.float32) / 255
     rows = np.flatnonzero(grey.mean(axis=1) > _BAR_LUMA)
     cols = np.flatnonzero(grey.mean(axis=0) > _BAR_LUMA)
     if not len(rows) or not len(cols):
         return (0, 0, img.width, img.height)
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    height, width = grey.shape
+
+    def edge(first: int, last: int, count: int, full: int) -> tuple[int, int]:
+        start = 0 if first == 0 else min(full, (first + 1) * factor) if factor > 1 else first
+        end = full if last == count - 1 else last * factor if factor > 1 else last + 1
+        return start, max(end, start + 1)
+
+    left, right = edge(int(cols[0]), int(cols[-1]), width, img.width)
+    top, bottom = edge(int(rows[0]), int(rows[-1]), height, img.height)
+    return left, top, right, bottom
 
 
 def write_jpeg_atomic(img: Image.Image, dest: Path, settings: ResizeConfig) -> None:
