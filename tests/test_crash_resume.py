@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import Project, make_frames, save_frame
@@ -121,16 +123,34 @@ def test_sigkill_mid_caption_then_rerun_loses_nothing(project: Project, frames_p
     assert all((project.root / "out" / "train" / row["file_name"]).exists() for row in rows)
 
 
-def group_is_gone(pid: int, within_s: float = 10.0) -> bool:
-    """No process is left in the process group `pid` started (the run, its forkserver, workers, tracker)."""
+def group_is_gone(pgid: int, within_s: float = 10.0) -> bool:
+    """No process is left alive in the process group `pgid` started (the run, its forkserver,
+    workers, tracker): each member's exit is awaited through a pidfd, no polling."""
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
+    for pid in group_members(pgid):
         try:
-            os.killpg(pid, 0)
+            handle = os.pidfd_open(pid)
         except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
+            continue  # gone between the listing and now
+        try:
+            if not select.select([handle], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return False
+        finally:
+            os.close(handle)
+    return not group_members(pgid)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
 
 
 def stop_mid_caption(project: Project, fake: FakeGemini, signum: int, images: int) -> subprocess.CompletedProcess:
