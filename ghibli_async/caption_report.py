@@ -12,6 +12,7 @@ from ghibli_async.caption.checks import DATASET_CHECKS, dataset_findings, doubt,
 from ghibli_async.config import Config
 from ghibli_async.facts import Finding
 from ghibli_async.state import State
+from ghibli_async.state.results import CheckedCaption
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class CaptionRow:
 def caption_rows(state: State, config: Config) -> list[CaptionRow]:
     """Every captioned frame with the checks that fired on it: as it came, and over the dataset as
     it is now."""
-    checked = state.results.captions_checked()
+    return _rows_of(state.results.captions_checked(), config)
+
+
+def _rows_of(checked: list[CheckedCaption], config: Config) -> list[CaptionRow]:
     rows = [
         CaptionRow(
             number,
@@ -70,10 +74,11 @@ def caption_rows(state: State, config: Config) -> list[CaptionRow]:
 def refresh_dataset_checks(state: State, config: Config) -> int:
     """Store the dataset-wide checks with each caption (they raise its doubt, and the review page
     orders by it); returns how many frames' checks changed. Nothing is asked again for them."""
-    stored = {number: checks for number, *_, checks, _ in state.results.captions_checked()}
+    checked = state.results.captions_checked()
+    stored = {number: checks for number, *_, checks, _ in checked}
     changed = {
         row.number: row.findings
-        for row in caption_rows(state, config)
+        for row in _rows_of(checked, config)
         if not row.edited and _as_json(row.findings) != (stored[row.number] or None)
     }
     state.results.update_caption_checks({number: (_as_json(f), doubt(f)) for number, f in changed.items()})

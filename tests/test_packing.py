@@ -108,6 +108,11 @@ def test_a_frame_left_out_goes_back_and_then_alone() -> None:
     assert again.verdicts[2][0].alone and again.verdicts[2][0].missed == 2
 
 
+def test_what_was_wrong_with_a_packed_answer_comes_out_to_be_logged() -> None:
+    assert reduce(answer({7: A, 8: B})).pack_problems == ("no caption for ids: 9",)
+    assert reduce(answer({7: A, 8: B, 9: A})).pack_problems == ()
+
+
 def test_a_blocked_pack_sends_each_frame_alone_and_blames_none() -> None:
     outcome = reduce(Blocked("prompt blocked: PROHIBITED_CONTENT", 400))
     assert outcome.effects == (Served("p/m1", 400, 1800, 3),)

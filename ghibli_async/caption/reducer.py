@@ -24,7 +24,7 @@ from ghibli_async.caption.answers import (
 )
 from ghibli_async.caption.buckets import Grant
 from ghibli_async.caption.checks import check_caption, doubt
-from ghibli_async.caption.packing import MISSES_BEFORE_SINGLE, read_pack
+from ghibli_async.caption.packing import MISSES_BEFORE_SINGLE, PackReading, read_pack
 from ghibli_async.caption.text import normalize_caption
 from ghibli_async.config import CaptionConfig
 from ghibli_async.facts import Finding
@@ -182,6 +182,7 @@ class Outcome:
     key_works: bool  # the answer proves the key (and below, the model) can be used
     model_works: bool
     unreadable: bool = False  # a packed answer without one readable caption
+    pack_problems: tuple[str, ...] = ()  # what was wrong with a packed answer (ids left out, repeated, unknown)
 
     @property
     def verdict(self) -> Verdict:
@@ -216,18 +217,17 @@ def reduce_reply(
     reached = not isinstance(reply, TransientError)
     key_works = reached and not isinstance(reply, KeyRejected)
     model_works = key_works and not isinstance(reply, ModelUnavailable)
-    unreadable = False
     if len(attempts) > 1 and isinstance(reply, Answer | Blocked):
-        effects, verdicts = _reduce_pack(grant, reply, attempts, rules, other_bucket_free, unreadable_packs)
-        unreadable = isinstance(reply, Answer) and all(a.missed > b.missed for (a, _), b in zip(verdicts, attempts))
-    else:
-        reduced = [
-            _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s)
-            for attempt in attempts
-        ]
-        effects = reduced[0][0]  # what an answer means for the books does not depend on the frame
-        verdicts = [(attempt, verdict) for _, verdict, attempt in reduced]
-    return Outcome(tuple(effects), tuple(verdicts), key_works, model_works, unreadable)
+        effects, verdicts, reading = _reduce_pack(grant, reply, attempts, rules, other_bucket_free, unreadable_packs)
+        if reading is None:  # blocked
+            return Outcome(effects, verdicts, key_works, model_works)
+        return Outcome(effects, verdicts, key_works, model_works, not reading.captions, reading.problems)
+    reduced = [
+        _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s) for attempt in attempts
+    ]
+    effects = tuple(reduced[0][0])  # what an answer means for the books does not depend on the frame
+    verdicts = tuple((attempt, verdict) for _, verdict, attempt in reduced)
+    return Outcome(effects, verdicts, key_works, model_works)
 
 
 def _reduce_pack(
@@ -237,14 +237,15 @@ def _reduce_pack(
     rules: CaptionConfig,
     other_bucket_free: bool,
     unreadable_packs: int,
-) -> tuple[list[Effect], list[tuple[Attempt, Verdict]]]:
+) -> tuple[tuple[Effect, ...], tuple[tuple[Attempt, Verdict], ...], PackReading | None]:
     """A packed request was served: each frame's caption is judged on its own; a frame the answer
     left out goes back to the queue (alone after a second miss); a safety block sends every frame
-    of the pack alone, so one frame cannot block the others."""
+    of the pack alone, so one frame cannot block the others. Also returns how the answer read
+    (None for a block)."""
     bucket = grant.bucket
     effects: list[Effect] = [Served(bucket.name, reply.tokens, grant.tokens_reserved, len(attempts), grant.sent_at)]
     if isinstance(reply, Blocked):
-        return effects, [(replace(attempt, alone=True), Retry()) for attempt in attempts]
+        return tuple(effects), tuple((replace(attempt, alone=True), Retry()) for attempt in attempts), None
     reading = read_pack(reply.text, [attempt.number for attempt in attempts])
     if not reading.captions and unreadable_packs + 1 >= UNREADABLE_PACKS_BEFORE_SINGLE:
         effects.append(OnePerRequest(bucket.model, f"{unreadable_packs + 1} packed answers in a row unreadable"))
@@ -258,7 +259,7 @@ def _reduce_pack(
             continue
         verdict, judged = _judge(grant, raw, share, attempt, rules, other_bucket_free)
         verdicts.append((judged, verdict))
-    return effects, verdicts
+    return tuple(effects), tuple(verdicts), reading
 
 
 def _judge(

@@ -329,6 +329,8 @@ class CaptionEngine:
         )
         if len(pack) > 1 and isinstance(reply, Answer):
             self._unreadable_packs[model] = self._unreadable_packs[model] + 1 if outcome.unreadable else 0
+        if outcome.pack_problems:
+            log.info("caption_pack_answer_flawed", model=model, problems=list(outcome.pack_problems))
         self.ledger.settle(grant, outcome, refused=isinstance(reply, RateLimited))
         pause = 0.0
         for frame, (attempt, verdict) in zip(pack, outcome.verdicts):

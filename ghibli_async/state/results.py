@@ -22,6 +22,10 @@ _EXPORTABLE = f"""resize_status = {_DONE} AND caption_status = {_DONE} AND dupli
     AND needs_review = 0 AND filter_status != {_REJECTED}"""
 
 
+# (number, source, model, caption, edited, the checks that fired as JSON, perceptual hash)
+CheckedCaption = tuple[int, str, str | None, str, bool, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class ResizeJob:
     image_id: int
@@ -258,9 +262,8 @@ class ResultStore:
                 (Status(status).value, reason, attempts, refused, number),
             )
 
-    def captions_checked(self) -> list[tuple[int, str, str | None, str, bool, str | None, str | None]]:
-        """(number, source, model, caption, edited, the checks that fired as JSON, perceptual hash) of
-        every caption, in order."""
+    def captions_checked(self) -> list[CheckedCaption]:
+        """Every caption not marked a duplicate, in order."""
         rows = self._db.execute(
             f"""SELECT number, source_path, caption_model, caption, caption_edited, caption_checks, phash
                 FROM images WHERE caption_status = {_DONE} AND caption IS NOT NULL AND duplicate_of IS NULL
