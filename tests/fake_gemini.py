@@ -71,6 +71,7 @@ class FakeGemini:
     blocking_models: set[str] | None = None  # which models refuse them (None: every model)
     unavailable_first: int = 0  # answer the first N requests with 503
     caption_words: int = 22
+    captions: Callable[[str, str], str] | None = None  # (model, image sha256) -> the answer's text
     packs: PackAnswers = field(default_factory=PackAnswers)  # how packed requests are answered
     day_turns_late_s: float = 0.0  # the server's quota day turns this long after midnight Pacific
     seen: list[Seen] = field(default_factory=list)
@@ -165,11 +166,18 @@ class FakeGemini:
         ):
             return 200, "blocked", _blocked(), self.latency()
         if len(frames) > 1:
-            text, cut = self.packs.answer(frames, self.caption_text, fenced=not json_mode)
+            text, cut = self.packs.answer(frames, lambda image: self.caption_text(image, model), fenced=not json_mode)
             return 200, "ok", _response(model, text, len(frames), "MAX_TOKENS" if cut else "STOP"), self.latency()
-        return 200, "ok", _response(model, self.caption_text(frames[0].image if frames else ""), 1), self.latency()
+        return (
+            200,
+            "ok",
+            _response(model, self.caption_text(frames[0].image if frames else "", model), 1),
+            self.latency(),
+        )
 
-    def caption_text(self, image: str) -> str:
+    def caption_text(self, image: str, model: str) -> str:
+        if self.captions is not None:
+            return self.captions(model, image)
         return named_caption(image, GIRL, self.caption_words)
 
     # --- running it ---------------------------------------------------------------------------

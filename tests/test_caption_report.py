@@ -3,10 +3,16 @@ check and model, and one JSON line per frame."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
-from conftest import Project, save_frame
+from caption_harness import run_pipeline, serving, write_caption_config, write_env
+from conftest import Project, make_frames, save_frame
+from fake_captions import FaultyCaptions
+from fake_gemini import FakeGemini, ModelLimits
+from virtual_time import VirtualClock, run_virtual
 
 from ghibli_async.caption.checks import check_caption, doubt
 from ghibli_async.state import State
@@ -81,3 +87,45 @@ def test_after_a_caption_pass_the_dataset_checks_are_stored(checked: Project) ->
         assert refresh_dataset_checks(state, checked.config) == 0  # nothing new the second time
         stored = {number: checks or "" for number, _, _, _, _, checks, _ in state.results.captions_checked()}
     assert "duplicate" in stored[3] and "duplicate" in stored[4] and "duplicate" not in stored[1]
+
+
+def test_planted_faults_in_final_captions_are_flagged_in_the_json_report(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A small run of the bench (bench/bench_caption_checks.py): two models plant every kind of
+    fault in 4% of their answers each, with dirt to clean; what stays in a final caption is
+    flagged by its own check in `caption-report --json`, and few flags are wrong."""
+    make_frames(project, 150)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    writer = FaultyCaptions(share=0.04, seed=3)
+    limits = {"gemini-flash-lite-latest": ModelLimits(rpm=60), "gemma-3-27b-it": ModelLimits(rpm=60, plain=True)}
+    clock = VirtualClock()
+    fake = FakeGemini(clock, {"k1": "p"}, limits, captions=writer)
+
+    async def scenario() -> None:
+        async with serving(fake):
+            models = [f"{{name: {name}, rpm: 60, rpd: 1000, tpm: 1000000}}" for name in limits]
+            write_caption_config(project, fake.base_url, models)
+            await run_pipeline(project, clock)
+
+    run_virtual(scenario())
+    capsys.readouterr()
+    assert project.cli("caption-report", "--json") == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 150
+    resized = project.config.resized_dir
+    planted = {row["number"]: writer.planted[(row["model"], sha256(resized / f"{row['number']}.jpg"))] for row in rows}
+    fired = {row["number"]: {check["check"] for check in row["checks"]} for row in rows}
+    missed = {number: fault for number, fault in planted.items() if fault and fault not in fired[number]}
+    assert {fault for fault in planted.values() if fault} >= {"length", "duplicate"}  # some stay to be found
+    assert not missed, missed
+    wrong = [n for n in fired if fired[n] and not planted[n] and "duplicate" not in fired[n]]  # originals copied
+    assert len(wrong) <= 0.2 * sum(1 for n in fired if fired[n]), wrong
+    exported = (project.root / "out" / "train" / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    texts = {json.loads(line)["text"] for line in exported}
+    assert len(exported) == sum(1 for row in rows if row["doubt"] < 0.7)  # the doubtful wait for review
+    assert not {row["caption"] for row in rows if row["doubt"] >= 0.7} & texts
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

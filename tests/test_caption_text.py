@@ -20,6 +20,7 @@ from ghibli_async.config import CaptionConfig
         ('"Caption: ghibli style - two men on a ledge."', "Ghibli style, two men on a ledge"),
         ("A boy stands by a well", "Ghibli style, A boy stands by a well"),
         ("- Ghibli style:  a cat   on a roof..", "Ghibli style, a cat on a roof"),
+        ("Ghibli style, Ghibli style, a baker on a boat", "Ghibli style, a baker on a boat"),
     ],
 )
 def test_normalize(raw: str, expected: str) -> None:

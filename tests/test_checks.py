@@ -46,6 +46,8 @@ def test_clean_captions_raise_no_check(caption: str) -> None:
         ),
         ("Ghibli style, 少女が夕暮れの町を歩いている風景が静かに描かれている様子です", "language", ()),
         ("Ghibli style, una niña camina por la calle junto al río bajo la luz suave", "language", ()),
+        ("Ghibli style, ein Mädchen mit einem Strohhut geht in der Abenddämmerung über die Brücke", "language", ()),
+        ("Ghibli style, une fille avec un chapeau de paille marche sur le pont au coucher du soleil", "language", ()),
         ("Ghibli style, anime scene", "generic", ()),
     ],
 )
@@ -68,14 +70,29 @@ def test_doubt_adds_independent_evidence() -> None:
     assert doubt([Finding("refusal", "", 1.0)]) == 1.0
 
 
+SUBJECTS = "girl boy woman man cat dog fox child farmer witch".split()
+PLACES = "river station field kitchen forest harbour bridge garden market hillside".split()
+LIGHTS = "dawn noon dusk night rain snow fog sunset storm spring".split()
+
+
+def varied(n: int) -> str:
+    """Thirty captions of 18 words, no two alike."""
+    return (
+        f"Ghibli style, a {SUBJECTS[n % 10]} waits by the {PLACES[n // 10 % 10]} at {LIGHTS[n * 7 % 10]} "
+        f"holding a {['lantern', 'basket', 'kite'][n // 10]} near an old wooden fence"
+    )
+
+
 def test_over_the_dataset_lengths_far_off_and_repeated_captions_are_found() -> None:
-    captions = {n: f"Ghibli style, frame {n} shows a street with houses and trees in the wind" for n in range(1, 31)}
-    captions[31] = "Ghibli style, " + " ".join(f"word{i}" for i in range(80))
+    captions = {n: varied(n) for n in range(30)}
+    captions[31] = "Ghibli style, " + " ".join(f"word{i}" for i in range(50))
     captions[32] = captions[33] = "Ghibli style, a girl waits at the bus stop in the rain"
+    captions[34] = "Ghibli style, a girl waits at the bus stop in the snow"  # one word changed
     found = dataset_findings(captions, RULES)
     assert [f.check for f in found[31]] == ["length"]
-    assert [f.reason for f in found[32]] == ["the same caption as frame(s) 33"]
-    assert set(found) == {31, 32, 33}
+    assert [f.reason for f in found[32]] == ["nearly the same caption as frame(s) 33, 34"]
+    assert [f.reason for f in found[34]] == ["nearly the same caption as frame(s) 32, 33"]
+    assert set(found) == {31, 32, 33, 34}
 
 
 def test_phrases_in_most_captions_are_offered_for_the_trigger() -> None:

@@ -24,6 +24,17 @@ _FUNCTION_WORDS = frozenset(
     "his her its their this that these those is are was were be being been as while who which "
     "some one two three other another each very he she it they we you i".split()
 )
+# Function words of the languages a captioner most often drifts into (none of them English words).
+_OTHER_LANGUAGES = {
+    language: frozenset(words.split())
+    for language, words in {
+        "Spanish": "el la los las una unos unas y del con por para en sobre junto al que su sus es está bajo",
+        "French": "le la les une des et du avec sur dans sous pour est son sa ses au aux qui près",
+        "German": "der das ein eine einen einem und mit auf im zum zur von ist ihr unter neben vor dem",
+        "Italian": "il lo gli una e di del della con su nel nella per sotto è suo sua tra",
+        "Portuguese": "os um uma e do da com em no na sobre para sob seu sua é ao",
+    }.items()
+}
 _WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")  # letters and digits: '3e1e' is one word
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i can(?:no|')t|i am unable|i'?m unable|i'?m not able|as an ai|i won'?t be able)\b",
@@ -34,7 +45,13 @@ _META = re.compile(
     r"|in th(?:is|e) (?:image|picture|frame|screenshot))\b",
     re.IGNORECASE,
 )
-_GENERIC = re.compile(r"^(an? )?(anime|animated|cartoon|ghibli)( style)? (scene|image|frame|still|picture)$", re.I)
+# Words about style, medium and quality: true of any frame, so no subject.
+_STYLE_WORDS = frozenset(
+    "anime animated animation cartoon ghibli style styled scene image picture frame still shot illustration "
+    "drawing painting painted artwork art film movie beautiful lovely nice pretty detailed vibrant colors "
+    "colours colorful colourful soft lighting atmosphere aesthetic quality high masterpiece classic "
+    "background hand-drawn studio cinematic screenshot wallpaper".split()
+)
 
 
 def _body(text: str, trigger: str) -> str:
@@ -99,27 +116,34 @@ def proper_name(text: str, rules: CaptionConfig) -> Finding | None:
 
 
 def language(text: str, rules: CaptionConfig) -> Finding | None:
-    """Another language than `caption.language` (English: letters outside ASCII, or no English
-    function words in a caption of some length)."""
+    """Another language than `caption.language` (English: letters of another script, or more
+    function words of another language than of English)."""
     if rules.language != "en":
         return None
     body = _body(text, rules.trigger)
     letters = [char for char in body if char.isalpha()]
     foreign = sum(1 for char in letters if not char.isascii())
-    words = [word.lower() for word in _words(body)]
     if letters and foreign / len(letters) >= 0.15:
         return Finding("language", "not English (letters of another script)", 0.9)
-    if len(words) >= 8 and sum(word in _FUNCTION_WORDS for word in words) / len(words) < 0.05:
-        return Finding("language", "not English (no English function words)", 0.8)
+    words = [word.lower() for word in _words(body)]
+    english = sum(word in _FUNCTION_WORDS for word in words)
+    name, most = max(
+        ((name, sum(word in known for word in words)) for name, known in _OTHER_LANGUAGES.items()),
+        key=lambda item: item[1],
+    )
+    if most >= 2 and most > english:
+        return Finding("language", f"not English (reads as {name})", 0.9)
     return None
 
 
 def generic(text: str, rules: CaptionConfig) -> Finding | None:
-    """No subject: too few content words to say what is in the frame, or a stock phrase."""
-    body = _body(text, rules.trigger)
-    content = [word for word in _words(body) if word.lower() not in _FUNCTION_WORDS and len(word) > 2]
-    if _GENERIC.match(body.strip(" .")):
-        return Finding("generic", "a caption that fits any frame", 0.8)
+    """No subject: only words about style, medium and quality (a caption that fits any frame), or
+    too few content words to say what is in the frame."""
+    content = [word.lower() for word in _words(_body(text, rules.trigger))]
+    content = [word for word in content if word not in _FUNCTION_WORDS and len(word) > 2]
+    subject = [word for word in content if word not in _STYLE_WORDS]
+    if len(subject) < 2 and len(content) > len(subject):  # words about style, hardly a subject
+        return Finding("generic", "a caption that fits any frame (words about style only)", 0.8)
     if len(content) < 3:
         return Finding("generic", f"says little: {len(content)} content words", 0.5)
     return None
@@ -152,33 +176,61 @@ DATASET_CHECKS = frozenset({"length", "duplicate"})  # found over the dataset: f
 def dataset_findings(
     captions: Mapping[int, str], rules: CaptionConfig, hashes: Mapping[int, str] | None = None, near: int = 6
 ) -> dict[int, list[Finding]]:
-    """Checks over the whole dataset (frame number -> caption): a length far outside the dataset's
-    own (beyond 3 interquartile ranges), and the same caption on frames that are not near-duplicates
-    of each other (`hashes`: their perceptual hashes; within `near` bits two frames may well share
-    a caption)."""
+    """Checks over the whole dataset (frame number -> caption): a length far from the dataset's
+    own, and the same or nearly the same caption on frames that are not near-duplicates of each
+    other (`hashes`: their perceptual hashes; within `near` bits two frames may well share one)."""
     found: dict[int, list[Finding]] = {}
-    lengths = {number: len(text.split()) for number, text in captions.items()}
-    if rules.checks.length and len(lengths) >= 20:
-        q1, median, q3 = statistics.quantiles(lengths.values(), n=4)
-        spread = max(q3 - q1, median / 4)  # captions of one length would make every other one an outlier
-        low, high = q1 - 3 * spread, q3 + 3 * spread
-        for number, words in lengths.items():
-            if not low <= words <= high:
-                reason = f"{words} words, far from the dataset's {q1:.0f}-{q3:.0f}"
-                found.setdefault(number, []).append(Finding("length", reason, 0.5))
+    if rules.checks.length:
+        for number, finding in _length_outliers(captions).items():
+            found.setdefault(number, []).append(finding)
     if rules.checks.duplicate:
-        by_text: dict[str, list[int]] = {}
-        for number, text in captions.items():
-            by_text.setdefault(" ".join(_body(text, rules.trigger).lower().split()), []).append(number)
-        for numbers in by_text.values():
-            for number in numbers if len(numbers) > 1 else ():
-                others = [other for other in numbers if other != number and not _alike(number, other, hashes, near)]
-                if others:
-                    shown = ", ".join(map(str, others))
-                    found.setdefault(number, []).append(
-                        Finding("duplicate", f"the same caption as frame(s) {shown}", 0.6)
-                    )
+        for number, finding in _duplicates(captions, rules.trigger, hashes, near).items():
+            found.setdefault(number, []).append(finding)
     return found
+
+
+def _length_outliers(captions: Mapping[int, str]) -> dict[int, Finding]:
+    """Captions under half or over 1.75 times the dataset's median length (20 captions or more): a
+    model that rambled or gave up, among ones that did neither."""
+    lengths = {number: len(text.split()) for number, text in captions.items()}
+    if len(lengths) < 20:
+        return {}
+    median = statistics.median(lengths.values())
+    return {
+        number: Finding("length", f"{words} words, far from the dataset's median {median:.0f}", 0.5)
+        for number, words in lengths.items()
+        if not median / 2 <= words <= median * 1.75
+    }
+
+
+def _duplicates(
+    captions: Mapping[int, str], trigger: str, hashes: Mapping[int, str] | None, near: int
+) -> dict[int, Finding]:
+    """Frames whose captions have the same content words, or all but one (one word changed, added
+    or left out), grouped through keys of each caption's content words less one of them."""
+    content = {number: _content_words(text, trigger) for number, text in captions.items()}
+    groups: dict[frozenset[str], set[int]] = {}
+    for number, words in content.items():
+        for key in (words, *(words - {word} for word in words)) if len(words) >= 3 else ():
+            groups.setdefault(key, set()).add(number)
+    partners: dict[int, set[int]] = {}
+    for members in groups.values():
+        for number in members if len(members) > 1 else ():
+            partners.setdefault(number, set()).update(members - {number})
+    found = {}
+    for number, others in partners.items():
+        others = {other for other in others if not _alike(number, other, hashes, near)}
+        if not others:
+            continue
+        same = all(content[other] == content[number] for other in others)
+        shown = ", ".join(map(str, sorted(others)))
+        reason = f"{'the same' if same else 'nearly the same'} caption as frame(s) {shown}"
+        found[number] = Finding("duplicate", reason, 0.6 if same else 0.5)
+    return found
+
+
+def _content_words(text: str, trigger: str) -> frozenset[str]:
+    return frozenset(word.lower() for word in _words(_body(text, trigger)) if word.lower() not in _FUNCTION_WORDS)
 
 
 def _alike(one: int, other: int, hashes: Mapping[int, str] | None, near: int) -> bool:

@@ -23,7 +23,7 @@ def normalize_caption(raw: str, trigger: str, separator: str = ", ") -> str:
     exactly once (the original data had `Ghibli stylea young boy`)."""
     text = " ".join(_MARKDOWN.sub("", raw).split()).strip(_QUOTES + " ")
     text = _LABEL.sub("", text).strip(_QUOTES + " ").rstrip(" .")
-    if text.casefold().startswith(trigger.casefold()):
-        text = text[len(trigger) :]
+    while text.casefold().startswith(trigger.casefold()):  # a model that wrote it twice, too
+        text = text[len(trigger) :].lstrip(" ,.:;-–—")
     rest = text.lstrip(" ,.:;-–—").strip(_QUOTES + " ")
     return f"{trigger}{separator}{rest}" if rest else trigger
