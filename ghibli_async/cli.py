@@ -23,7 +23,14 @@ from ghibli_async.caption.calibrate import calibrate
 from ghibli_async.caption.check import check_keys, format_checks
 from ghibli_async.caption_report import caption_rows, format_caption_report
 from ghibli_async.clock import Clock, SystemClock
-from ghibli_async.config import ApiKey, Config, load_caption_keys, load_config, with_overrides, with_stages
+from ghibli_async.config import (
+    Config,
+    load_caption_keys,
+    load_config,
+    required_caption_keys,
+    with_overrides,
+    with_stages,
+)
 from ghibli_async.errors import MachineError, UserError
 from ghibli_async.logs import configure_logging, log_file
 from ghibli_async.pipeline import (
@@ -301,18 +308,8 @@ def _cmd_status(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     return 0
 
 
-def _caption_keys(config: Config) -> list[ApiKey]:
-    """The configured API keys, or a line saying where to put them."""
-    keys = load_caption_keys(config)
-    if not keys:
-        raise UserError(
-            "no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config"
-        )
-    return keys
-
-
 def _cmd_check_keys(config: Config, args: argparse.Namespace, clock: Clock) -> int:
-    keys = _caption_keys(config)
+    keys = required_caption_keys(config)
     checks = asyncio.run(check_keys(config.caption, keys))
     print(format_checks(checks))
     return 0 if any(check.works for check in checks) else 1
@@ -320,7 +317,7 @@ def _cmd_check_keys(config: Config, args: argparse.Namespace, clock: Clock) -> i
 
 def _cmd_calibrate(config: Config, args: argparse.Namespace, clock: Clock) -> int:
     model, frames_per_request = calibration_choice(config, args.model, args.per_request)
-    keys = _caption_keys(config)
+    keys = required_caption_keys(config)
     if not config.state_path.exists():
         raise UserError(f"nothing to calibrate on yet: no state at {config.state_path} (run with --skip-caption first)")
     with (

@@ -570,6 +570,16 @@ class ApiKey:
 _NUMBERED_KEY = re.compile(r"GEMINI_API_KEY_(\d+)")
 
 
+def required_caption_keys(config: Config) -> list[ApiKey]:
+    """The configured API keys, or a line saying where to put them."""
+    keys = load_caption_keys(config)
+    if not keys:
+        raise UserError(
+            "no API keys: set GEMINI_API_KEY_1 (GEMINI_API_KEY_2, …) in the environment or in .env next to the config"
+        )
+    return keys
+
+
 def load_caption_keys(config: Config, environ: Mapping[str, str] | None = None) -> list[ApiKey]:
     """Every key of every provider: Gemini's (`load_api_keys`), then each OpenAI-compatible
     provider's `api_key_env` entries as `<provider>:key#N` (each its own project), or, for a

@@ -28,10 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_config
 from ghibli_async.errors import UserError
 from ghibli_async.facts import Box
 from ghibli_async.filter_rules import best_score, box_counts
+from ghibli_async.recaption import Recaptioner
 from ghibli_async.state import State
 from ghibli_async.state.review import REVIEW_TABS, SORTS, Decided, ReviewItem, ReviewQuery
 from ghibli_async.statuses import Override, Status
@@ -57,14 +59,18 @@ MAX_CAPTION_CHARS = 1000  # far above any training caption (SD 1.5's text encode
 _ID = r"\d{1,15}"  # longer is no image of ours (and would overflow SQLite's integer)
 
 
-def make_app(config: Config, *, token: str | None = None, hosts: frozenset[str] = LOCAL_NAMES) -> web.Application:
+def make_app(
+    config: Config, *, token: str | None = None, hosts: frozenset[str] = LOCAL_NAMES, clock: Clock | None = None
+) -> web.Application:
     """The review app over `config`'s state; the store is opened once and closed with the app.
-    Only requests addressed to one of `hosts` are served (DNS rebinding)."""
+    Only requests addressed to one of `hosts` are served (DNS rebinding). `clock`: the quota
+    day's, for captions asked again from the page (default: the system's)."""
     app = web.Application(middlewares=[_require_known_host, _require_token_for_writes])
     app[CONFIG_KEY] = config
     app[TOKEN_KEY] = token or secrets.token_urlsafe(24)
     app[HOSTS_KEY] = hosts
     app[STATE_KEY] = State.open(config.state_path)
+    app[RECAPTION_KEY] = Recaptioner(app[STATE_KEY], config, clock or SystemClock())
     app.on_cleanup.append(_close_state)
     app[STATS_KEY] = StatsCache(config)
     app[UNDO_KEY] = UndoLog()
@@ -77,11 +83,14 @@ def make_app(config: Config, *, token: str | None = None, hosts: frozenset[str] 
     app.router.add_post("/api/decisions", _set_decisions)
     app.router.add_post("/api/undo", _undo)
     app.router.add_post(rf"/api/images/{{image_id:{_ID}}}/caption", _set_caption)
+    app.router.add_post("/api/recaption", _recaption)
+    app.router.add_get("/api/recaption", _recaption_status)
     app.router.add_get("/api/stats", _stats)
     return app
 
 
 async def _close_state(app: web.Application) -> None:
+    await app[RECAPTION_KEY].aclose()  # a pass under way leaves its frames pending for the next run
     app[STATE_KEY].close()
 
 
@@ -191,6 +200,7 @@ def item_json(item: ReviewItem, config: Config) -> dict[str, Any]:
             "needs_review": item.needs_review,
             "checks": [] if item.edited else item.checks,  # what the caption checks found, and where
             "doubt": 0.0 if item.edited else item.caption_doubt,
+            "sent_back": list(item.sent_back),  # captioned again by a model not in this list
         },
     }
 
@@ -252,11 +262,40 @@ async def _set_decision(request: web.Request) -> web.Response:
 async def _set_decisions(request: web.Request) -> web.Response:
     """Keep or reject many frames at once (a selection on the page); the answer carries an undo id."""
     body = await _json_body(request)
+    ids = _image_ids(body)
+    items, undo = _decide(request.app, ids, body.get("decision"))
+    return web.json_response({"items": items, "undo": undo})
+
+
+def _image_ids(body: dict[str, Any]) -> list[int]:
     ids = body.get("ids")
     if not isinstance(ids, list) or not ids or len(ids) > MAX_BULK or not all(isinstance(i, int) for i in ids):
         raise web.HTTPBadRequest(text=f"ids is a list of 1 to {MAX_BULK} image ids")
-    items, undo = _decide(request.app, ids, body.get("decision"))
-    return web.json_response({"items": items, "undo": undo})
+    return ids
+
+
+async def _recaption(request: web.Request) -> web.Response:
+    """Caption a selection again with another model (spends quota; a caption written by hand stays)."""
+    ids = _image_ids(await _json_body(request))
+    try:
+        sent = request.app[RECAPTION_KEY].send_back(ids)
+    except UserError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    request.app[STATS_KEY].changed()
+    items = [item_json(item, request.app[CONFIG_KEY]) for item in request.app[STATE_KEY].review.items(ids)]
+    return web.json_response(
+        {
+            "sent": len(sent.numbers),
+            "edited": sent.edited,
+            "uncaptioned": sent.uncaptioned,
+            "no_other_model": sent.no_other_model,
+            "items": items,
+        }
+    )
+
+
+async def _recaption_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RECAPTION_KEY].status())
 
 
 def _decide(app: web.Application, ids: list[int], decision: object) -> tuple[list[dict[str, Any]], int]:
@@ -375,6 +414,7 @@ class StatsCache:
 
 
 STATS_KEY = web.AppKey("stats", StatsCache)
+RECAPTION_KEY = web.AppKey("recaption", Recaptioner)
 UNDO_KEY = web.AppKey("undo", UndoLog)
 
 

@@ -23,7 +23,13 @@ CAPTION = CaptionConfig(
 
 def settle(ledger: QuotaLedger, grant: Grant, reply) -> None:
     outcome = reduce_reply(
-        grant, reply, Attempt(1), CAPTION, failing_streak=0, other_bucket_free=True, since_reset_s=6 * 3600.0
+        grant,
+        reply,
+        Attempt(1),
+        CAPTION,
+        failing_streak=0,
+        other_buckets=[("p/other", "other")],
+        since_reset_s=6 * 3600.0,
     )
     ledger.settle(grant, outcome, refused=isinstance(reply, RateLimited))
 

@@ -81,7 +81,7 @@ def reduce(reply, attempts=PACK, *, unreadable: int = 0):
         attempts,
         RULES,
         failing_streak=0,
-        other_bucket_free=True,
+        other_buckets=[("p/other", "other")],
         since_reset_s=6 * 3600.0,
         unreadable_packs=unreadable,
     )

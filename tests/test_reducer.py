@@ -60,7 +60,13 @@ def reduce(
     since: float = 6 * 3600.0,  # 06:00 Pacific unless a case says otherwise
 ):
     return reduce_reply(
-        g or grant(), reply, attempt, RULES, failing_streak=streak, other_bucket_free=other, since_reset_s=since
+        g or grant(),
+        reply,
+        attempt,
+        RULES,
+        failing_streak=streak,
+        other_buckets=[("p/other", "other")] if other else [],
+        since_reset_s=since,
     )
 
 
@@ -92,6 +98,16 @@ CASES = [
         Attempt(7),
         0,
         False,
+        [Served(B, 50, 600)],
+        Accept("Ghibli style, Totoro", 50, TOTORO_FINDINGS, needs_review=True),
+        (True, True),
+    ),
+    (
+        "bad caption, the other bucket's model had its caption sent back: kept for review",
+        Answer("Ghibli style, Totoro", 50),
+        Attempt(7, sent_back=frozenset({"other"})),
+        0,
+        True,
         [Served(B, 50, 600)],
         Accept("Ghibli style, Totoro", 50, TOTORO_FINDINGS, needs_review=True),
         (True, True),
@@ -322,6 +338,9 @@ def test_a_refused_image_waits_for_a_model_it_has_not_tried() -> None:
     refused = Attempt(1, refused_by=frozenset({"m1"}))
     found = when_no_bucket(refused, any_usable=True, any_key_or_model_left=True, untried_models=True, reset_at="")
     assert found == LeavePending(RunEnd.QUOTA)
+    sent_back = Attempt(1, sent_back=frozenset({"m1"}))
+    found = when_no_bucket(sent_back, any_usable=True, any_key_or_model_left=True, untried_models=True, reset_at="")
+    assert found == LeavePending(RunEnd.QUOTA) and sent_back.avoid_models == {"m1"}
 
 
 @pytest.mark.parametrize(
@@ -331,8 +350,18 @@ def test_a_refused_image_waits_for_a_model_it_has_not_tried() -> None:
         (Attempt(1), False, True, StopRun("every quota bucket is spent for today", RunEnd.QUOTA)),
         (Attempt(1, refused_by=frozenset({"m1"})), True, True, GiveUp(Status.BLOCKED, "refused by every model: m1")),
         (Attempt(1), True, True, LeavePending()),
+        (
+            Attempt(1, sent_back=frozenset({"m1"})),
+            True,
+            True,
+            GiveUp(
+                Status.FAILED,
+                "sent back from the review page, and no model besides m1 is left: "
+                "add one to caption.models, or write the caption by hand",
+            ),
+        ),
     ],
-    ids=["all retired", "all spent", "blocked, no other model", "avoided every bucket"],
+    ids=["all retired", "all spent", "blocked, no other model", "avoided every bucket", "sent back, no other model"],
 )
 def test_no_bucket_left(attempt: Attempt, usable: bool, left: bool, verdict) -> None:
     found = when_no_bucket(

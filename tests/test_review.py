@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import Project, save_frame
+from caption_harness import run_pipeline, serving, write_caption_config, write_env
+from conftest import Project, make_frames, save_frame
+from fake_gemini import FakeGemini, ModelLimits
 from review_rows import build_review_state
 from test_filter import StubDetector, filtered_project, run_sync
+from virtual_time import VirtualClock, run_virtual
 
 from ghibli_async.config import load_config
 from ghibli_async.review import (
@@ -347,3 +350,60 @@ def test_a_busy_port_is_one_line_and_exit_2(project: Project, capsys: pytest.Cap
         assert project.cli("review", "--port", str(port)) == 2
     err = capsys.readouterr().err
     assert err == f"error: port {port} is in use (another review page?): --port 0 picks a free one\n"
+
+
+def caption_by(model: str, image: str) -> str:
+    return f"Ghibli style, a girl with a red umbrella waits at the {model} tram stop in the rain {image[:8]}"
+
+
+def test_caption_again_goes_to_another_model_and_never_replaces_a_hand_edit(project: Project) -> None:
+    make_frames(project, 4)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    limits = {"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}
+    fake = FakeGemini(clock, {"k1": "p"}, limits, captions=caption_by)
+    first: dict[int, str] = {}  # the model that captioned frames 1 and 3 in the run
+
+    async def scenario() -> None:
+        async with serving(fake):
+            write_caption_config(
+                project, fake.base_url, [f"{{name: {m}, rpm: 60, rpd: 100, tpm: 10000}}" for m in limits]
+            )
+            await run_pipeline(project, clock)  # m1 captions all four
+            config = load_config(project.config_path)
+            ids = {row(project, f"frame{n}.png")["number"]: row(project, f"frame{n}.png")["id"] for n in range(1, 5)}
+            with State.open(config.state_path) as state:
+                state.review.edit_caption(ids[2], "Ghibli style, my own words")
+            before = len(fake.successes())
+            first.update({n: row(project, f"frame{n}.png")["caption_model"] for n in (1, 3)})
+            async with TestClient(TestServer(make_app(config, token=TOKEN, clock=clock))) as client:
+                headers = {TOKEN_HEADER: TOKEN}
+                sent = await client.post("/api/recaption", json={"ids": [ids[1], ids[2], ids[3]]}, headers=headers)
+                answer = await sent.json()
+                assert (answer["sent"], answer["edited"], answer["no_other_model"]) == (2, 1, 0)
+                assert {item["caption"]["status"] for item in answer["items"] if item["id"] != ids[2]} == {"pending"}
+                while (await (await client.get("/api/recaption")).json())["running"]:
+                    await clock.sleep(1.0)
+                again = await client.post("/api/recaption", json={"ids": [ids[1]]}, headers=headers)
+                assert (await again.json())["no_other_model"] == 1  # m1 and m2 have both captioned it
+            asked = fake.successes()[before:]
+            other = {"m1": "m2", "m2": "m1"}
+            assert sorted(seen.model for seen in asked) == sorted(other[first[n]] for n in (1, 3))  # one each
+
+    run_virtual(scenario())
+    texts = {n: row(project, f"frame{n}.png") for n in range(1, 5)}
+    for n in (1, 3):
+        model = texts[n]["caption_model"]
+        assert model != first[n] and f"at the {model} tram" in texts[n]["caption"], texts[n]
+        assert texts[n]["caption_status"] == "done" and json.loads(texts[n]["caption_sent_back"]) == [first[n]]
+    assert texts[2]["caption"] == "Ghibli style, my own words" and texts[2]["caption_edited"] == 1
+    exported = [json.loads(line)["text"] for line in (project.root / "out" / "train" / "metadata.jsonl").open()]
+    assert f"at the {first[1]} tram" in exported[0]  # the dataset changes at the next export, not before
+
+
+def test_caption_again_without_keys_is_one_line(reviewed: Project) -> None:
+    async def scenario(client: TestClient) -> None:
+        answer = await client.post("/api/recaption", json={"ids": [1]}, headers={TOKEN_HEADER: TOKEN})
+        assert answer.status == 400 and (await answer.text()).startswith("no API keys: set GEMINI_API_KEY_1")
+
+    with_client(reviewed, scenario)

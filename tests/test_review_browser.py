@@ -12,11 +12,15 @@ from contextlib import contextmanager
 
 import pytest
 from aiohttp import web
-from conftest import Project, scene_image
+from caption_harness import write_caption_config, write_env
+from conftest import Project, make_frames, scene_image
+from fake_gemini import FakeGemini, ModelLimits
 from review_rows import build_review_state
 from test_filter import StubDetector, run_sync
+from test_review import caption_by
 from thread_server import serving_in_thread
 
+from ghibli_async.clock import SystemClock
 from ghibli_async.config import load_config
 from ghibli_async.review import make_app
 from ghibli_async.state import State
@@ -212,3 +216,40 @@ def test_caption_doubt_order_reasons_and_marked_words_in_the_browser(project: Pr
         assert "7.jpg" in first.inner_text() and first.locator(".caption mark").inner_text() == "Satsuki"
         assert "a name: Satsuki" in first.locator(".checks").inner_text()
         browser.close()
+
+
+def test_caption_again_with_another_model_in_the_browser(project: Project) -> None:
+    make_frames(project, 6)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    limits = {"m1": ModelLimits(rpm=600), "m2": ModelLimits(rpm=600)}
+    fake = FakeGemini(SystemClock(), {"k1": "p"}, limits, captions=caption_by)
+    with fake.serving_in_thread():
+        write_caption_config(
+            project, fake.base_url, [f"{{name: {m}, rpm: 600, rpd: 1000, tpm: 100000}}" for m in limits]
+        )
+        assert project.cli("--skip-caption") == 0
+        with State.open(project.config.state_path) as state:
+            for number in range(1, 7):
+                state.results.record_caption(number, caption_by("m1", f"{number:08d}"), model="m1", key_label="key#1")
+            edited = next(item for item in state.review.page("kept", offset=0, limit=10)[1] if item.number == 2)
+            state.review.edit_caption(edited.image_id, "Ghibli style, my own words")
+        with review_server(project) as url, sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            tile = {n: page.locator(".tile", has_text=f"{n}.jpg").first for n in range(1, 4)}
+            tile[1].click()
+            tile[3].click(modifiers=["Shift"])  # frames 1 to 3: one of them written by hand
+            page.click("#recaption-picked")
+            toast = page.locator("#toast", has_text="sent to another model")
+            toast.wait_for()
+            assert "2 sent to another model (left as they are: 1 written by hand)" in toast.inner_text()
+            tile[1].locator(".caption", has_text="at the m2 tram").wait_for()
+            tile[3].locator(".caption", has_text="at the m2 tram").wait_for()
+            assert "my own words" in tile[2].inner_text() and "edited" in tile[2].inner_text()
+            browser.close()
+    assert sorted(seen.model for seen in fake.successes()) == ["m2", "m2"]  # two requests, none for the edit
+    with State.open(project.config.state_path) as state:
+        items = {item.number: item for item in state.review.page("kept", offset=0, limit=10)[1]}
+    assert (items[1].model, items[3].model, items[4].model) == ("m2", "m2", "m1")
+    assert items[2].caption == "Ghibli style, my own words"

@@ -207,9 +207,10 @@ class QuotaLedger:
     def pack_size(self, model: str) -> int:
         return self.scheduler.pack_size(model)
 
-    def other_bucket_free(self, grant: Grant) -> bool:
-        """Some bucket other than the grant's could still take a frame (for a second opinion)."""
-        return self.scheduler.other_bucket_free(grant.bucket.day, grant)
+    def other_buckets(self, grant: Grant) -> list[tuple[str, str]]:
+        """The (bucket, model) pairs other than the grant's that could still take a frame (for a
+        second opinion)."""
+        return self.scheduler.other_buckets(grant.bucket.day, grant)
 
     def reset_at(self) -> str:
         """The next quota reset, in local time."""
@@ -221,7 +222,7 @@ class QuotaLedger:
             attempt,
             any_usable=self.scheduler.any_usable(quota_day(self.clock.wall())),
             any_key_or_model_left=self.scheduler.any_key_or_model_left(),
-            untried_models=self.scheduler.any_model_left_besides(attempt.refused_by),
+            untried_models=self.scheduler.any_model_left_besides(attempt.avoid_models),
             reset_at=self.reset_at(),
         )
 

@@ -9,6 +9,7 @@ answers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ghibli_async.backoff import backoff_delay
@@ -54,10 +55,11 @@ class Attempt:
     avoid_buckets: frozenset[str] = field(default_factory=frozenset)
     missed: int = 0  # packed answers that left it out
     alone: bool = False  # from now on one frame per request (a packed request of it was blocked, or it was missed)
+    sent_back: frozenset[str] = field(default_factory=frozenset)  # models whose caption a person sent back
 
     @property
     def avoid_models(self) -> frozenset[str]:
-        return self.refused_by
+        return self.refused_by | self.sent_back
 
 
 # --- effects on the books -----------------------------------------------------------------------
@@ -201,14 +203,14 @@ def reduce_reply(
     rules: CaptionConfig,
     *,
     failing_streak: int,
-    other_bucket_free: bool,
+    other_buckets: Sequence[tuple[str, str]],
     since_reset_s: float,
     unreadable_packs: int = 0,
 ) -> Outcome:
     """What `reply` to the request sent under `grant` for the frames of `attempts` means.
     `failing_streak` counts the transient errors in a row across all workers (this one included);
-    `other_bucket_free` says whether a bucket other than this one could still take a frame (for a
-    second opinion on a bad caption); `since_reset_s`: how long ago the quota day began (midnight
+    `other_buckets`: the (bucket, model) pairs other than this one that could still take a frame
+    (for a second opinion on a bad caption); `since_reset_s`: how long ago the quota day began (midnight
     Pacific); `unreadable_packs`: this model's packed answers in a row before this one without a
     readable caption."""
     if isinstance(attempts, Attempt):
@@ -218,12 +220,12 @@ def reduce_reply(
     key_works = reached and not isinstance(reply, KeyRejected)
     model_works = key_works and not isinstance(reply, ModelUnavailable)
     if len(attempts) > 1 and isinstance(reply, Answer | Blocked):
-        effects, verdicts, reading = _reduce_pack(grant, reply, attempts, rules, other_bucket_free, unreadable_packs)
+        effects, verdicts, reading = _reduce_pack(grant, reply, attempts, rules, other_buckets, unreadable_packs)
         if reading is None:  # blocked
             return Outcome(effects, verdicts, key_works, model_works)
         return Outcome(effects, verdicts, key_works, model_works, not reading.captions, reading.problems)
     reduced = [
-        _reduce(grant, reply, attempt, rules, failing_streak, other_bucket_free, since_reset_s) for attempt in attempts
+        _reduce(grant, reply, attempt, rules, failing_streak, other_buckets, since_reset_s) for attempt in attempts
     ]
     effects = tuple(reduced[0][0])  # what an answer means for the books does not depend on the frame
     verdicts = tuple((attempt, verdict) for _, verdict, attempt in reduced)
@@ -235,7 +237,7 @@ def _reduce_pack(
     reply: Answer | Blocked,
     attempts: tuple[Attempt, ...],
     rules: CaptionConfig,
-    other_bucket_free: bool,
+    other_buckets: Sequence[tuple[str, str]],
     unreadable_packs: int,
 ) -> tuple[tuple[Effect, ...], tuple[tuple[Attempt, Verdict], ...], PackReading | None]:
     """A packed request was served: each frame's caption is judged on its own; a frame the answer
@@ -257,22 +259,35 @@ def _reduce_pack(
             missed = attempt.missed + 1
             verdicts.append((replace(attempt, missed=missed, alone=missed >= MISSES_BEFORE_SINGLE), Retry()))
             continue
-        verdict, judged = _judge(grant, raw, share, attempt, rules, other_bucket_free)
+        verdict, judged = _judge(grant, raw, share, attempt, rules, other_buckets)
         verdicts.append((judged, verdict))
     return tuple(effects), tuple(verdicts), reading
 
 
 def _judge(
-    grant: Grant, raw: str, tokens: int | None, attempt: Attempt, rules: CaptionConfig, other_bucket_free: bool
+    grant: Grant,
+    raw: str,
+    tokens: int | None,
+    attempt: Attempt,
+    rules: CaptionConfig,
+    other_buckets: Sequence[tuple[str, str]],
 ) -> tuple[Verdict, Attempt]:
     """One frame's caption through the clean-up and the checks: kept, or asked again elsewhere once."""
     text = normalize_caption(raw, rules.trigger, rules.separator)
     findings = check_caption(text, rules)
     doubtful = doubt(findings) >= rules.review_doubt
-    if doubtful and attempt.bad_answers == 0 and other_bucket_free:
+    if doubtful and attempt.bad_answers == 0 and _may_go_elsewhere(attempt, other_buckets):
         # a second opinion from another bucket, once
         return Retry(), replace(attempt, bad_answers=1, avoid_buckets=attempt.avoid_buckets | {grant.bucket.name})
     return Accept(text, tokens, findings, doubtful), attempt
+
+
+def _may_go_elsewhere(attempt: Attempt, other_buckets: Sequence[tuple[str, str]]) -> bool:
+    """Some other bucket could take the frame: one it has not been sent away from, of a model
+    that neither refused it nor had its caption sent back."""
+    return any(
+        bucket not in attempt.avoid_buckets and model not in attempt.avoid_models for bucket, model in other_buckets
+    )
 
 
 def _reduce(
@@ -281,12 +296,12 @@ def _reduce(
     attempt: Attempt,
     rules: CaptionConfig,
     streak: int,
-    other_bucket_free: bool,
+    other_buckets: Sequence[tuple[str, str]],
     since_reset_s: float,
 ) -> tuple[list[Effect], Verdict, Attempt]:
     bucket = grant.bucket
     if isinstance(reply, Answer):
-        judged, attempt = _judge(grant, reply.text, reply.tokens, attempt, rules, other_bucket_free)
+        judged, attempt = _judge(grant, reply.text, reply.tokens, attempt, rules, other_buckets)
         return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)], judged, attempt
     if isinstance(reply, Blocked):
         attempt = replace(attempt, refused_by=attempt.refused_by | {bucket.model})
@@ -336,7 +351,8 @@ def when_no_bucket(
     attempt: Attempt, *, any_usable: bool, any_key_or_model_left: bool, untried_models: bool, reset_at: str
 ) -> Verdict:
     """The scheduler has no bucket this image may use, now or later in this run. `untried_models`:
-    a configured model that has not refused this image still has a working key (spent or not)."""
+    a configured model that has neither refused this image nor had its caption sent back still has
+    a working key (spent or not)."""
     if not any_usable and not any_key_or_model_left:
         return StopRun(
             "no usable key or model is left: check the keys (`check-keys`) and the model list", RunEnd.NO_KEYS
@@ -347,8 +363,14 @@ def when_no_bucket(
             "rerun then to continue",
             RunEnd.QUOTA,
         )
-    if attempt.refused_by and untried_models:  # another model may take it once its quota is back
+    if attempt.avoid_models and untried_models:  # another model may take it once its quota is back
         return LeavePending(RunEnd.QUOTA)
     if attempt.refused_by:
         return GiveUp(Status.BLOCKED, f"refused by every model: {', '.join(sorted(attempt.refused_by))}")
+    if attempt.sent_back:
+        return GiveUp(
+            Status.FAILED,
+            f"sent back from the review page, and no model besides {', '.join(sorted(attempt.sent_back))} is left: "
+            "add one to caption.models, or write the caption by hand",
+        )
     return LeavePending()

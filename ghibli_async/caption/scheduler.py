@@ -154,5 +154,5 @@ class Scheduler:
         """Some bucket of a model not in `models` still has a working key (spent or cooling or not)."""
         return any(bucket.retired is None and bucket.keys and bucket.model not in models for bucket in self.buckets)
 
-    def other_bucket_free(self, day: str, grant: Grant) -> bool:
-        return any(b.usable(day) and b.name != grant.bucket.name for b in self.buckets)
+    def other_buckets(self, day: str, grant: Grant) -> list[tuple[str, str]]:
+        return [(b.name, b.model) for b in self.buckets if b.usable(day) and b.name != grant.bucket.name]

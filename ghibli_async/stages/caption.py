@@ -101,14 +101,14 @@ class CaptionStage:
         return StageReport(
             caption.outcomes,
             shown=caption.outcomes["done"],
-            line=_caption_line(caption),
+            line=caption_line(caption),
             notes=[*caption.retired, *([caption.stopped] if caption.stopped else [])],
             end=caption.end,
             resume_at=caption.resume_at,
         )
 
 
-def _caption_line(caption: CaptionReport) -> str:
+def caption_line(caption: CaptionReport) -> str:
     """`done 10, review 1, blocked 1; 7 left for the next run (quota); 23 requests`."""
     finished = Counter({word: n for word, n in caption.outcomes.items() if word != LEFT})
     parts = [counts_line(finished, empty="none finished")]
@@ -323,7 +323,7 @@ class CaptionEngine:
             tuple(frame.attempt for frame in pack),
             self.caption,
             failing_streak=self._failing_streak,
-            other_bucket_free=self.ledger.other_bucket_free(grant),
+            other_buckets=self.ledger.other_buckets(grant),
             since_reset_s=seconds_into_quota_day(self.clock.wall()),
             unreadable_packs=self._unreadable_packs[model],
         )
@@ -472,4 +472,4 @@ class _Tray:
 
 
 def _unread(job: CaptionJob) -> _Held:
-    return _Held(Attempt(job.number, refused_by=job.refused_by), None)
+    return _Held(Attempt(job.number, refused_by=job.refused_by, sent_back=job.sent_back), None)

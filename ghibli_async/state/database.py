@@ -178,6 +178,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN caption_checks TEXT;
     ALTER TABLE images ADD COLUMN caption_doubt REAL;
     """,
+    """
+    -- Models whose caption of the frame a person sent back from the review page (JSON list): it is
+    -- captioned again by a model not in the list.
+    ALTER TABLE images ADD COLUMN caption_sent_back TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -41,6 +41,7 @@ class CaptionJob:
     number: int
     refused_by: frozenset[str] = frozenset()  # models that blocked it before
     blocked: bool = False
+    sent_back: frozenset[str] = frozenset()  # models whose caption of it a person sent back
 
 
 @dataclass(frozen=True)
@@ -179,15 +180,17 @@ class ResultStore:
         """Resized images without a caption: pending and failed ones, and blocked ones that one of
         `models` (the configured ones) has not refused yet."""
         rows = self._db.execute(
-            f"SELECT id, number, caption_refused_by, caption_status = {_B} FROM images WHERE {_WANTS_CAPTION}"
-            " ORDER BY number"
+            f"""SELECT id, number, caption_refused_by, caption_status = {_B}, caption_sent_back
+                FROM images WHERE {_WANTS_CAPTION} ORDER BY number"""
         )
         jobs = []
-        for image_id, number, refused, blocked in rows:
+        for image_id, number, refused, blocked, sent_back in rows:
             refused_by = frozenset(json.loads(refused)) if refused else frozenset()
             if blocked and not set(models) - refused_by:
                 continue  # every configured model refused it: blocked it stays
-            jobs.append(CaptionJob(image_id, number, refused_by, bool(blocked)))
+            jobs.append(
+                CaptionJob(image_id, number, refused_by, bool(blocked), frozenset(json.loads(sent_back or "[]")))
+            )
             if limit is not None and len(jobs) >= limit:
                 break
         return jobs

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ghibli_async.facts import Box
@@ -29,8 +29,20 @@ REVIEW_TABS = {
 _COLUMNS = (
     "id, number, source_path, filter_status, filter_reason, filter_override, detections, resize_status,"
     " resize_reason, resize_window, caption_status, caption_reason, caption, caption_model, caption_key,"
-    " caption_edited, needs_review, caption_checks, caption_doubt"
+    " caption_edited, needs_review, caption_checks, caption_doubt, caption_sent_back"
 )
+
+
+@dataclass
+class SentBack:
+    """What "caption again with another model" did: the frames sent back, and how many were left
+    as they were because a person wrote the caption, no model has captioned the frame yet, or
+    every configured model already has."""
+
+    numbers: list[int] = field(default_factory=list)
+    edited: int = 0
+    uncaptioned: int = 0
+    no_other_model: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class ReviewItem:
     needs_review: bool
     checks: list[dict[str, object]]  # the caption checks that fired (check, reason, weight, words)
     caption_doubt: float
+    sent_back: tuple[str, ...]  # models whose caption of it was sent back from the page
 
 
 @dataclass(frozen=True)
@@ -245,6 +258,35 @@ class ReviewStore:
                 (caption, image_id),
             )
 
+    def send_back(self, image_ids: Sequence[int], models: Collection[str]) -> SentBack:
+        """Captions a person wants from another model: each frame captioned by a model goes back to
+        pending, with that model added to the ones it must not go to again. A caption written by
+        hand is never sent back; nor is one that every model of `models` has already written."""
+        sent = SentBack()
+        with self._db.transaction() as db:
+            for chunk in _chunks(image_ids):
+                rows = db.execute(
+                    f"""SELECT id, number, caption_model, caption_edited, caption_sent_back FROM images
+                        WHERE duplicate_of IS NULL AND id IN ({",".join("?" * len(chunk))})""",
+                    chunk,
+                )
+                for image_id, number, model, edited, earlier in rows.fetchall():
+                    tried = sorted({*json.loads(earlier or "[]"), model} - {None})
+                    if edited:
+                        sent.edited += 1
+                    elif model is None:
+                        sent.uncaptioned += 1
+                    elif not set(models) - set(tried):
+                        sent.no_other_model += 1
+                    else:
+                        db.execute(
+                            f"""UPDATE images SET caption_status = {_P}, caption_reason = NULL, needs_review = 0,
+                                   caption_sent_back = ?, updated_at = {NOW} WHERE id = ?""",
+                            (json.dumps(tried), image_id),
+                        )
+                        sent.numbers.append(number)
+        return sent
+
     def captions_with_models(self) -> list[tuple[str, str | None]]:
         rows = self._db.execute(
             "SELECT caption, caption_model FROM images WHERE caption IS NOT NULL AND duplicate_of IS NULL"
@@ -254,12 +296,13 @@ class ReviewStore:
 
 def _review_item(row: tuple) -> ReviewItem:
     image_id, number, path, f_status, f_reason, override, detections, r_status, r_reason, window, *rest = row
-    c_status, c_reason, caption, model, key, edited, review, checks, caption_doubt = rest
+    c_status, c_reason, caption, model, key, edited, review, checks, caption_doubt, sent_back = rest
     return ReviewItem(
         image_id, number, Path(path).name, Status(f_status), f_reason, Override(override) if override else None,
         boxes_from(detections), Status(r_status), r_reason, tuple(json.loads(window)) if window else None,
         Status(c_status), c_reason, caption, model, key,
         bool(edited), bool(review), json.loads(checks) if checks else [], caption_doubt or 0.0,
+        tuple(json.loads(sent_back or "[]")),
     )  # fmt: skip
 
 
