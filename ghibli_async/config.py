@@ -308,6 +308,14 @@ class CaptionChecks(_Section):
     duplicate: bool = True  # over the dataset: the same caption on several frames
 
 
+class VerifyConfig(_Section):
+    """`caption.verify`: a model of another family is shown `share` of the frames with their
+    captions and says whether each caption matches (README, "Caption checks")."""
+
+    model: str = Field(min_length=1)  # one of caption.models: its requests spend its quota
+    share: float = Field(0.1, gt=0, le=1)
+
+
 class CaptionConfig(_Section):
     trigger: str = Field("Ghibli style", min_length=1)
     separator: str = Field(", ", min_length=1)  # between the trigger and the rest of the caption
@@ -343,6 +351,7 @@ class CaptionConfig(_Section):
     review_doubt: float = Field(0.7, gt=0, le=1)  # a caption this doubtful is asked again once, then needs review
     language: str = "en"  # the captions' language (the language check knows English)
     identity_share: float = Field(0.8, gt=0, le=1)  # phrases in this share of captions belong in the trigger
+    verify: VerifyConfig | None = None  # off by default
     backoff: BackoffConfig = BackoffConfig()
 
     @field_validator("models")
@@ -372,6 +381,24 @@ class CaptionConfig(_Section):
         if GEMINI in providers:
             raise ValueError("`gemini` is the built-in provider: set caption.base_url and caption.keys instead")
         return providers
+
+    @property
+    def captioners(self) -> list[ModelQuota]:
+        """The models that caption: all but the verifier (`verify.model` only judges)."""
+        judge = self.verify.model if self.verify else None
+        return [model for model in self.models if model.name != judge]
+
+    @model_validator(mode="after")
+    def _verifier_is_a_caption_model(self) -> CaptionConfig:
+        names = [model.name for model in self.models]
+        if self.verify is not None and self.verify.model not in names:
+            raise ValueError(
+                f"caption.verify.model {self.verify.model} is not in caption.models ({', '.join(names)}): "
+                "list it there with its quota (its requests spend that quota)"
+            )
+        if self.verify is not None and len(names) < 2:
+            raise ValueError("caption.verify needs a model besides the verifier to write the captions")
+        return self
 
     @model_validator(mode="after")
     def _word_bounds_meet(self) -> CaptionConfig:

@@ -58,7 +58,7 @@ class Recaptioner:
             self._task = None
 
     async def _caption(self, numbers: set[int], keys: list[ApiKey]) -> CaptionReport:
-        models = [model.name for model in self._config.caption.models]
+        models = [model.name for model in self._config.caption.captioners]
         jobs = [job for job in self._state.results.caption_jobs(models) if job.number in numbers]
         report = await CaptionEngine(self._state, self._config, keys, self._clock).run(jobs=jobs)
         refresh_dataset_checks(self._state, self._config)
@@ -74,4 +74,4 @@ class Recaptioner:
 def _usable_models(config: Config, keys: list[ApiKey]) -> list[str]:
     """The configured models some key can reach."""
     providers = {key.provider for key in keys}
-    return [model.name for model in config.caption.models if model.provider in providers]
+    return [model.name for model in config.caption.captioners if model.provider in providers]

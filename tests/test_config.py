@@ -43,6 +43,12 @@ def error_line(project: Project, capsys: pytest.CaptureFixture[str], *args: str)
             "second: merge the two into one",
         ),
         ("resize:\n  size: 64\n  size: 512\n", "`size` is given twice in one section (lines 2 and 3)"),
+        ("caption:\n  verify: {model: gpt-judge}\n", "caption.verify.model gpt-judge is not in caption.models"),
+        (
+            "caption:\n  models: [{name: m, rpm: 1, rpd: 1, tpm: 1}]\n  verify: {model: m}\n",
+            "caption.verify needs a model besides the verifier to write the captions",
+        ),
+        ("caption:\n  verify: {model: gemma-3-27b-it, share: 0}\n", "caption.verify.share: Input should be greater"),
         ("- a\n- b\n", "the top level must be a mapping"),
         (
             "caption:\n  backoff: {initial_s: 30, max_s: 10}\n",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -191,8 +192,10 @@ def build_buckets(
     day: str,
     used_today: dict[tuple[str, str], int],
     learned: dict[tuple[str, str], dict[str, int]],
+    models: Sequence[ModelQuota] | None = None,
 ) -> list[Bucket]:
-    """One bucket per (project, model), in priority order for `caption.route`.
+    """One bucket per (project, model) of `models` (default: every configured one), in priority
+    order for `caption.route`.
 
     `model_first`: the best model in every project before any worse model; `key_first`: all
     models of the first project, then the next (the original scripts' order)."""
@@ -202,7 +205,7 @@ def build_buckets(
     buckets = []
     for p_index, ((project, provider), labels) in enumerate(projects.items()):
         overrides = {quota.name: quota for quota in caption.project_limits.get(project, [])}
-        for m_index, quota in enumerate(caption.models):
+        for m_index, quota in enumerate(caption.models if models is None else models):
             if quota.provider != provider:
                 continue
             limits = _limits(overrides.get(quota.name, quota), learned.get((project, quota.name), {}))

@@ -223,7 +223,7 @@ def _duplicates(
         if not others:
             continue
         same = all(content[other] == content[number] for other in others)
-        shown = ", ".join(map(str, sorted(others)))
+        shown = ", ".join(map(str, sorted(others)[:5])) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         reason = f"{'the same' if same else 'nearly the same'} caption as frame(s) {shown}"
         found[number] = Finding("duplicate", reason, 0.6 if same else 0.5)
     return found

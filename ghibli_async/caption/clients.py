@@ -43,6 +43,10 @@ class CaptionClients:
         """One request for `frames` (one, or several packed in one request)."""
         return await self._by_key[key].generate(key, model, frames, self._prompts[model])
 
+    async def ask(self, key: str, model: str, frame: Frame, prompt: str) -> Reply:
+        """One frame with a question of our own (`caption.verify`) instead of the caption prompt."""
+        return await self._by_key[key].generate(key, model, [frame], prompt)
+
     async def ping(self, key: str, model: str) -> Reply:
         return await self._by_key[key].ping(key, model)
 

@@ -12,7 +12,7 @@ reduces, settles and finishes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -43,7 +43,7 @@ from ghibli_async.caption.reducer import (
 )
 from ghibli_async.caption.scheduler import Exhausted, Scheduler
 from ghibli_async.clock import Clock
-from ghibli_async.config import ApiKey, CaptionConfig
+from ghibli_async.config import ApiKey, CaptionConfig, ModelQuota
 from ghibli_async.state.quota import BookWrite, EventWrite, LimitWrite, QuotaBooks, ServedWrite
 
 log = structlog.get_logger(__name__)
@@ -55,7 +55,14 @@ class QuotaLedger:
     """The buckets of the configured keys and models as the books have them now (reads only);
     `open` makes one a caption run can spend."""
 
-    def __init__(self, books: QuotaBooks, caption: CaptionConfig, keys: list[ApiKey], clock: Clock) -> None:
+    def __init__(
+        self,
+        books: QuotaBooks,
+        caption: CaptionConfig,
+        keys: list[ApiKey],
+        clock: Clock,
+        models: Sequence[ModelQuota] | None = None,
+    ) -> None:
         self.books = books
         self.clock = clock
         wall = clock.wall()
@@ -64,24 +71,33 @@ class QuotaLedger:
         self.learned = books.learned_limits()
         self.events = books.events()
         used = {bucket: usage.accepted for bucket, usage in self.usage.items()}
-        buckets = build_buckets(caption, keys, day=self.day, used_today=used, learned=self.learned)
+        models = caption.models if models is None else models
+        buckets = build_buckets(caption, keys, day=self.day, used_today=used, learned=self.learned, models=models)
         spent = {(e.project, e.model) for e in self.events if e.kind == "spent" and e.until == self.day}
         for bucket in buckets:
             if (bucket.project, bucket.model) in spent:  # the server said so today: do not ask again
                 bucket.spent_day = self.day
-        self.scheduler = Scheduler(buckets, {model.name: model.images_per_request for model in caption.models})
+        self.scheduler = Scheduler(buckets, {model.name: model.images_per_request for model in models})
         self.retired: list[str] = []  # keys and models this run stopped using, and why
         self._said: set[tuple[str, str]] = set()
         self._cooldowns_said: dict[str, str] = {}  # bucket -> the cooldown end last logged
         self._answered = asyncio.Event()  # set (and replaced) whenever a slot may have come free
 
     @classmethod
-    def open(cls, books: QuotaBooks, caption: CaptionConfig, keys: list[ApiKey], clock: Clock) -> QuotaLedger:
-        """The ledger of a caption run: books follow keys renumbered in .env, and each bucket starts
-        inside its true one-minute window (the answers of the last minute, from before a restart)."""
+    def open(
+        cls,
+        books: QuotaBooks,
+        caption: CaptionConfig,
+        keys: list[ApiKey],
+        clock: Clock,
+        models: Sequence[ModelQuota] | None = None,
+    ) -> QuotaLedger:
+        """The ledger of a caption run over `models` (default: every configured one): books follow
+        keys renumbered in .env, and each bucket starts inside its true one-minute window (the
+        answers of the last minute, from before a restart)."""
         for label in books.follow_renumbered_keys({key.label: key.fingerprint for key in keys}):
             log.warning("key_changed", key=label, effect="its quota books follow the key it held before")
-        ledger = cls(books, caption, keys, clock)
+        ledger = cls(books, caption, keys, clock, models)
         wall, now = clock.wall().timestamp(), clock.now()
         recent = books.recent_answers(since=wall - WINDOW_S - WINDOW_MARGIN_S)
         for bucket in ledger.buckets:

@@ -216,9 +216,7 @@ def reduce_reply(
     if isinstance(attempts, Attempt):
         attempts = (attempts,)
     attempts = tuple(replace(attempt, requests=attempt.requests + 1) for attempt in attempts)
-    reached = not isinstance(reply, TransientError)
-    key_works = reached and not isinstance(reply, KeyRejected)
-    model_works = key_works and not isinstance(reply, ModelUnavailable)
+    key_works, model_works = _proves(reply)
     if len(attempts) > 1 and isinstance(reply, Answer | Blocked):
         effects, verdicts, reading = _reduce_pack(grant, reply, attempts, rules, other_buckets, unreadable_packs)
         if reading is None:  # blocked
@@ -299,25 +297,17 @@ def _reduce(
     other_buckets: Sequence[tuple[str, str]],
     since_reset_s: float,
 ) -> tuple[list[Effect], Verdict, Attempt]:
-    bucket = grant.bucket
+    effects = book_effects(grant, reply, rules, since_reset_s)
     if isinstance(reply, Answer):
         judged, attempt = _judge(grant, reply.text, reply.tokens, attempt, rules, other_buckets)
-        return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)], judged, attempt
+        return effects, judged, attempt
     if isinstance(reply, Blocked):
-        attempt = replace(attempt, refused_by=attempt.refused_by | {bucket.model})
+        attempt = replace(attempt, refused_by=attempt.refused_by | {grant.bucket.model})
         enough = len(attempt.refused_by) > rules.blocked_retries  # distinct models, this run and earlier ones
         verdict: Verdict = GiveUp(Status.BLOCKED, reply.reason) if enough else Retry()
-        return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)], verdict, attempt
-    if isinstance(reply, RateLimited):
-        return _rate_limited(grant, reply, rules, since_reset_s), Retry(), attempt
-    if isinstance(reply, KeyRejected):
-        return [RetireKey(grant.key, reply.reason)], Retry(), attempt
-    if isinstance(reply, ModelUnavailable):
-        return [RetireModel(bucket.model, reply.reason)], Retry(), attempt
-    if isinstance(reply, PackRefused):
-        return [OnePerRequest(bucket.model, reply.reason)], Retry(), attempt
-    if reply.server_full and (bucket.limits.max_in_flight or 0) > 1:
-        return [NarrowInFlight(bucket.name)], Retry(), attempt  # it waits for a slot: not the image's fault
+        return effects, verdict, attempt
+    if effects or not isinstance(reply, TransientError):  # a limit, a key or model retired, a full server
+        return effects, Retry(), attempt
     attempt = replace(attempt, transient_errors=attempt.transient_errors + 1)
     if streak >= max(10, 2 * rules.concurrency):
         stop = StopRun(
@@ -327,6 +317,37 @@ def _reduce(
     if attempt.transient_errors >= rules.max_attempts:
         return [], GiveUp(Status.FAILED, reply.reason), attempt
     return [], Retry(backoff_delay(rules.backoff, attempt.transient_errors)), attempt
+
+
+def book_effects(grant: Grant, reply: Reply, rules: CaptionConfig, since_reset_s: float) -> list[Effect]:
+    """What any answer under `grant` means for the quota books, whatever the request asked."""
+    bucket = grant.bucket
+    if isinstance(reply, Answer | Blocked):
+        return [Served(bucket.name, reply.tokens, grant.tokens_reserved, sent_at=grant.sent_at)]
+    if isinstance(reply, RateLimited):
+        return _rate_limited(grant, reply, rules, since_reset_s)
+    if isinstance(reply, KeyRejected):
+        return [RetireKey(grant.key, reply.reason)]
+    if isinstance(reply, ModelUnavailable):
+        return [RetireModel(bucket.model, reply.reason)]
+    if isinstance(reply, PackRefused):
+        return [OnePerRequest(bucket.model, reply.reason)]
+    if reply.server_full and (bucket.limits.max_in_flight or 0) > 1:
+        return [NarrowInFlight(bucket.name)]  # it waits for a slot
+    return []
+
+
+def reduce_question(grant: Grant, reply: Reply, rules: CaptionConfig, *, since_reset_s: float) -> Outcome:
+    """A request that asked something other than a caption (`caption.verify`): only what the
+    answer means for the books; the asker reads the answer itself."""
+    key_works, model_works = _proves(reply)
+    return Outcome(tuple(book_effects(grant, reply, rules, since_reset_s)), (), key_works, model_works)
+
+
+def _proves(reply: Reply) -> tuple[bool, bool]:
+    """Whether the answer proves the key works, and the model with it."""
+    key_works = not isinstance(reply, TransientError | KeyRejected)
+    return key_works, key_works and not isinstance(reply, ModelUnavailable)
 
 
 def _rate_limited(grant: Grant, reply: RateLimited, rules: CaptionConfig, since_reset_s: float) -> list[Effect]:

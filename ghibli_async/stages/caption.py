@@ -38,6 +38,7 @@ from ghibli_async.caption.reducer import (
     Verdict,
     reduce_reply,
 )
+from ghibli_async.caption.verify import Verifier
 from ghibli_async.caption_report import refresh_dataset_checks
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
@@ -96,16 +97,27 @@ class CaptionStage:
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         with context.stop.listening(engine.stop_politely):
             caption = await engine.run(limit=context.limit)
-        if caption.outcomes["done"] or caption.outcomes["review"]:
+        verified = await _verify(context) if context.config.caption.verify else None
+        if caption.outcomes["done"] or caption.outcomes["review"] or verified:
             refresh_dataset_checks(context.state, context.config)  # lengths and duplicates, over all captions
+        notes = [*caption.retired, *([caption.stopped] if caption.stopped else []), *([verified] if verified else [])]
         return StageReport(
             caption.outcomes,
             shown=caption.outcomes["done"],
             line=caption_line(caption),
-            notes=[*caption.retired, *([caption.stopped] if caption.stopped else [])],
+            notes=notes,
             end=caption.end,
             resume_at=caption.resume_at,
         )
+
+
+async def _verify(context: RunContext) -> str | None:
+    """caption.verify's pass over the captions sampled and not judged yet: its summary line, if it
+    asked anything."""
+    verifier = Verifier(context.state, context.config, context.keys, context.clock)
+    with context.stop.listening(verifier.stop_politely):
+        report = await verifier.run()
+    return report.line(verifier.rules.model) if report.requests else None
 
 
 def caption_line(caption: CaptionReport) -> str:
@@ -190,7 +202,7 @@ class CaptionEngine:
         self.caption = config.caption
         self.clock = clock
         self.images_dir = config.resized_dir
-        self.ledger = QuotaLedger.open(state.quota, self.caption, keys, clock)
+        self.ledger = QuotaLedger.open(state.quota, self.caption, keys, clock, self.caption.captioners)
         self.client = CaptionClients(self.caption, keys)
         self.report = CaptionReport(retired=self.ledger.retired)
         self._failing_streak = 0  # server errors and lost connections in a row, across workers
@@ -201,7 +213,7 @@ class CaptionEngine:
     async def run(self, *, limit: int | None = None, jobs: list[CaptionJob] | None = None) -> CaptionReport:
         """Caption the frames waiting for a caption (at most `limit`), or those of `jobs`."""
         if jobs is None:
-            jobs = self.state.results.caption_jobs([model.name for model in self.caption.models], limit=limit)
+            jobs = self.state.results.caption_jobs([model.name for model in self.caption.captioners], limit=limit)
         if not jobs:
             return self.report
         self.ledger.begin()
@@ -224,7 +236,7 @@ class CaptionEngine:
         return self.report
 
     def _widest_pack(self) -> int:
-        return max(self.ledger.pack_size(model.name) for model in self.caption.models)
+        return max(self.ledger.pack_size(model.name) for model in self.caption.captioners)
 
     async def _produce(self, queue: asyncio.Queue[CaptionJob | None], jobs: list[CaptionJob], workers: int) -> None:
         for job in jobs:

@@ -182,6 +182,10 @@ MIGRATIONS: tuple[str, ...] = (
     -- Models whose caption of the frame a person sent back from the review page (JSON list): it is
     -- captioned again by a model not in the list.
     ALTER TABLE images ADD COLUMN caption_sent_back TEXT;
+
+    -- The model that judged the caption (caption.verify), so a caption is judged once; NULL for a
+    -- caption not judged (a new caption from the service is not).
+    ALTER TABLE images ADD COLUMN caption_verified_by TEXT;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

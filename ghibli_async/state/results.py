@@ -248,7 +248,8 @@ class ResultStore:
             db.execute(
                 f"""UPDATE images SET caption_status = {_DONE}, caption_reason = NULL, caption = ?,
                        caption_model = ?, caption_key = ?, caption_attempts = ?, caption_tokens = ?,
-                       needs_review = ?, caption_checks = ?, caption_doubt = ?, updated_at = {NOW}
+                       needs_review = ?, caption_checks = ?, caption_doubt = ?, caption_verified_by = NULL,
+                       updated_at = {NOW}
                     WHERE number = ? AND caption_edited = 0""",
                 (caption, model, key_label, attempts, tokens, int(needs_review), checks, doubt, number),
             )
@@ -283,6 +284,30 @@ class ResultStore:
             db.executemany(
                 "UPDATE images SET caption_checks = ?, caption_doubt = ? WHERE number = ?",
                 ((found, doubt, number) for number, (found, doubt) in checks.items()),
+            )
+
+    def captions_to_verify(self) -> list[tuple[int, str, str, str | None]]:
+        """Captions from a model that no model has judged yet (`caption.verify`), without those a
+        person wrote or will review anyway: (number, caption, model, checks as JSON)."""
+        rows = self._db.execute(
+            f"""SELECT number, caption, caption_model, caption_checks FROM images
+                WHERE caption_status = {_DONE} AND caption_edited = 0 AND needs_review = 0
+                AND caption_model IS NOT NULL AND caption_verified_by IS NULL AND duplicate_of IS NULL
+                ORDER BY number"""
+        )
+        return rows.fetchall()
+
+    def record_verdict(
+        self, number: int, caption: str, verifier: str, checks: str | None, doubt: float, needs_review: bool
+    ) -> None:
+        """A verifier's judgement of `caption` (the checks with its disagreement, if any); nothing
+        when the caption changed meanwhile."""
+        with self._db.transaction() as db:
+            db.execute(
+                f"""UPDATE images SET caption_verified_by = ?, caption_checks = ?, caption_doubt = ?,
+                       needs_review = MAX(needs_review, ?), updated_at = {NOW}
+                    WHERE number = ? AND caption = ? AND caption_edited = 0""",
+                (verifier, checks, doubt, int(needs_review), number, caption),
             )
 
     def caption_pending_count(self) -> int:
