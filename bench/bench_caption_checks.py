@@ -36,7 +36,7 @@ from bench.frames import resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.checks import DATASET_CHECKS, check_caption, doubt, identity_phrases  # noqa: E402
 from ghibli_async.caption.text import normalize_caption  # noqa: E402
-from ghibli_async.caption_report import caption_rows, refresh_dataset_checks  # noqa: E402
+from ghibli_async.caption_report import caption_rows, refresh_caption_checks  # noqa: E402
 from ghibli_async.config import (  # noqa: E402
     ApiKey,
     CaptionConfig,
@@ -70,7 +70,7 @@ def config_for(work: Path, base_url: str) -> Config:
 
 
 async def caption_all(work: Path, writer: FaultyCaptions) -> tuple[list[dict], int]:
-    """Every frame captioned once, the dataset checks stored: `caption-report --json`'s rows and
+    """Every frame captioned once, the checks over the dataset stored: `caption-report --json`'s rows and
     the requests the server answered."""
     clock = VirtualClock()
     fake = FakeGemini(clock, {KEY.secret: KEY.project}, dict(MODELS), latency=realistic_latency(2.0), captions=writer)
@@ -79,7 +79,7 @@ async def caption_all(work: Path, writer: FaultyCaptions) -> tuple[list[dict], i
         config = config_for(work, fake.base_url)
         with State.open(config.state_path) as state:
             await CaptionEngine(state, config, [KEY], clock).run()
-            refresh_dataset_checks(state, config)
+            refresh_caption_checks(state, config)
             rows = [json.loads(row.json()) for row in caption_rows(state, config)]
     finally:
         await runner.cleanup()

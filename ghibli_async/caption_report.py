@@ -1,4 +1,4 @@
-"""The caption checks over the whole dataset (after each caption pass: `refresh_dataset_checks`),
+"""The caption checks over the whole dataset (after each caption pass: `refresh_caption_checks`),
 and `caption-report`: what the checks found, per check and model, the phrases most captions share
 (for the trigger), and one JSON line per captioned frame (`--json`) with its checks and doubt."""
 
@@ -8,7 +8,14 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from ghibli_async.caption.checks import DATASET_CHECKS, dataset_findings, doubt, identity_phrases
+from ghibli_async.caption.checks import (
+    VERIFY,
+    check_caption,
+    dataset_findings,
+    doubt,
+    identity_phrases,
+    phrase_shares,
+)
 from ghibli_async.config import Config
 from ghibli_async.facts import Finding
 from ghibli_async.state import State
@@ -48,19 +55,10 @@ def caption_rows(state: State, config: Config) -> list[CaptionRow]:
 
 
 def _rows_of(checked: list[CheckedCaption], config: Config) -> list[CaptionRow]:
+    """Each caption's checks under today's config (a check turned off or a banned word added since
+    counts now), the verifier's stored judgement, and the dataset-wide checks."""
     rows = [
-        CaptionRow(
-            number,
-            source,
-            model,
-            caption,
-            edited,
-            [
-                finding
-                for item in json.loads(checks or "[]")
-                if (finding := Finding(**item)).check not in DATASET_CHECKS
-            ],
-        )
+        CaptionRow(number, source, model, caption, edited, [*check_caption(caption, config.caption), *_judged(checks)])
         for number, source, model, caption, edited, checks, _ in checked
     ]
     hashes = {number: phash for number, *_, phash in checked if phash}
@@ -71,9 +69,15 @@ def _rows_of(checked: list[CheckedCaption], config: Config) -> list[CaptionRow]:
     return rows
 
 
-def refresh_dataset_checks(state: State, config: Config) -> int:
-    """Store the dataset-wide checks with each caption (they raise its doubt, and the review page
-    orders by it); returns how many frames' checks changed. Nothing is asked again for them."""
+def _judged(stored: str | None) -> list[Finding]:
+    """The verifier's disagreement stored with a caption (the one check no rerun can redo)."""
+    return [Finding(**item) for item in json.loads(stored or "[]") if item["check"] == VERIFY]
+
+
+def refresh_caption_checks(state: State, config: Config) -> int:
+    """Store every caption's checks as today's config has them, with the dataset-wide ones (they
+    raise its doubt, and the review page orders by it); returns how many frames' checks changed.
+    Nothing is asked again for them."""
     checked = state.results.captions_checked()
     stored = {number: checks for number, *_, checks, _ in checked}
     changed = {
@@ -100,7 +104,10 @@ def format_caption_report(rows: list[CaptionRow], config: Config) -> str:
     if by_check:
         lines.append("Checks fired, per model:")
         lines += [f"  {check:<14} {model:<32} {n:>6}" for (check, model), n in sorted(by_check.items())]
-    phrases = identity_phrases([row.caption for row in rows], config.caption)
+    captions = [row.caption for row in rows]
+    frequent = ", ".join(f"'{phrase}' {share:.0%}" for phrase, share in phrase_shares(captions, config.caption)[:5])
+    lines.append(f"Most frequent phrases: {frequent or 'none'}")
+    phrases = identity_phrases(captions, config.caption)
     if phrases:
         shown = ", ".join(f"'{phrase}' {share:.0%}" for phrase, share in phrases[:5])
         lines.append(f"Phrases in most captions (fold them into the trigger?): {shown}")

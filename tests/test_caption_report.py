@@ -60,6 +60,7 @@ def test_the_text_report_counts_per_check_and_model(checked: Project, capsys: py
     assert checked.cli("caption-report") == 0
     out = capsys.readouterr().out
     assert "Captions: 5; with a check fired: 4" in out
+    assert "Most frequent phrases: " in out and "'old man waits' 40%" in out
     assert "refusal        gemma-3-27b-it" in out and "duplicate      gemma-3-27b-it                        2" in out
     assert out.index("     2.jpg  doubt 1.00") < out.index("     5.jpg  doubt 0.70")  # most doubtful first
 
@@ -79,14 +80,20 @@ def test_the_review_page_orders_by_caption_doubt_and_names_the_words(checked: Pr
     with_client(checked, scenario)
 
 
-def test_after_a_caption_pass_the_dataset_checks_are_stored(checked: Project) -> None:
-    from ghibli_async.caption_report import refresh_dataset_checks
+def test_after_a_caption_pass_every_caption_is_checked_again_under_todays_config(checked: Project) -> None:
+    from ghibli_async.caption_report import refresh_caption_checks
 
     with State.open(checked.config.state_path) as state:
-        assert refresh_dataset_checks(state, checked.config) == 2  # the two frames sharing a caption
-        assert refresh_dataset_checks(state, checked.config) == 0  # nothing new the second time
+        assert refresh_caption_checks(state, checked.config) == 2  # the two frames sharing a caption
+        assert refresh_caption_checks(state, checked.config) == 0  # nothing new the second time
         stored = {number: checks or "" for number, _, _, _, _, checks, _ in state.results.captions_checked()}
-    assert "duplicate" in stored[3] and "duplicate" in stored[4] and "duplicate" not in stored[1]
+        assert "duplicate" in stored[3] and "duplicate" in stored[4] and "duplicate" not in stored[1]
+        config = checked.config.model_copy(
+            update={"caption": checked.config.caption.model_copy(update={"banned_words": ["bakery"]})}
+        )
+        assert refresh_caption_checks(state, config) == 1  # a word banned since the caption came
+        stored = {number: checks or "" for number, _, _, _, _, checks, _ in state.results.captions_checked()}
+    assert "banned word: bakery" in stored[1]
 
 
 def test_planted_faults_in_final_captions_are_flagged_in_the_json_report(

@@ -171,6 +171,7 @@ def doubt(findings: Sequence[Finding]) -> float:
 
 
 DATASET_CHECKS = frozenset({"length", "duplicate"})  # found over the dataset: found anew after each pass
+VERIFY = "verify"  # a verifier's disagreement (caption/verify.py): stored, the one check no rerun redoes
 
 
 def dataset_findings(
@@ -240,14 +241,18 @@ def _alike(one: int, other: int, hashes: Mapping[int, str] | None, near: int) ->
     return bin(int(hashes[one], 16) ^ int(hashes[other], 16)).count("1") <= near
 
 
+def phrase_shares(captions: Sequence[str], rules: CaptionConfig) -> list[tuple[str, float]]:
+    """Every three-word phrase with the share of captions it is in, most frequent first."""
+    seen: Counter[str] = Counter()
+    for text in captions:
+        words = [word.lower() for word in _words(_body(text, rules.trigger))]
+        seen.update({" ".join(words[i : i + 3]) for i in range(len(words) - 2)})
+    return [(phrase, count / len(captions)) for phrase, count in seen.most_common()]
+
+
 def identity_phrases(captions: Sequence[str], rules: CaptionConfig) -> list[tuple[str, float]]:
     """Three-word phrases in at least `caption.identity_share` of the captions (20 or more): what
     the trigger should carry instead (offered, never removed)."""
     if len(captions) < 20:
         return []
-    seen: Counter[str] = Counter()
-    for text in captions:
-        words = [word.lower() for word in _words(_body(text, rules.trigger))]
-        seen.update({" ".join(words[i : i + 3]) for i in range(len(words) - 2)})
-    share = {phrase: count / len(captions) for phrase, count in seen.items()}
-    return sorted(((p, s) for p, s in share.items() if s >= rules.identity_share), key=lambda item: -item[1])
+    return [(phrase, share) for phrase, share in phrase_shares(captions, rules) if share >= rules.identity_share]

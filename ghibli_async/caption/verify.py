@@ -17,7 +17,7 @@ import structlog
 
 from ghibli_async.caption.answers import Answer, RateLimited, Reply
 from ghibli_async.caption.buckets import Grant, seconds_into_quota_day
-from ghibli_async.caption.checks import doubt
+from ghibli_async.caption.checks import VERIFY, doubt
 from ghibli_async.caption.clients import CaptionClients
 from ghibli_async.caption.ledger import QuotaLedger
 from ghibli_async.caption.packing import Frame
@@ -156,7 +156,7 @@ class Verifier:
         agrees, wrong = verdict
         if not agrees:
             self.report.disagreed += 1
-            findings.append(Finding("verify", f"{self.rules.model} disagrees: {wrong}", WEIGHT))
+            findings.append(Finding(VERIFY, f"{self.rules.model} disagrees: {wrong}", WEIGHT))
             log.info("verify_disagrees", image=number, verifier=self.rules.model, reason=wrong)
         stored = json.dumps([asdict(f) for f in findings], ensure_ascii=False) if findings else None
         found = doubt(findings)
