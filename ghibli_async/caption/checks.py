@@ -247,7 +247,8 @@ def phrase_shares(captions: Sequence[str], rules: CaptionConfig) -> list[tuple[s
     for text in captions:
         words = [word.lower() for word in _words(_body(text, rules.trigger))]
         seen.update({" ".join(words[i : i + 3]) for i in range(len(words) - 2)})
-    return [(phrase, count / len(captions)) for phrase, count in seen.most_common()]
+    ranked = sorted(seen.items(), key=lambda item: (-item[1], item[0]))  # ties alphabetically: the same every run
+    return [(phrase, count / len(captions)) for phrase, count in ranked]
 
 
 def identity_phrases(captions: Sequence[str], rules: CaptionConfig) -> list[tuple[str, float]]:
