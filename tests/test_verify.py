@@ -3,6 +3,7 @@ the caption's doubt (and at review_doubt keeps it out of the dataset until a per
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 
@@ -38,8 +39,8 @@ def test_families_and_the_share_judged() -> None:
 
 
 def judged_by(model: str, image: str) -> str:
-    if model == "judge-b":  # the verifier disagrees about half the frames
-        return "MISMATCH: there is no umbrella" if int(image[:2], 16) % 2 == 0 else "MATCH"
+    if model == "judge-b":  # the verifier disagrees about a quarter of the frames, rambles about another
+        return ["Looks fine to me.", "MATCH", "MISMATCH: there is no umbrella", "MATCH"][int(image[:2], 16) % 4]
     return f"Ghibli style, a girl with a red umbrella waits at the tram stop in the evening rain {image[:8]}"
 
 
@@ -70,11 +71,18 @@ def test_disagreements_raise_the_doubt_and_each_caption_is_judged_once(project: 
     assert judged == {number for number, *_ in rows if sampled(number, 0.5)}
     assert len([s for s in fake.successes() if s.model == "judge-b"]) == len(judged)  # one request each
     disagreed = {number for number, *_, checks, _ in rows if checks and "disagrees" in checks}
-    assert disagreed and disagreed < judged
+    assert disagreed < judged
     for number, _, _, checks, review in rows:
         assert review == (number in disagreed)
         if number in disagreed:
             assert "judge-b disagrees: there is no umbrella" in [found["reason"] for found in json.loads(checks)]
     exported = (project.root / "out" / "train" / "metadata.jsonl").read_text().splitlines()
     assert len(exported) == 40 - len(disagreed)  # those wait for a person on the review page
-    assert f"{len(judged)} caption(s) judged by judge-b, {len(disagreed)} disagreed with" in summaries[0]
+    rambled = sum(1 for number in judged if int(sha256(project, number)[:2], 16) % 4 == 0)
+    assert rambled and disagreed
+    line = f"{len(judged) - rambled} caption(s) judged by judge-b, {len(disagreed)} disagreed with, {rambled} answer(s)"
+    assert line in summaries[0]
+
+
+def sha256(project: Project, number: int) -> str:
+    return hashlib.sha256((project.root / "work" / "resized" / f"{number}.jpg").read_bytes()).hexdigest()

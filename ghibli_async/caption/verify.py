@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 import aiofiles
 import structlog
 
-from ghibli_async.caption.answers import Answer, RateLimited, Reply
+from ghibli_async.backoff import backoff_delay
+from ghibli_async.caption.answers import Answer, Blocked, RateLimited, Reply, TransientError
 from ghibli_async.caption.buckets import Grant, seconds_into_quota_day
 from ghibli_async.caption.checks import VERIFY, doubt
 from ghibli_async.caption.clients import CaptionClients
@@ -65,7 +66,7 @@ def read_verdict(text: str) -> tuple[bool, str] | None:
 class VerifyReport:
     judged: int = 0
     disagreed: int = 0
-    unreadable: int = 0  # answers that said neither MATCH nor MISMATCH
+    unreadable: int = 0  # answers that said neither MATCH nor MISMATCH, or were blocked
     requests: int = 0
     left: int = 0  # sampled but not judged this run (quota, errors, a stop): a later run judges them
 
@@ -112,9 +113,10 @@ class Verifier:
             await self.client.aclose()
         return self.report
 
-    async def _ask(self, number: int, caption: str) -> Answer | None:
+    async def _ask(self, number: int, caption: str) -> Answer | Blocked | None:
+        """The verifier's answer (or its safety block) about one frame; None when none came."""
         attempt = Attempt(number)
-        for _ in range(TRIES):
+        for tries in range(1, TRIES + 1):
             grant = await self.ledger.acquire(attempt, give_up=self._stopping, on_wait=lambda *_: None)
             if not isinstance(grant, Grant):
                 return None
@@ -125,8 +127,10 @@ class Verifier:
                 self.ledger.release(grant)
                 return None
             reply = await self._send(grant, Frame(number, image), caption)
-            if isinstance(reply, Answer):
+            if isinstance(reply, Answer | Blocked):
                 return reply
+            if isinstance(reply, TransientError):
+                await self.clock.sleep(backoff_delay(self.caption.backoff, tries))
         return None
 
     def _stopping(self) -> str | None:
@@ -145,19 +149,20 @@ class Verifier:
         )
         return reply
 
-    def _record(self, number: int, caption: str, checks: str | None, answer: Answer) -> None:
-        verdict = read_verdict(answer.text)
+    def _record(self, number: int, caption: str, checks: str | None, answer: Answer | Blocked) -> None:
+        """The verdict stored with the caption; an answer that says neither (or a block) is stored
+        as no verdict, so it is not paid for again."""
+        verdict = read_verdict(answer.text) if isinstance(answer, Answer) else None
+        findings = [Finding(**item) for item in json.loads(checks or "[]")]
         if verdict is None:
             self.report.unreadable += 1
-            log.info("verify_unreadable", image=number, answer=answer.text[:120])
-            return
-        self.report.judged += 1
-        findings = [Finding(**item) for item in json.loads(checks or "[]")]
-        agrees, wrong = verdict
-        if not agrees:
+            log.info("verify_unreadable", image=number, answer=answer.text[:120] if isinstance(answer, Answer) else "")
+        else:
+            self.report.judged += 1
+        if verdict is not None and not verdict[0]:
             self.report.disagreed += 1
-            findings.append(Finding(VERIFY, f"{self.rules.model} disagrees: {wrong}", WEIGHT))
-            log.info("verify_disagrees", image=number, verifier=self.rules.model, reason=wrong)
+            findings.append(Finding(VERIFY, f"{self.rules.model} disagrees: {verdict[1]}", WEIGHT))
+            log.info("verify_disagrees", image=number, verifier=self.rules.model, reason=verdict[1])
         stored = json.dumps([asdict(f) for f in findings], ensure_ascii=False) if findings else None
         found = doubt(findings)
         self.state.results.record_verdict(

@@ -97,9 +97,9 @@ class CaptionStage:
         engine = CaptionEngine(context.state, context.config, context.keys, context.clock)
         with context.stop.listening(engine.stop_politely):
             caption = await engine.run(limit=context.limit)
-        verified = await _verify(context) if context.config.caption.verify else None
+        verified = await _verify(context) if context.config.caption.verify and not context.stop.requested else None
         if caption.outcomes["done"] or caption.outcomes["review"] or verified:
-            refresh_caption_checks(context.state, context.config)  # lengths and duplicates, over all captions
+            refresh_caption_checks(context.state, context.config)  # every caption again, and over the dataset
         notes = [*caption.retired, *([caption.stopped] if caption.stopped else []), *([verified] if verified else [])]
         return StageReport(
             caption.outcomes,
