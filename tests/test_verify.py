@@ -86,3 +86,15 @@ def test_disagreements_raise_the_doubt_and_each_caption_is_judged_once(project: 
 
 def sha256(project: Project, number: int) -> str:
     return hashlib.sha256((project.root / "work" / "resized" / f"{number}.jpg").read_bytes()).hexdigest()
+
+
+def test_the_plan_names_the_verifier_apart_from_the_caption_buckets(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_frames(project, 2)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    models = [f"{{name: {m}, rpm: 60, rpd: 100, tpm: 100000}}" for m in ("cap-a", "judge-b")]
+    write_caption_config(project, "http://127.0.0.1:9", models, extra="  verify: {model: judge-b}\n")
+    assert project.cli("--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "1 bucket: key#1/cap-a; 10% of the captions judged by judge-b" in out

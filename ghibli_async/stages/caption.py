@@ -74,12 +74,15 @@ class CaptionStage:
         keys = load_caption_keys(config)
         statuses = counts.of(self.status_column) if counts else {}
         waiting = statuses.get(Status.PENDING.value, 0) + statuses.get(Status.FAILED.value, 0)
-        buckets = build_buckets(config.caption, keys, day=quota_day(context.clock.wall()), used_today={}, learned={})
+        day, captioners = quota_day(context.clock.wall()), config.caption.captioners
+        buckets = build_buckets(config.caption, keys, day=day, used_today={}, learned={}, models=captioners)
         names = ", ".join(bucket.name for bucket in buckets[:4]) + (", …" if len(buckets) > 4 else "")
+        verify = config.caption.verify
+        judged = f"; {verify.share:.0%} of the captions judged by {verify.model}" if verify else ""
         context.says(
             self.name,
             f"{capped(waiting, context.limit)} resized frames wait (plus those resized now); "
-            f"{plural(len(buckets), 'bucket')}: {names or 'none'}",
+            f"{plural(len(buckets), 'bucket')}: {names or 'none'}{judged}",
         )
         context.plan.warnings += _caption_warnings(config, keys)
 
