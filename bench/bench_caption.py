@@ -27,7 +27,7 @@ from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from fake_openai import FakeOpenAI, ServedModel, batching_latency  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
-from bench.frames import resize_distinct_frames  # noqa: E402
+from bench.frames import caption_bench_config, resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.answers import Answer  # noqa: E402
 from ghibli_async.caption.gemini import GeminiClient  # noqa: E402
@@ -38,10 +38,7 @@ from ghibli_async.config import (  # noqa: E402
     CaptionConfig,
     Config,
     ModelQuota,
-    PathsConfig,
     ProviderConfig,
-    ResizeConfig,
-    StagesConfig,
 )
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
@@ -58,12 +55,7 @@ KEYS = [ApiKey(f"key#{n}", f"GEMINI_API_KEY_{n}", f"secret-{n}", f"project-{n}")
 
 def config_for(work: Path, base_url: str, concurrency: int) -> Config:
     models = [ModelQuota(name=name, rpm=m.rpm, rpd=m.rpd, tpm=10**7) for name, m in MODELS.items()]
-    return Config(
-        paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
-        stages=StagesConfig(filter=False),  # every frame is captioned: this measures the caption engine
-        resize=ResizeConfig(size=64),
-        caption=CaptionConfig(models=models, base_url=base_url, concurrency=concurrency),
-    )
+    return caption_bench_config(work, CaptionConfig(models=models, base_url=base_url, concurrency=concurrency))
 
 
 async def engine_rate(work: Path, images: int, concurrency: int) -> tuple[float, float, float, int]:

@@ -35,7 +35,7 @@ from fake_captions import DUPLICATE, FAULTS, FaultyCaptions  # noqa: E402
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
-from bench.frames import resize_distinct_frames  # noqa: E402
+from bench.frames import caption_bench_config, resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.caption.checks import DATASET_CHECKS, check_caption, doubt, identity_phrases  # noqa: E402
 from ghibli_async.caption.text import normalize_caption  # noqa: E402
@@ -45,9 +45,6 @@ from ghibli_async.config import (  # noqa: E402
     CaptionConfig,
     Config,
     ModelQuota,
-    PathsConfig,
-    ResizeConfig,
-    StagesConfig,
 )
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
@@ -59,17 +56,8 @@ IDENTITY = "soft watercolor background"
 
 
 def config_for(work: Path, base_url: str) -> Config:
-    return Config(
-        paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
-        stages=StagesConfig(filter=False),
-        resize=ResizeConfig(size=64),
-        caption=CaptionConfig(
-            models=[
-                ModelQuota(name=name, rpm=limits.rpm, rpd=limits.rpd, tpm=250_000) for name, limits in MODELS.items()
-            ],
-            base_url=base_url,
-        ),
-    )
+    models = [ModelQuota(name=name, rpm=limits.rpm, rpd=limits.rpd, tpm=250_000) for name, limits in MODELS.items()]
+    return caption_bench_config(work, CaptionConfig(models=models, base_url=base_url))
 
 
 async def caption_all(work: Path, writer: FaultyCaptions) -> tuple[list[dict], int]:

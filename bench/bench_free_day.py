@@ -27,16 +27,13 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__f
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
-from bench.frames import resize_distinct_frames  # noqa: E402
+from bench.frames import caption_bench_config, resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
 from ghibli_async.config import (  # noqa: E402
     ApiKey,
     CaptionConfig,
     Config,
     ModelQuota,
-    PathsConfig,
-    ResizeConfig,
-    StagesConfig,
 )
 from ghibli_async.stages.caption import CaptionEngine  # noqa: E402
 from ghibli_async.state import State  # noqa: E402
@@ -56,12 +53,7 @@ def config_for(work: Path, base_url: str, frames_per_request: int) -> Config:
         ModelQuota(name=name, rpm=rpm, rpd=10**6, tpm=tpm, images_per_request=frames_per_request)
         for name, (rpm, _, tpm) in FREE.items()
     ]
-    return Config(
-        paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
-        stages=StagesConfig(filter=False),
-        resize=ResizeConfig(size=64),
-        caption=CaptionConfig(models=models, base_url=base_url),
-    )
+    return caption_bench_config(work, CaptionConfig(models=models, base_url=base_url))
 
 
 def bound_per_minute(rpm: int, tpm: int, k: int) -> float:

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 from PIL import Image
 
-from ghibli_async.config import Config
+from ghibli_async.config import CaptionConfig, Config, PathsConfig, ResizeConfig, StagesConfig
 from ghibli_async.pipeline import Pipeline
+
+
+def caption_bench_config(work: Path, caption: CaptionConfig) -> Config:
+    """Frames, output and work dir under `work`, resized to 64 px, the filter off (every frame is
+    captioned: these benches measure captioning), and `caption`."""
+    return Config(
+        paths=PathsConfig(input_dir=work / "frames", output_dir=work / "out", work_dir=work / "work"),
+        stages=StagesConfig(filter=False),
+        resize=ResizeConfig(size=64),
+        caption=caption,
+    )
 
 
 def resize_distinct_frames(config: Config, count: int) -> None:
