@@ -5,8 +5,9 @@ model, then kept with `needs_review` (not exported) and its reasons.
 
 Per caption, as it arrives: word count, banned words, repetition, refusal or meta talk, proper
 names, another language, generic content. Over the whole dataset (`dataset_findings`, after each
-caption pass and in `caption-report`): length far outside the dataset's own, the same caption on
-several frames, and phrases in most captions that the trigger should carry instead.
+caption pass and in `caption-report`): length far from the dataset's median, the same or nearly
+the same caption on frames that are not near-duplicates, and phrases in most captions that the
+trigger should carry instead.
 """
 
 from __future__ import annotations
