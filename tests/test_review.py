@@ -401,6 +401,40 @@ def test_caption_again_goes_to_another_model_and_never_replaces_a_hand_edit(proj
     assert f"at the {first[1]} tram" in exported[0]  # the dataset changes at the next export, not before
 
 
+def test_frames_sent_back_during_a_pass_go_in_the_next_one(project: Project) -> None:
+    make_frames(project, 5)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    clock = VirtualClock()
+    limits = {"m1": ModelLimits(rpm=60), "m2": ModelLimits(rpm=60)}
+    fake = FakeGemini(clock, {"k1": "p"}, limits, captions=caption_by, latency=lambda: 2.0)
+
+    async def scenario() -> None:
+        async with serving(fake):
+            write_caption_config(
+                project, fake.base_url, [f"{{name: {m}, rpm: 60, rpd: 100, tpm: 10000}}" for m in limits]
+            )
+            await run_pipeline(project, clock, limit=4)  # frame 5 is not captioned
+            config = load_config(project.config_path)
+            ids = {n: row(project, f"frame{n}.png")["id"] for n in range(1, 6)}
+            before = len(fake.successes())
+            async with TestClient(TestServer(make_app(config, token=TOKEN, clock=clock))) as client:
+                headers = {TOKEN_HEADER: TOKEN}
+                first = await (await client.post("/api/recaption", json={"ids": [ids[1]]}, headers=headers)).json()
+                later = await client.post("/api/recaption", json={"ids": [ids[3], ids[5]]}, headers=headers)
+                assert (first["sent"], (await later.json())["sent"], (await later.json())["uncaptioned"]) == (1, 1, 1)
+                status = await (await client.get("/api/recaption")).json()
+                assert status["running"] and status["waiting"] == 2
+                while (await (await client.get("/api/recaption")).json())["running"]:
+                    await clock.sleep(1.0)
+                status = await (await client.get("/api/recaption")).json()
+                assert status["waiting"] == 0 and status["last"].startswith("done 1")  # the second pass: frame 3
+            assert len(fake.successes()) - before == 2
+
+    run_virtual(scenario())
+    assert all(json.loads(row(project, f"frame{n}.png")["caption_sent_back"] or "[]") for n in (1, 3))
+    assert row(project, "frame5.png")["caption_sent_back"] is None
+
+
 def test_caption_again_without_keys_is_one_line(reviewed: Project) -> None:
     async def scenario(client: TestClient) -> None:
         answer = await client.post("/api/recaption", json={"ids": [1]}, headers={TOKEN_HEADER: TOKEN})
