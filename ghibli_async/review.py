@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ghibli_async.caption.checks import identity_phrases
 from ghibli_async.clock import Clock, SystemClock
 from ghibli_async.config import Config, load_config
 from ghibli_async.errors import UserError
@@ -424,11 +425,14 @@ def stats_payload(state: State, config: Config) -> dict[str, Any]:
     last = state.runs.last()
     if last and not last.stages.get("filter", True) and Status.PENDING.value in filtered:
         filtered[NOT_FILTERED] = filtered.pop(Status.PENDING.value)  # not waiting: the filter was off
+    captions = state.review.captions_with_models()
     return {
         "tabs": {tab: state.review.page(tab, offset=0, limit=1)[0] for tab in REVIEW_TABS},
         "filter": filtered,
         "caption": counts.caption,
-        **caption_stats(state.review.captions_with_models(), config.caption.trigger),
+        **caption_stats(captions, config.caption.trigger),
+        # offered for the trigger (caption.identity_share), never removed
+        "identity_phrases": identity_phrases([text for text, _ in captions], config.caption),
     }
 
 

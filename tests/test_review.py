@@ -441,3 +441,13 @@ def test_caption_again_without_keys_is_one_line(reviewed: Project) -> None:
         assert answer.status == 400 and (await answer.text()).startswith("no API keys: set GEMINI_API_KEY_1")
 
     with_client(reviewed, scenario)
+
+
+def test_the_side_panel_offers_phrases_in_most_captions_for_the_trigger(project: Project) -> None:
+    project.write_config()
+    build_review_state(project.config.state_path, 30)
+    with sqlite3.connect(project.root / "work" / "state.sqlite") as db:
+        db.execute("UPDATE images SET caption = caption || ', soft watercolor background' WHERE number <= 26")
+    with State.open(project.config.state_path, readonly=True) as state:
+        offered = stats_payload(state, project.config)["identity_phrases"]
+    assert [(phrase, round(share, 2)) for phrase, share in offered] == [("soft watercolor background", 0.87)]
