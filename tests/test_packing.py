@@ -327,6 +327,22 @@ def test_calibrate_compares_one_and_k_per_request_and_keeps_what_it_paid_for(
     assert_each_caption_is_its_own(project, 10)
 
 
+def test_calibrate_can_try_the_verifier_as_a_captioner(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    make_frames(project, 4)
+    write_env(project, GEMINI_API_KEY_1="k1")
+    fake = FakeGemini(SteadyClock(), {"k1": "p"}, {"m1": ModelLimits(), "m2": ModelLimits()})
+    with fake.serving_in_thread():
+        project.write_config(
+            f"resize:\n  size: 64\ncaption:\n  base_url: {fake.base_url}\n  models:\n"
+            "    - {name: m1, rpm: 600, rpd: 1000, tpm: 1000000}\n"
+            "    - {name: m2, rpm: 600, rpd: 1000, tpm: 1000000, images_per_request: 2}\n"
+            "  verify: {model: m2}\n"
+        )
+        assert project.cli("--skip-caption") == 0
+        assert project.cli("calibrate", "--model", "m2", "--sample", "4", clock=SteadyClock()) == 0
+    assert {seen.model for seen in fake.seen} == {"m2"} and "m2: 4 frames compared" in capsys.readouterr().out
+
+
 def test_calibrate_says_what_is_wrong_in_one_line(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
     make_frames(project, 2)
     write_env(project, GEMINI_API_KEY_1="k1")
