@@ -31,13 +31,13 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests"), str(Path(__file__).resolve().parents[1])]
 
-from fake_captions import DUPLICATE, FAULTS, FaultyCaptions  # noqa: E402
+from fake_captions import DUPLICATE, FAULTS, LENGTH, FaultyCaptions  # noqa: E402
 from fake_gemini import FakeGemini, ModelLimits, realistic_latency  # noqa: E402
 from virtual_time import VirtualClock, run_virtual  # noqa: E402
 
 from bench.frames import caption_bench_config, resize_distinct_frames  # noqa: E402
 from bench.report import machine, publish  # noqa: E402
-from ghibli_async.caption.checks import DATASET_CHECKS, check_caption, doubt, identity_phrases  # noqa: E402
+from ghibli_async.caption.checks import check_caption, doubt, identity_phrases  # noqa: E402
 from ghibli_async.caption.text import normalize_caption  # noqa: E402
 from ghibli_async.caption_report import caption_rows, refresh_caption_checks  # noqa: E402
 from ghibli_async.config import (  # noqa: E402
@@ -157,7 +157,7 @@ def table(tally: Tally, args: argparse.Namespace) -> str:
     ]
     for fault in FAULTS:
         recall = f"**{tally.caught[fault] / tally.final[fault]:.2f}**" if tally.final[fault] else "-"
-        arrived = "over the dataset" if fault in DATASET_CHECKS else f"{tally.arrived[fault]}"
+        arrived = "over the dataset" if fault in (LENGTH, DUPLICATE) else f"{tally.arrived[fault]}"
         found = f"{tally.final[fault]} | {tally.caught[fault]}"
         lines.append(f"| {fault} | {tally.answers[fault]} | {arrived} | {found} | {recall} |")
     lines += [

@@ -4,6 +4,7 @@ and `caption-report`: what the checks found, per check and model, the phrases mo
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,17 @@ def refresh_caption_checks(state: State, config: Config) -> int:
     }
     state.results.update_caption_checks({number: (_as_json(f), doubt(f)) for number, f in changed.items()})
     return len(changed)
+
+
+async def refresh_caption_checks_aside(config: Config) -> int:
+    """`refresh_caption_checks` in a worker thread over a connection of its own: seconds at 50k
+    captions, which the event loop (a run's progress and heartbeat, the review page) need not wait on."""
+    return await asyncio.to_thread(_refresh_at, config)
+
+
+def _refresh_at(config: Config) -> int:
+    with State.open(config.state_path) as state:
+        return refresh_caption_checks(state, config)
 
 
 def _as_json(findings: list[Finding]) -> str | None:

@@ -10,7 +10,7 @@ from collections.abc import Collection
 
 import structlog
 
-from ghibli_async.caption_report import refresh_caption_checks
+from ghibli_async.caption_report import refresh_caption_checks_aside
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, required_caption_keys
 from ghibli_async.stages.caption import CaptionEngine, CaptionReport, caption_line
@@ -61,7 +61,7 @@ class Recaptioner:
         models = [model.name for model in self._config.caption.captioners]
         jobs = [job for job in self._state.results.caption_jobs(models) if job.number in numbers]
         report = await CaptionEngine(self._state, self._config, keys, self._clock).run(jobs=jobs)
-        refresh_caption_checks(self._state, self._config)
+        await refresh_caption_checks_aside(self._config)
         return report
 
     async def aclose(self) -> None:

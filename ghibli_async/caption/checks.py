@@ -171,7 +171,6 @@ def doubt(findings: Sequence[Finding]) -> float:
     return round(1.0 - left, 3)
 
 
-DATASET_CHECKS = frozenset({"length", "duplicate"})  # found over the dataset: found anew after each pass
 VERIFY = "verify"  # a verifier's disagreement (caption/verify.py): stored, the one check no rerun redoes
 
 

@@ -39,7 +39,7 @@ from ghibli_async.caption.reducer import (
     reduce_reply,
 )
 from ghibli_async.caption.verify import Verifier
-from ghibli_async.caption_report import refresh_caption_checks
+from ghibli_async.caption_report import refresh_caption_checks_aside
 from ghibli_async.clock import Clock
 from ghibli_async.config import ApiKey, Config, load_caption_keys
 from ghibli_async.facts import Finding
@@ -102,7 +102,7 @@ class CaptionStage:
             caption = await engine.run(limit=context.limit)
         verified = await _verify(context) if context.config.caption.verify and not context.stop.requested else None
         if caption.outcomes["done"] or caption.outcomes["review"] or verified:
-            refresh_caption_checks(context.state, context.config)  # every caption again, and over the dataset
+            await refresh_caption_checks_aside(context.config)  # every caption again, and over the dataset
         notes = [*caption.retired, *([caption.stopped] if caption.stopped else []), *([verified] if verified else [])]
         return StageReport(
             caption.outcomes,

@@ -271,18 +271,18 @@ class ReviewStore:
                     chunk,
                 )
                 for image_id, number, model, edited, earlier in rows.fetchall():
-                    tried = sorted({*json.loads(earlier or "[]"), model} - {None})
+                    tried = {*json.loads(earlier or "[]"), model}
                     if edited:
                         sent.edited += 1
                     elif model is None:
                         sent.uncaptioned += 1
-                    elif not set(models) - set(tried):
+                    elif not set(models) - tried:
                         sent.no_other_model += 1
                     else:
                         db.execute(
                             f"""UPDATE images SET caption_status = {_P}, caption_reason = NULL, needs_review = 0,
                                    caption_sent_back = ?, updated_at = {NOW} WHERE id = ?""",
-                            (json.dumps(tried), image_id),
+                            (json.dumps(sorted(tried)), image_id),
                         )
                         sent.numbers.append(number)
         return sent
